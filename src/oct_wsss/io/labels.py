@@ -1,0 +1,57 @@
+"""Label volumes on disk: the multi-page ``labels.tif`` every proposer and export writes, and mask folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from natsort import natsorted
+from skimage.io import imread
+
+from oct_wsss.classes import ONTOLOGY
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+def write_labels(path: str | Path, labels: np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> Path:
+    """Write (n_bscans, H, W) ontology ids as a multi-page uint8 TIFF, one page per B-scan."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (n_bscans, height, width); got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > max(c.id for c in ONTOLOGY)):
+        raise ValueError(f"labels hold ids outside the ontology (0..{max(c.id for c in ONTOLOGY)})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"ontology": {str(c.id): c.key for c in ONTOLOGY}}
+    if spacing_mm is not None:
+        meta["spacing_mm"] = [float(s) for s in spacing_mm]
+    tmp = path.with_name(path.name + ".partial")
+    tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack", compression="zlib",
+                     description=json.dumps(meta), metadata=None)
+    tmp.replace(path)
+    return path
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a ``labels.tif`` or a folder of mask images (natural sort order) as (n, H, W) uint8 ids."""
+    path = Path(path)
+    if path.is_dir():
+        files = natsorted(p for p in path.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no mask images ({', '.join(MASK_SUFFIXES)}) in this folder")
+        pages = [imread(p) for p in files]
+        shapes = {p.shape for p in pages}
+        if len(shapes) != 1:
+            raise ValueError(f"{path}: masks differ in size: {sorted(shapes)}")
+        labels = np.stack(pages)
+    else:
+        labels = tifffile.imread(path)
+    if labels.ndim == 2:
+        labels = labels[np.newaxis]
+    if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: expected integer label pages, got {labels.dtype} of shape {labels.shape}")
+    return labels.astype(np.uint8)

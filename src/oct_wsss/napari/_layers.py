@@ -1,0 +1,55 @@
+"""Turn library objects (OctVolume, label volumes) into napari layer-data tuples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from oct_wsss.classes import ONTOLOGY, colormap
+from oct_wsss.volume import OctVolume
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def display_name(volume: OctVolume) -> str:
+    """A layer name from the file name, unless the file name carries the patient's name or an id."""
+    stem = Path(str(volume.source.get("name") or "")).stem
+    identifying = [str(v).lower() for v in volume.patient.values() if v is not None and len(str(v)) >= 3]
+    if not stem or any(token in stem.lower() for token in identifying):
+        return f"OCT ({volume.source.get('format', 'volume')})"
+    return stem
+
+
+def image_layer(volume: OctVolume, name: str | None = None) -> LayerData:
+    """The OCT image layer: physical scale in mm, robust contrast limits, PHI-free metadata."""
+    return (
+        volume.data,
+        {
+            "name": name or display_name(volume),
+            "scale": volume.spacing_mm,
+            "units": ("mm", "mm", "mm"),
+            "contrast_limits": volume.contrast_limits(),
+            "colormap": "gray",
+            "metadata": {"oct_wsss": volume.summary()},
+        },
+        "image",
+    )
+
+
+def labels_layer(labels: np.ndarray, spacing_mm: tuple[float, float, float], name: str) -> LayerData:
+    """A Labels layer in the ontology's ids, names and colours."""
+    return (
+        np.asarray(labels, dtype=np.uint8),
+        {
+            "name": name,
+            "scale": spacing_mm,
+            "units": ("mm", "mm", "mm"),
+            "colormap": DirectLabelColormap(color_dict=colormap()),
+            "opacity": 0.6,
+            "metadata": {"oct_wsss": {"ontology": {c.id: c.name for c in ONTOLOGY}}},
+        },
+        "labels",
+    )

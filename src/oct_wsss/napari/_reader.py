@@ -1,0 +1,37 @@
+"""napari reader hook: opens every format ``oct_wsss.io.read_volume`` knows (drag-and-drop)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from oct_wsss.io import can_read, read_volume
+from oct_wsss.napari._layers import LayerData, image_layer, labels_layer
+
+
+def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
+    """Return the reader for ``path`` or ``None`` when it is not an OCT file we know (never raises)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        return read_oct if can_read(path) else None
+    except Exception:  # a hook that raises blocks napari's other readers
+        return None
+
+
+def read_oct(path: str | list[str]) -> list[LayerData]:
+    """Read one OCT volume; a synthetic-dataset folder also yields its ground-truth masks.
+
+    An unreadable file raises ``OctReadError``; napari shows its message as a notification.
+    """
+    path = path[0] if isinstance(path, list) else path
+    volume = read_volume(path)
+    layers = [image_layer(volume)]
+    masks = Path(path) / "masks"
+    if masks.is_dir():
+        truth = read_volume(masks).data
+        if truth.shape == volume.shape:
+            layers.append(labels_layer(truth, volume.spacing_mm, "ground truth"))
+    return layers
