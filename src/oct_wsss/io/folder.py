@@ -1,0 +1,119 @@
+"""Folders: B-scan image stacks (natural sort order), the synth layout, HEYEX XML exports and RETOUCH."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.io.arrays import IMAGE_SUFFIXES, read_image, read_json, sidecar_fields
+from oct_wsss.io.errors import OctReadError
+from oct_wsss.io.normalise import build_volume, to_grey
+from oct_wsss.volume import OctVolume
+
+SIDECAR = "volume.json"
+
+
+def image_files(folder: Path) -> list[Path]:
+    """B-scan image files in ``folder`` (not hidden), in natural sort order (2.png before 10.png)."""
+    from natsort import natsorted, ns
+
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise OctReadError(folder, f"folder not readable ({exc.strerror or exc})") from exc
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    return natsorted(files, key=lambda p: p.name, alg=ns.IGNORECASE)
+
+
+def image_folder(folder: Path) -> Path | None:
+    """Where the B-scans of a volume folder are: the folder itself, else its ``bscans/`` subfolder."""
+    if image_files(folder):
+        return folder
+    sub = folder / "bscans"
+    if sub.is_dir() and image_files(sub):
+        return sub
+    return None
+
+
+def looks_readable(folder: Path) -> bool:
+    """Cheap check for ``can_read``: B-scan images here or in ``bscans/``, a HEYEX XML, or RETOUCH oct.mhd."""
+    try:
+        return image_folder(folder) is not None or (folder / "oct.mhd").is_file() or any(folder.glob("*.xml"))
+    except OSError:
+        return False
+
+
+def read_folder(folder: Path) -> OctVolume:
+    """A volume folder: HEYEX XML export (through eyepy), RETOUCH, or a stack of B-scan images + volume.json."""
+    from oct_wsss.io.heyex import find_heyex_xml, heyex_xml_info, read_heyex_xml
+
+    xml = find_heyex_xml(folder)
+    info_xml = heyex_xml_info(xml) if xml is not None else None
+    if info_xml is not None and info_xml["exam_urls"]:
+        return read_heyex_xml(xml, origin=folder)
+    if (folder / "oct.mhd").is_file():
+        return _read_retouch(folder)
+    images_dir = image_folder(folder)
+    if images_dir is None:
+        raise OctReadError(folder, f"empty folder: no B-scan images ({', '.join(IMAGE_SUFFIXES)}) here or in bscans/")
+    files = image_files(images_dir)
+    stack = _stack(files, folder)
+    spacing: Any = None
+    laterality: Any = None
+    meta: dict[str, Any] = {}
+    ours = False
+    patient: dict[str, Any] = {}
+    sidecar = folder / SIDECAR
+    if sidecar.is_file():
+        spacing, laterality, meta, ours = sidecar_fields(read_json(sidecar))
+        meta.pop("spacing_source", None)
+    elif info_xml is not None:  # a stripped HEYEX XML (no file references): use its spacing and laterality
+        spacing, laterality = info_xml["spacing"], info_xml["laterality"]
+        meta = {**info_xml["meta"], "heyex_xml_n_bscans": info_xml["n_oct_images"]}
+        patient = info_xml["patient"]
+        if not all(spacing):
+            spacing = None
+    meta["n_files"] = len(files)
+    return build_volume(stack, folder, "image-folder", spacing_mm=spacing, laterality=laterality, meta=meta,
+                        patient=patient, keep_unit_float=ours)
+
+
+def _stack(files: list[Path], folder: Path) -> np.ndarray:
+    pages = []
+    for f in files:
+        image = read_image(f)
+        if image.ndim == 3 and image.shape[-1] in (3, 4):
+            image = to_grey(image)
+        if image.ndim != 2:
+            raise OctReadError(f, f"expected a 2-D B-scan image, got shape {image.shape}")
+        pages.append(image)
+    shapes: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for f, page in zip(files, pages):
+        shapes[page.shape].append(f.name)
+    if len(shapes) > 1:
+        common = max(shapes, key=lambda s: len(shapes[s]))
+        odd = "; ".join(f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''} are {s[0]}x{s[1]}"
+                        for s, names in shapes.items() if s != common)
+        raise OctReadError(folder, f"B-scans differ in size: most are {common[0]}x{common[1]} "
+                                   f"({len(shapes[common])} files) but {odd}")
+    dtypes = {p.dtype for p in pages}
+    if len(dtypes) > 1:
+        raise OctReadError(folder, f"B-scans differ in bit depth ({', '.join(sorted(map(str, dtypes)))})")
+    return np.stack(pages)
+
+
+def _read_retouch(folder: Path) -> OctVolume:
+    """RETOUCH challenge folder (oct.mhd) through eyepy's importer, which needs the optional ``itk``."""
+    try:
+        from eyepy.io import import_retouch
+
+        ev = import_retouch(folder)
+    except ImportError as exc:
+        raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package ({exc})") from exc
+    except Exception as exc:
+        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.__class__.__name__}: {exc})") from exc
+    return build_volume(np.asarray(ev.data), folder, "retouch", spacing_mm=(ev.scale_z, ev.scale_y, ev.scale_x),
+                        meta={"dataset": "RETOUCH"})

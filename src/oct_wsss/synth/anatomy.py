@@ -1,0 +1,151 @@
+"""Healthy macular anatomy of the phantom: per-volume geometry, layer thickness maps and band table.
+
+Thicknesses and band brightness are calibrated on real Spectralis scans by
+``training/calibrate_synth.py`` (numbers quoted below and in ``docs/synthetic.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from oct_wsss.volume import DEFAULT_SPACING_MM
+
+#: Axial pixel size the calibration numbers below were measured at (Spectralis, mm).
+CALIBRATION_AXIAL_MM = DEFAULT_SPACING_MM[1]
+
+# Duke DME (Chiu 2015), 55 B-scans, fluid-free columns: median layer thickness in px
+# (NFL 9, GCL+IPL 16, INL 8, OPL 8, ONL+ISM 20, ISE 8, OS+RPE 7; ILM-BM 77, foveal ~65).
+# The phantom splits the Duke bands: GCL+IPL = 9 + 7, ONL+ISM = ONL 17 + myoid 3,
+# ISE = EZ 4 + OS 4, OS+RPE = IZ 2 + RPE 5.
+PARAFOVEAL_THICKNESS_PX = {
+    "NFL": 9.0, "GCL": 9.0, "IPL": 7.0, "INL": 8.0, "OPL": 8.0, "ONL": 17.0,
+    "MYOID": 3.0, "EZ": 4.0, "OS": 4.0, "IZ": 2.0, "RPE": 5.0,
+}
+#: Duke band-core median uint8 intensity (middle half of each band): NFL 132, GCL+IPL 92, INL 70,
+#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels) 46; choroid 0-60 px below BM mean 53.
+#: Thin bands (EZ, RPE, ELM) are set above their Duke band-core value because the PSF blurs them down.
+BAND_P50 = {
+    "NFL": 132.0, "GCL": 88.0, "IPL": 98.0, "INL": 70.0, "OPL": 80.0, "ONL": 48.0,
+    "MYOID": 58.0, "EZ": 150.0, "OS": 92.0, "IZ": 128.0, "RPE": 178.0, "BM": 130.0,
+    "FLUID": 40.0, "CHOROID": 88.0, "SCLERA": 70.0,
+}
+#: Display model fitted on the Duke vitreous (mean 25.1, sd 16.3, 12.2 % zeros):
+#: ``uint8 = clip(A * I**0.25 - O)`` with noise intensity of unit mean, gamma shape 1.
+DISPLAY_A, DISPLAY_O = 73.8, 43.7
+#: Tissue speckle gamma shape from Duke layer sd / (median + O) = 0.182.
+TISSUE_SPECKLE_K = 2.12
+NOISE_SPECKLE_K = 1.0
+# Bonn drusen volume (70 Spectralis B-scans, expert lines): BM row median 253 of 496; BM edge-vs-centre
+# quadratic term median -35 px [p10 -38, p90 -29]; linear tilt median 0.8 px [-0.4, 3.4].
+BM_ROW_FRACTION = 253 / 496
+BM_CURVATURE_PX = 35.0
+#: Attenuation per px (intensity, round trip) per band: weak in the retina, strong in RPE and choroid.
+MU_PER_PX = {"retina": 0.004, "RPE": 0.06, "BM": 0.03, "CHOROID": 0.016, "SCLERA": 0.02, "FLUID": 0.0005}
+
+#: Bands from the ILM down. "SRF" and "SUBRPE" are empty in health and filled by lesions.
+BANDS = ("NFL", "GCL", "IPL", "INL", "OPL", "ONL", "MYOID", "EZ", "OS", "IZ", "SRF", "RPE", "SUBRPE", "BM", "CHOROID")
+#: Boundary names: the top of each band in ``BANDS`` then the choroid-sclera interface.
+BOUNDARIES = ("ILM", "NFL_GCL", "GCL_IPL", "IPL_INL", "INL_OPL", "OPL_ONL", "ELM", "EZ", "OS", "IZ",
+              "SRF", "RPE", "RPE_BOTTOM", "BM", "BM_BOTTOM", "CSI")
+
+
+def reflectivity(p50: float) -> float:
+    """Linear reflectivity (units of the noise floor) whose speckled display median is ``p50``."""
+    median_speckle = special.gammaincinv(TISSUE_SPECKLE_K, 0.5) / TISSUE_SPECKLE_K
+    return float(((p50 + DISPLAY_O) / DISPLAY_A) ** 4 / median_speckle)
+
+
+@dataclass
+class Grid:
+    """En-face sample positions in mm relative to the scan centre: z (n, 1) and x (1, W)."""
+
+    z: np.ndarray
+    x: np.ndarray
+    fovea: tuple[float, float]
+    nasal_sign: float
+    px_per_um: float
+
+    @property
+    def r(self) -> np.ndarray:
+        """Distance from the fovea (mm), (n, W)."""
+        return np.hypot(self.z - self.fovea[0], self.x - self.fovea[1])
+
+
+def make_grid(n: int, width: int, spacing_mm: tuple[float, float, float], laterality: str,
+              fovea: tuple[float, float]) -> Grid:
+    """En-face grid of B-scan positions and A-scan positions; OD has nasal to the right (+x)."""
+    z = ((np.arange(n) - (n - 1) / 2) * spacing_mm[0])[:, None]
+    x = ((np.arange(width) - (width - 1) / 2) * spacing_mm[2])[None, :]
+    return Grid(z, x, fovea, 1.0 if laterality == "OD" else -1.0, 1e-3 / spacing_mm[1])
+
+
+def sample_geometry(rng: np.random.Generator, height: int) -> dict:
+    """Per-volume random shape parameters (JSON-serialisable)."""
+    return {
+        "fovea_mm": [float(rng.normal(0, 0.12)), float(rng.normal(0, 0.15))],
+        "bm_row": float(height * np.clip(rng.normal(BM_ROW_FRACTION + 0.04, 0.04), 0.42, 0.66)),
+        "curvature_px": float(np.clip(rng.normal(BM_CURVATURE_PX * 0.8, 10), 5, 55)),
+        "curvature_z_px": float(np.clip(rng.normal(BM_CURVATURE_PX * 0.6, 8), 0, 45)),
+        "tilt_px": float(rng.normal(0, 14)),
+        "tilt_z_px": float(rng.normal(0, 10)),
+        "thickness_scale": float(np.clip(rng.normal(1.0, 0.06), 0.85, 1.15)),
+        "band_jitter": {b: float(rng.normal(1.0, 0.06)) for b in PARAFOVEAL_THICKNESS_PX},
+        "choroid_px": float(rng.uniform(55, 85)),
+        "wobble": [float(v) for v in rng.normal(0, 1.5, 4)],
+    }
+
+
+def thickness_maps(grid: Grid, geom: dict) -> dict[str, np.ndarray]:
+    """Healthy band thickness (px) over the en-face grid: foveal pit, ONL/OS thickening, nasal NFL."""
+    r = grid.r
+    nasal = grid.nasal_sign * (grid.x - grid.fovea[1]) + 0 * grid.z
+    pit = lambda r0: 1.0 - np.exp(-((r / r0) ** 2))  # noqa: E731 - local shape helper
+    ring = lambda peak, w: np.exp(-(((r - peak) / w) ** 2))  # noqa: E731
+    outer = 1.0 - 0.2 * np.clip((r - 2.0) / 2.0, 0, 1)
+    shape = {
+        "NFL": pit(0.9) * (0.7 + 0.15 * r) * (1 + 0.6 * np.clip(nasal / 2.5, -0.4, 1.0)),
+        "GCL": pit(0.5) * (1 + 0.5 * ring(1.1, 0.6)) * outer,
+        "IPL": pit(0.5) * (1 + 0.2 * ring(1.1, 0.6)) * outer,
+        "INL": pit(0.45) * (1 + 0.25 * ring(1.0, 0.6)),
+        "OPL": 0.4 + 0.6 * pit(0.6),
+        "ONL": 1.0 + 1.1 * np.exp(-((r / 0.55) ** 2)),
+        "MYOID": np.ones_like(r),
+        "EZ": np.ones_like(r),
+        "OS": 1.0 + 0.5 * np.exp(-((r / 0.4) ** 2)),
+        "IZ": np.ones_like(r),
+        "RPE": np.ones_like(r),
+    }
+    scale = geom["thickness_scale"] * grid.px_per_um * CALIBRATION_AXIAL_MM * 1e3
+    out = {b: (PARAFOVEAL_THICKNESS_PX[b] * geom["band_jitter"][b] * scale * s).astype(np.float32)
+           for b, s in shape.items()}
+    out["BM"] = np.full_like(r, 1.5 * scale, dtype=np.float32)
+    out["CHOROID"] = (geom["choroid_px"] * scale * (1 + 0.15 * np.exp(-((r / 1.5) ** 2)))).astype(np.float32)
+    return out
+
+
+def bm_surface(grid: Grid, geom: dict) -> np.ndarray:
+    """Depth (row) of Bruch's membrane: bowl-shaped curvature, tilt and a gentle wobble, (n, W)."""
+    half_x = max(float(np.abs(grid.x).max()), 1e-6)
+    half_z = max(float(np.abs(grid.z).max()), 1e-6)
+    xn, zn = grid.x / half_x, grid.z / half_z
+    w = geom["wobble"]
+    bm = (geom["bm_row"] - geom["curvature_px"] * xn**2 - geom["curvature_z_px"] * zn**2
+          + geom["tilt_px"] * xn + geom["tilt_z_px"] * zn
+          + w[0] * np.sin(2.1 * xn + w[1]) + w[2] * np.sin(1.7 * zn + w[3]))
+    return bm.astype(np.float32)
+
+
+def boundaries(bm: np.ndarray, thickness: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stack the bands upward from BM (so lesions below lift everything above); returns each band top."""
+    out: dict[str, np.ndarray] = {}
+    top = bm.copy()
+    for band, name in zip(reversed(BANDS[:BANDS.index("BM")]), reversed(BOUNDARIES[:BOUNDARIES.index("BM")])):
+        top = top - thickness[band]
+        out[name] = top
+    out["BM"] = bm
+    out["BM_BOTTOM"] = bm + thickness["BM"]
+    out["CSI"] = out["BM_BOTTOM"] + thickness["CHOROID"]
+    return {name: out[name] for name in BOUNDARIES}

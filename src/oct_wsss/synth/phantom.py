@@ -1,0 +1,138 @@
+"""`make_volume`: one synthetic Spectralis-like macular OCT volume with pixel ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from oct_wsss.classes import HRF, IRF, ONTOLOGY
+from oct_wsss.synth import anatomy, lesions, noise, vessels
+from oct_wsss.synth.anatomy import BAND_P50, BANDS, BOUNDARIES, MU_PER_PX, reflectivity
+from oct_wsss.volume import DEFAULT_SPACING_MM, OctVolume
+
+GENERATOR_VERSION = "1"
+LESION_KEYS = tuple(lesions.DEFAULT_PREVALENCE)
+#: Reflectivity (linear) of the extra structures, given as target display medians.
+HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 150.0, 95.0, 125.0
+MU_HRF, MU_VESSEL = 0.10, 0.045
+
+
+@dataclass
+class SyntheticVolume:
+    """A phantom volume with its ground truth: ontology ids per pixel, per-B-scan presence, layers."""
+
+    volume: OctVolume
+    labels: np.ndarray
+    image_labels: np.ndarray
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+def _band_tables(i: int, changes: dict, lesion_list: list[dict]) -> tuple[dict, dict]:
+    """Per-band reflectivity and attenuation for B-scan ``i`` (scalars or per-column rows)."""
+    refl = {b: reflectivity(BAND_P50[b]) for b in BANDS if b in BAND_P50}
+    mu = {b: MU_PER_PX["retina"] for b in BANDS}
+    gap = changes["EZ_GAP"][i]
+    refl["EZ"] = refl["EZ"] * (1 - gap) + reflectivity(BAND_P50["MYOID"]) * gap
+    refl["IZ"] = refl["IZ"] * (1 - gap) + reflectivity(BAND_P50["MYOID"]) * gap
+    refl["OS"] = refl["OS"] * (1 - 0.6 * gap) + reflectivity(BAND_P50["MYOID"]) * 0.6 * gap
+    refl["SRF"], mu["SRF"] = reflectivity(BAND_P50["FLUID"]), MU_PER_PX["FLUID"]
+    ped_content = next((les["content"] for les in lesion_list if les["kind"] == "ped"), "serous")
+    ped_p50 = BAND_P50["FLUID"] if ped_content == "serous" else PED_FIBROVASCULAR_P50
+    ped_wins = changes["PED"][i] >= changes["DRUSEN"][i]
+    refl["SUBRPE"] = np.where(ped_wins, reflectivity(ped_p50), reflectivity(DRUSEN_P50))
+    mu["SUBRPE"] = np.where(ped_wins, MU_PER_PX["FLUID"], MU_PER_PX["retina"] * 2)
+    for b in ("RPE", "BM", "CHOROID"):
+        mu[b] = MU_PER_PX[b]
+    return refl, mu
+
+
+def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: list[dict],
+                  grid: anatomy.Grid, vmap: tuple[np.ndarray, np.ndarray], choroid: np.ndarray,
+                  labels: np.ndarray) -> np.ndarray:
+    """Attenuated linear reflectivity (H, W) of B-scan ``i`` from its bands, lesions and vessels."""
+    width = surf["ILM"].shape[1]
+    y = np.arange(height, dtype=np.float32)[:, None]
+    refl_t, mu_t = _band_tables(i, changes, lesion_list)
+    refl_t["CHOROID"] = refl_t["CHOROID"] * vessels.choroid_texture(choroid, i, height, width)
+    refl = np.zeros((height, width), np.float32)
+    mu = np.zeros((height, width), np.float32)
+    prev_r, prev_m = 0.0, 0.0
+    tops = dict(zip(BANDS, BOUNDARIES))
+    for band in BANDS + ("SCLERA",):
+        top = surf[tops[band]][i] if band != "SCLERA" else surf["CSI"][i]
+        r = refl_t[band] if band != "SCLERA" else reflectivity(BAND_P50["SCLERA"])
+        m = mu_t[band] if band != "SCLERA" else MU_PER_PX["SCLERA"]
+        frac = np.clip(y + 1.0 - top, 0.0, 1.0)  # share of the pixel below this band's top
+        refl += (r - prev_r) * frac
+        mu += (m - prev_m) * frac
+        prev_r, prev_m = r, m
+    # The ELM: a thin faint line at the top of the myoid zone.
+    refl += reflectivity(95.0) * np.exp(-0.5 * ((y + 0.5 - surf["ELM"][i]) / 0.6) ** 2) * 0.5
+    irf, hrf = labels == IRF, labels == HRF
+    refl[irf], mu[irf] = reflectivity(BAND_P50["FLUID"]), MU_PER_PX["FLUID"]
+    refl[hrf], mu[hrf] = reflectivity(HRF_P50), MU_HRF
+    chord, diam = vmap[0][i], vmap[1][i]
+    if chord.any():
+        half_px = 0.5 * diam * chord * grid.px_per_um * 1e3
+        centre = surf["NFL_GCL"][i] + 0.3 * half_px
+        inside = np.clip(1.0 - ((y + 0.5 - centre) / np.maximum(half_px, 1e-3)) ** 2, 0, 1) * (chord > 0.05)
+        refl += reflectivity(VESSEL_P50) * inside
+        mu += MU_VESSEL * inside
+    return noise.attenuate(refl, mu)
+
+
+def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: int = 512, healthy: bool = False,
+                prevalence: dict[str, float] | None = None,
+                spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM,
+                laterality: str = "OD") -> SyntheticVolume:
+    """Generate a synthetic macular volume (uint8) and its ground truth; same seed -> identical bytes."""
+    prev = dict(lesions.DEFAULT_PREVALENCE)
+    unknown = set(prevalence or {}) - set(prev)
+    if unknown:
+        raise ValueError(f"unknown lesion classes in prevalence: {sorted(unknown)}; known: {list(prev)}")
+    prev.update(prevalence or {})
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    geom = anatomy.sample_geometry(rng, height)
+    present = {k: (not healthy) and bool(rng.uniform() < prev[k]) for k in LESION_KEYS}
+    grid = anatomy.make_grid(n_bscans, width, spacing_mm, laterality, tuple(geom["fovea_mm"]))
+    plan = lesions.plan_lesions(rng, grid, present, grid.px_per_um)
+    vplan = vessels.plan_vessels(rng, grid)
+    display = {"gain": float(rng.normal(1.0, 0.025)), "offset": float(rng.uniform(-3.0, 6.0))}
+
+    thick = anatomy.thickness_maps(grid, geom)
+    changes = lesions.anatomy_changes(grid, plan)
+    for band in ("SRF", "SUBRPE"):
+        thick[band] = changes[band]
+    for band in ("INL", "ONL"):
+        thick[band] = thick[band] + changes[band]
+    surf = anatomy.boundaries(anatomy.bm_surface(grid, geom), thick)
+    vmap = vessels.vessel_map(grid, vplan)
+    choroid = vessels.choroid_field(rng, n_bscans, height, width)
+    floor = noise.noise_floor_profile(height)
+
+    data = np.empty((n_bscans, height, width), np.uint8)
+    labels = np.empty((n_bscans, height, width), np.uint8)
+    for i in range(n_bscans):
+        labels[i] = lesions.label_bscan(i, height, surf, changes, plan, grid)
+        refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, labels[i])
+        data[i] = noise.form_image(rng, refl, floor, display["gain"], display["offset"])
+
+    image_labels = np.zeros((n_bscans, len(ONTOLOGY)), bool)
+    image_labels[:, 0] = True
+    for c in ONTOLOGY[1:]:
+        image_labels[:, c.id] = (labels == c.id).any(axis=(1, 2))
+    params = {
+        "generator": "oct_wsss.synth", "generator_version": GENERATOR_VERSION, "seed": int(seed),
+        "shape": [n_bscans, height, width], "spacing_mm": list(map(float, spacing_mm)), "laterality": laterality,
+        "healthy": bool(healthy), "prevalence": prev, "present": present,
+        "placed": sorted({les["kind"] for les in plan}), "geometry": geom, "display": display,
+        "lesions": plan, "vessels": vplan,
+    }
+    meta = {"device": "synthetic (Spectralis-like phantom)", "generator_version": GENERATOR_VERSION,
+            "healthy": bool(healthy), "lesions": ",".join(params["placed"])}
+    vol = OctVolume(data, spacing_mm=spacing_mm, laterality=laterality,
+                    source={"format": "synthetic", "seed": int(seed)}, meta=meta)
+    layers = {name: surf[name].astype(np.float32) for name in BOUNDARIES}
+    return SyntheticVolume(vol, labels, image_labels, layers, params)

@@ -1,0 +1,151 @@
+"""Bad input gives a specific OctReadError naming the file; normalisation policy on odd data."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import io_builders as b
+from oct_wsss.io import SUPPORTED_SUFFIXES, OctReadError, can_read, read_volume
+
+
+def test_error_is_value_error_with_path_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "scan.foo").write_bytes(b"x")
+    with pytest.raises(OctReadError) as info:
+        read_volume(tmp_path / "scan.foo")
+    assert isinstance(info.value, ValueError)
+    assert str(info.value).startswith(f"{tmp_path / 'scan.foo'}: unknown file type '.foo' (supported: .vol")
+    with pytest.raises(OctReadError, match="no such file"):
+        read_volume(tmp_path / "missing.vol")
+
+
+def test_truncated_real_vol(real_vol: Path, tmp_path: Path) -> None:
+    data = real_vol.read_bytes()
+    for cut in (100, 2048 + 768 * 768 + 1000, len(data) - 10):
+        (tmp_path / "t.vol").write_bytes(data[:cut])
+        with pytest.raises(OctReadError, match="t.vol: (truncated|not a Heidelberg)"):
+            read_volume(tmp_path / "t.vol")
+
+
+def test_corrupt_and_absurd_vol_header(real_vol: Path, tmp_path: Path) -> None:
+    data = bytearray(real_vol.read_bytes())
+    data[16:20] = (10**9).to_bytes(4, "little")  # n_bscans
+    (tmp_path / "huge.vol").write_bytes(bytes(data))
+    with pytest.raises(OctReadError, match="header says 1000000000 B-scans"):
+        read_volume(tmp_path / "huge.vol")
+    (tmp_path / "junk.vol").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(OctReadError, match="junk.vol"):
+        read_volume(tmp_path / "junk.vol")
+
+
+@pytest.mark.parametrize("suffix", [s for s in SUPPORTED_SUFFIXES if s != ".xml"])
+def test_random_bytes_never_escape_raw(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"junk{suffix}"
+    path.write_bytes(np.random.default_rng(1).bytes(3000))
+    with pytest.raises(OctReadError, match="junk"):
+        read_volume(path)
+    path.write_bytes(b"")
+    with pytest.raises(OctReadError, match="empty file"):
+        read_volume(path)
+
+
+def test_truncated_vendor_files(tmp_path: Path) -> None:
+    vol = (np.random.default_rng(2).random((4, 20, 30)) * 4000).astype(np.uint16)
+    for path in (b.build_topcon(tmp_path / "a.fds", vol), b.build_bioptigen(tmp_path / "a.OCT", vol),
+                 b.build_dicom(tmp_path / "a.dcm", vol)):
+        blob = path.read_bytes()
+        path.write_bytes(blob[: len(blob) // 2])
+        with pytest.raises(OctReadError, match=path.name):
+            read_volume(path)
+
+
+def test_bad_xml(tmp_path: Path) -> None:
+    (tmp_path / "x.xml").write_text("<not closed")
+    with pytest.raises(OctReadError, match="x.xml"):
+        read_volume(tmp_path / "x.xml")
+
+
+def test_empty_folder_and_folder_of_junk(tmp_path: Path) -> None:
+    with pytest.raises(OctReadError, match="empty folder"):
+        read_volume(tmp_path)
+    assert not can_read(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(OctReadError, match="empty folder"):
+        read_volume(tmp_path)
+
+
+def test_mixed_sizes_names_files(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    for i in range(3):
+        iio.imwrite(tmp_path / f"{i}.png", np.zeros((10, 12), np.uint8))
+    iio.imwrite(tmp_path / "odd.png", np.zeros((10, 13), np.uint8))
+    with pytest.raises(OctReadError, match=r"most are 10x12 \(3 files\) but odd.png are 10x13"):
+        read_volume(tmp_path)
+
+
+def test_uint16_and_float_normalised_without_clipping(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for arr in (rng.integers(300, 60000, (3, 8, 9)).astype(np.uint16), rng.normal(5, 100, (3, 8, 9))):
+        np.save(tmp_path / "a.npy", arr)
+        v = read_volume(tmp_path / "a.npy")
+        assert v.data.dtype == np.float32 and v.data.min() == 0 and v.data.max() == 1
+        np.testing.assert_array_equal(np.argsort(v.data, axis=None, kind="stable"),
+                                      np.argsort(arr, axis=None, kind="stable"))
+        assert v.meta["source_range"] == pytest.approx([arr.min(), arr.max()])
+        assert v.meta["spacing_source"] == "default"
+
+
+def test_nans_replaced_and_counted(tmp_path: Path) -> None:
+    arr = np.linspace(1, 2, 3 * 8 * 9).reshape(3, 8, 9)
+    arr[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    np.save(tmp_path / "a.npy", arr)
+    with pytest.warns(UserWarning, match="3 non-finite"):
+        v = read_volume(tmp_path / "a.npy")
+    assert v.meta["n_nonfinite"] == 3 and np.isfinite(v.data).all() and (v.data[0, 0, :3] == 0).all()
+    np.save(tmp_path / "nan.npy", np.full((2, 3, 4), np.nan))
+    with pytest.raises(OctReadError, match="no finite values"):
+        read_volume(tmp_path / "nan.npy")
+
+
+def test_shapes_2d_4d_empty(tmp_path: Path) -> None:
+    np.save(tmp_path / "b.npy", np.zeros((8, 9), np.uint8))
+    assert read_volume(tmp_path / "b.npy").shape == (1, 8, 9)
+    np.save(tmp_path / "rgb.npy", np.zeros((2, 8, 9, 3), np.uint8))
+    assert read_volume(tmp_path / "rgb.npy").shape == (2, 8, 9)
+    np.save(tmp_path / "four.npy", np.zeros((2, 3, 8, 9), np.uint8))
+    with pytest.raises(OctReadError, match="four.npy: expected"):
+        read_volume(tmp_path / "four.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 9), np.uint8))
+    with pytest.raises(OctReadError, match="empty volume"):
+        read_volume(tmp_path / "empty.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(OctReadError, match="obj.npy"):
+        read_volume(tmp_path / "obj.npy")
+
+
+def test_npz_keys(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", volume=np.ones((2, 3, 4), np.uint8), spacing_mm=[0.1, 0.2, 0.3], laterality="L")
+    v = read_volume(tmp_path / "a.npz")
+    assert v.spacing_mm == (0.1, 0.2, 0.3) and v.laterality == "OS"
+    np.savez(tmp_path / "b.npz", x=np.ones((2, 3, 4)), y=np.ones(3))
+    with pytest.raises(OctReadError, match="no 'data' or 'volume' key"):
+        read_volume(tmp_path / "b.npz")
+
+
+def test_can_read_never_raises(tmp_path: Path, real_vol: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    assert not can_read(tmp_path / "a.txt")
+    assert not can_read(tmp_path / "missing.vol")
+    assert not can_read("\0bad")
+    assert not can_read(12345)  # type: ignore[arg-type]
+    assert can_read(real_vol)
+    shutil.copy(real_vol, tmp_path / "x.VOL")
+    assert can_read(tmp_path / "x.VOL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(tmp_path / "x.VOL").shape == (1, 496, 768)

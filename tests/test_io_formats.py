@@ -1,0 +1,168 @@
+"""Every reader on a file of its format: real files from ../shared/data, else files written by the
+format's own library or built from its published layout (see tests/io_builders.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import io_builders as b
+from oct_wsss.io import OctReadError, can_read, read_volume
+from oct_wsss.volume import DEFAULT_SPACING_MM
+
+
+def test_real_heidelberg_vol_circle_scan(real_vol: Path) -> None:
+    v = read_volume(real_vol)
+    assert v.shape == (1, 496, 768) and v.data.dtype == np.float32
+    assert v.laterality == "OD" and v.source["format"] == "heidelberg-vol"
+    assert v.spacing_mm[1] == pytest.approx(0.003872, abs=1e-6) and v.spacing_mm[2] == pytest.approx(0.015613, abs=1e-6)
+    assert v.meta["scan_pattern"] == "circle" and v.meta["spacing_defaulted_axes"] == "z"
+    assert float(v.data.min()) == 0.0 and float(v.data.max()) == 1.0
+    assert v.patient["patient_id"] == "E01" and v.patient["birth_date"] == "1986-04-17"
+    text = repr(v.summary()) + repr(v.meta) + repr(v.source)
+    assert "E01" not in text and "1986-04-17" not in text
+
+
+def test_real_bonn_folder_with_stripped_heyex_xml(shared_data: Path) -> None:
+    folder = shared_data / "bonn_drusen_volume"
+    v = read_volume(folder)  # images in bscans/, spacing from OCT-Info.xml
+    assert v.shape == (70, 496, 512) and v.data.dtype == np.uint8
+    assert v.spacing_mm == pytest.approx((0.03, 0.003872, 0.011182))
+    assert v.meta["spacing_source"] == "file"
+    assert read_volume(folder / "OCT-Info.xml").shape == v.shape
+    assert can_read(folder)
+
+
+def test_real_png_folder_natural_order_default_spacing(shared_data: Path, tmp_path: Path) -> None:
+    src = sorted((shared_data / "duke_dme_chiu2015" / "images").glob("Subject_01_*.png"))
+    assert len(src) == 11
+    for i, f in enumerate(src):  # symlinks named 1..11 so natural order differs from lexical order
+        (tmp_path / f"{i + 1}.png").symlink_to(f)
+    v = read_volume(tmp_path)
+    import imageio.v3 as iio
+
+    assert v.shape[0] == 11 and v.meta["spacing_source"] == "default" and v.spacing_mm == DEFAULT_SPACING_MM
+    np.testing.assert_array_equal(v.data[1], iio.imread(src[1]))  # "2.png" is second, not "10.png"
+    np.testing.assert_array_equal(v.data[10], iio.imread(src[10]))
+
+
+def test_real_mixed_sizes_folder_names_the_files(shared_data: Path) -> None:
+    with pytest.raises(OctReadError, match=r"differ in size.*Subject_0"):
+        read_volume(shared_data / "duke_dme_chiu2015" / "images")
+
+
+def test_vol_written_with_eyepy_struct(tmp_path: Path) -> None:
+    raw = np.random.default_rng(1).random((3, 20, 30)).astype(np.float32) ** 4
+    raw[0, 0, :5] = np.finfo(np.float32).max  # Heidelberg's invalid marker
+    path = b.build_vol(tmp_path / "scan.vol", raw)
+    with pytest.warns(UserWarning, match="5 non-finite"):
+        v = read_volume(path)
+    assert v.shape == (3, 20, 30) and v.laterality == "OS" and v.spacing_mm == pytest.approx((0.12, 0.0039, 0.0114))
+    assert v.meta["n_nonfinite"] == 5 and v.meta["scan_pattern"] == "volume (ART)"
+    valid = raw < 1e38
+    np.testing.assert_allclose(np.argsort(v.data[valid]), np.argsort(raw[valid] ** 0.25))
+    assert v.data[0, 0, 0] == v.data[valid].min()
+
+
+def test_topcon_fds_and_fda(tmp_path: Path) -> None:
+    vol = (np.random.default_rng(2).random((4, 20, 30)) * 4000).astype(np.uint16)
+    for kind in ("FDS", "FDA"):
+        v = read_volume(b.build_topcon(tmp_path / f"scan.{kind.lower()}", vol, kind=kind, eye=1))
+        assert v.shape == (4, 20, 30) and v.laterality == "OS" and v.meta["device"] == "Topcon Maestro2"
+        assert v.spacing_mm == pytest.approx((6.0 / 4, 0.0026, 6.0 / 30))
+        np.testing.assert_allclose(v.data, (vol - vol.min()) / (vol.max() - vol.min()), atol=1e-6)
+        assert v.patient["surname"] == "Doe" and "Doe" not in repr(v.summary())
+
+
+def test_topcon_fda_jpeg_slices(tmp_path: Path) -> None:
+    vol = np.tile(np.linspace(0, 255, 30).astype(np.uint8), (3, 20, 1))
+    v = read_volume(b.build_topcon(tmp_path / "scan.fda", vol, kind="FDA", jpeg=True, eye=0))
+    assert v.shape == (3, 20, 30) and v.data.dtype == np.uint8 and v.laterality == "OD"
+    assert np.abs(v.data.astype(int) - vol).max() <= 3  # JPEG
+
+
+def test_zeiss_img_by_file_size(tmp_path: Path) -> None:
+    n, depth, width = 200, 1024, 200
+    vol = np.random.default_rng(3).integers(0, 255, (n, depth, width), dtype=np.uint8)
+    path = tmp_path / "P1234_Macular Cube 200x200_1-2-2020_3-4-5_OD_sn99_cube_raw.img"
+    path.write_bytes(vol.transpose(0, 2, 1).tobytes())  # per B-scan: A-scan after A-scan, depth fastest
+    v = read_volume(path)
+    np.testing.assert_array_equal(v.data, vol)
+    assert v.laterality == "OD" and v.meta["spacing_source"] == "assumed" and v.patient["patient_id"] == "P1234"
+    assert "P1234" not in repr(v.meta)
+    (tmp_path / "odd.img").write_bytes(b"\0" * 1000)
+    with pytest.raises(OctReadError, match="matches no known Cirrus cube"):
+        read_volume(tmp_path / "odd.img")
+
+
+def test_bioptigen_oct(tmp_path: Path) -> None:
+    vol = (np.random.default_rng(4).random((4, 20, 30)) * 4000).astype(np.uint16)
+    v = read_volume(b.build_bioptigen(tmp_path / "scan.OCT", vol, scan_mm=(2.0, 1.5, 3.0)))
+    np.testing.assert_allclose(v.data, (vol - vol.min()) / (vol.max() - vol.min()), atol=1e-6)
+    assert v.spacing_mm == pytest.approx((2.0 / 3, 1.5 / 20, 3.0 / 30))
+
+
+def test_dicom_opt_written_by_pydicom(tmp_path: Path) -> None:
+    vol = np.random.default_rng(5).integers(0, 255, (4, 20, 30), dtype=np.uint8)
+    v = read_volume(b.build_dicom(tmp_path / "scan.dcm", vol))
+    np.testing.assert_array_equal(v.data, vol)
+    assert v.spacing_mm == pytest.approx((0.12, 0.0039, 0.0114)) and v.laterality == "OD"
+    assert v.patient["PatientName"] == "Doe^Jane" and v.patient["PatientBirthDate"] == "19610203"
+    text = repr(v.summary()) + repr(v.meta) + repr(v.source)
+    for phi in ("Doe", "19610203", "MRN-0042", "free text", "Who^Dr", "ACC-9"):
+        assert phi not in text
+
+
+def test_dicom_16bit_normalised(tmp_path: Path) -> None:
+    vol = np.random.default_rng(6).integers(100, 40000, (2, 10, 12)).astype(np.uint16)
+    v = read_volume(b.build_dicom(tmp_path / "scan.dcm", vol))
+    assert v.data.dtype == np.float32 and v.data.min() == 0 and v.data.max() == 1
+    assert v.meta["source_range"] == [float(vol.min()), float(vol.max())]
+
+
+def test_heyex_xml_export_through_eyepy(tmp_path: Path) -> None:
+    vol = np.random.default_rng(7).integers(0, 255, (4, 20, 30), dtype=np.uint8)
+    xml = b.build_heyex_xml(tmp_path / "export", vol)
+    for target in (xml, xml.parent):
+        v = read_volume(target)
+        np.testing.assert_array_equal(v.data, vol)
+        assert v.spacing_mm == pytest.approx((0.12, 0.0039, 0.0114)) and v.laterality == "OD"
+        assert v.patient["surname"] == "Doe" and v.patient["birth_date"] == "1961-02-03"
+        assert "Doe" not in repr(v.summary()) and "Jane" not in repr(v.meta)
+
+
+def test_duke_mat_through_eyepy(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    images = np.random.default_rng(8).integers(0, 255, (20, 30, 3), dtype=np.uint8)  # (H, W, n) as Duke stores
+    savemat(tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1001.mat",
+            {"images": images, "layerMaps": np.zeros((3, 30, 3)), "Age": np.array([[70]])})
+    v = read_volume(tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1001.mat")
+    np.testing.assert_array_equal(v.data, np.moveaxis(images, -1, 0))
+    assert v.spacing_mm == pytest.approx((0.067, 0.0045, 0.0067)) and v.patient == {"age": 70}
+
+
+def test_e2e_without_sample_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "x.e2e").write_bytes(b"CMDb" + b"\x00" * 200)
+    with pytest.raises(OctReadError, match="x.e2e"):
+        read_volume(tmp_path / "x.e2e")
+
+
+def test_single_image_and_rgb(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    grey = np.random.default_rng(9).integers(0, 255, (20, 30), dtype=np.uint8)
+    iio.imwrite(tmp_path / "g.png", np.stack([grey] * 3, -1))  # RGB with equal channels -> exact grey
+    v = read_volume(tmp_path / "g.png")
+    assert v.shape == (1, 20, 30)
+    np.testing.assert_array_equal(v.data[0], grey)
+    colour = np.zeros((20, 30, 3), np.uint8)
+    colour[..., 0] = 200
+    iio.imwrite(tmp_path / "c.png", colour)
+    assert read_volume(tmp_path / "c.png").data.max() == round(0.299 * 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(tmp_path / "g.png").data.dtype == np.uint8
