@@ -25,12 +25,12 @@ PARAFOVEAL_THICKNESS_PX = {
     "MYOID": 3.0, "EZ": 4.0, "OS": 4.0, "IZ": 2.0, "RPE": 5.0,
 }
 #: Duke band-core median uint8 intensity (middle half of each band): NFL 132, GCL+IPL 92, INL 70,
-#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels) 46; choroid 0-60 px below BM mean 53.
+#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels) 46 -- p10-p25 (22-36) used for the fluid interior, whose rim the PSF blurs brighter; choroid 0-60 px below BM mean 53.
 #: Thin bands (EZ, RPE, ELM) are set above their Duke band-core value because the PSF blurs them down.
 BAND_P50 = {
     "NFL": 132.0, "GCL": 88.0, "IPL": 98.0, "INL": 70.0, "OPL": 80.0, "ONL": 48.0,
-    "MYOID": 58.0, "EZ": 150.0, "OS": 92.0, "IZ": 128.0, "RPE": 178.0, "BM": 130.0,
-    "FLUID": 40.0, "CHOROID": 88.0, "SCLERA": 70.0,
+    "MYOID": 58.0, "EZ": 150.0, "OS": 92.0, "IZ": 128.0, "RPE": 190.0, "BM": 130.0,
+    "FLUID": 26.0, "CHOROID": 88.0, "SCLERA": 55.0,
 }
 #: Display model fitted on the Duke vitreous (mean 25.1, sd 16.3, 12.2 % zeros):
 #: ``uint8 = clip(A * I**0.25 - O)`` with noise intensity of unit mean, gamma shape 1.

@@ -16,8 +16,6 @@ DEFAULT_PREVALENCE = {"srf": 0.4, "irf": 0.5, "ped": 0.3, "ez": 0.3, "hrf": 0.5,
 #: Bonn drusen volume: drusen height (RPE more than 5 px above BM) median 9 px, p90 15, max 27;
 #: cross-section width median 10 px, p90 39 px.
 DRUSEN_HEIGHT_PX = (9.0, 15.0, 27.0)
-#: Draw order decides precedence: later classes overwrite earlier ones.
-PRECEDENCE = (EZ, DRUSEN, PED, SRF, IRF, HRF)
 
 
 def _near_fovea(rng: np.random.Generator, grid: Grid, radius_mm: float) -> tuple[float, float]:
@@ -113,7 +111,7 @@ def _rows(height: int) -> np.ndarray:
 
 def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[str, np.ndarray],
                 lesions: list[dict], grid: Grid) -> np.ndarray:
-    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8, drawn in ``PRECEDENCE`` order."""
+    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8; later draws win (module precedence)."""
     y = _rows(height)
     lab = np.zeros((height, surf["ILM"].shape[1]), np.uint8)
 

@@ -53,7 +53,7 @@ def form_image(rng: np.random.Generator, refl: np.ndarray, noise_floor: np.ndarr
 
 
 def noise_floor_profile(height: int) -> np.ndarray:
-    """Noise floor vs depth (column vector): flat over the top third, falling to 0.45 at the bottom
+    """Noise floor vs depth (column vector): flat over the top third, falling to 0.35 at the bottom
     (Duke: vitreous mean 24-29 at rows 0-200, deep choroid/sclera mean 10-15 at rows 350-496)."""
     y = np.arange(height, dtype=np.float32) / max(height - 1, 1)
-    return (1.0 - 0.55 * np.clip((y - 0.35) / 0.65, 0, 1))[:, None].astype(np.float32)
+    return (1.0 - 0.65 * np.clip((y - 0.35) / 0.65, 0, 1))[:, None].astype(np.float32)

@@ -14,7 +14,7 @@ from oct_wsss.volume import DEFAULT_SPACING_MM, OctVolume
 GENERATOR_VERSION = "1"
 LESION_KEYS = tuple(lesions.DEFAULT_PREVALENCE)
 #: Reflectivity (linear) of the extra structures, given as target display medians.
-HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 150.0, 95.0, 125.0
+HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 125.0, 95.0, 125.0
 MU_HRF, MU_VESSEL = 0.10, 0.045
 
 
@@ -76,7 +76,7 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
     chord, diam = vmap[0][i], vmap[1][i]
     if chord.any():
         half_px = 0.5 * diam * chord * grid.px_per_um * 1e3
-        centre = surf["NFL_GCL"][i] + 0.3 * half_px
+        centre = np.maximum(surf["ILM"][i] + half_px + 2.0, surf["NFL_GCL"][i])
         inside = np.clip(1.0 - ((y + 0.5 - centre) / np.maximum(half_px, 1e-3)) ** 2, 0, 1) * (chord > 0.05)
         refl += reflectivity(VESSEL_P50) * inside
         mu += MU_VESSEL * inside

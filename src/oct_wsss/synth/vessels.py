@@ -56,5 +56,5 @@ def choroid_field(rng: np.random.Generator, n: int, height: int, width: int) -> 
 def choroid_texture(field: np.ndarray, i: int, height: int, width: int) -> np.ndarray:
     """Stroma/lumen modulation (H, W) for B-scan ``i``: ~1 in stroma, ~0.2 in vessel lumens."""
     up = ndimage.zoom(field[i], (height / field.shape[1], width / field.shape[2]), order=1)[:height, :width]
-    lumen = 1.0 / (1.0 + np.exp(-(up - 0.35) / 0.2))
-    return (1.0 - 0.8 * lumen).astype(np.float32)
+    lumen = 1.0 / (1.0 + np.exp(-(up - 0.45) / 0.12))
+    return (1.0 - 0.85 * lumen).astype(np.float32)

@@ -1,0 +1,154 @@
+"""The synthetic OCT phantom: shapes, determinism, ground truth, reflectivity order, dataset layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from oct_wsss.classes import DRUSEN, EZ, HRF, IRF, LESION_IDS, PED, SRF
+from oct_wsss.synth import DEFAULT_PREVALENCE, SyntheticVolume, make_volume, write_dataset
+
+ALL = {k: 1.0 for k in DEFAULT_PREVALENCE}
+SMALL = {"n_bscans": 13, "height": 496, "width": 256}
+
+
+@pytest.fixture(scope="module")
+def sick() -> SyntheticVolume:
+    """A full-size volume with every lesion class (timed, the time is printed, never asserted)."""
+    t0 = time.perf_counter()
+    s = make_volume(7, prevalence=ALL)
+    print(f"\nmake_volume 49x496x512 with all lesions: {time.perf_counter() - t0:.2f} s")
+    return s
+
+
+@pytest.fixture(scope="module")
+def healthy() -> SyntheticVolume:
+    return make_volume(11, healthy=True)
+
+
+def _band(s: SyntheticVolume, top: str, bottom: str, margin: float = 1.0) -> np.ndarray:
+    """Pixels strictly inside a band (away from its boundaries and from any lesion)."""
+    y = np.arange(s.labels.shape[1])[None, :, None] + 0.5
+    m = (y > s.layers[top][:, None, :] + margin) & (y < s.layers[bottom][:, None, :] - margin) & (s.labels == 0)
+    return s.volume.data[m].astype(float)
+
+
+def test_shape_dtype_and_metadata(sick: SyntheticVolume) -> None:
+    v = sick.volume
+    assert v.data.shape == (49, 496, 512) and v.data.dtype == np.uint8
+    assert sick.labels.shape == v.data.shape and sick.labels.dtype == np.uint8
+    assert sick.image_labels.shape == (49, 8) and sick.image_labels.dtype == bool
+    assert v.source == {"format": "synthetic", "seed": 7} and v.patient == {} and v.laterality == "OD"
+    assert set(np.unique(sick.labels)) <= {0, *LESION_IDS} and not (sick.labels == 7).any()
+    for name in ("ILM", "RPE", "BM"):
+        assert sick.layers[name].shape == (49, 512) and sick.layers[name].dtype == np.float32
+    assert np.all(sick.layers["ILM"] < sick.layers["RPE"]) and np.all(sick.layers["RPE"] < sick.layers["BM"])
+    json.dumps(sick.params)  # JSON-serialisable
+
+
+def test_configurable_geometry() -> None:
+    s = make_volume(1, **SMALL, laterality="OS", spacing_mm=(0.24, 0.0039, 0.022))
+    assert s.volume.data.shape == (13, 496, 256) and s.volume.laterality == "OS"
+    assert s.volume.spacing_mm == (0.24, 0.0039, 0.022)
+    with pytest.raises(ValueError):
+        make_volume(1, prevalence={"cnv": 1.0})
+
+
+def test_determinism() -> None:
+    a, b, c = (make_volume(s, **SMALL) for s in (5, 5, 6))
+    assert a.volume.data.tobytes() == b.volume.data.tobytes()
+    assert a.labels.tobytes() == b.labels.tobytes() and a.params == b.params
+    assert a.volume.data.tobytes() != c.volume.data.tobytes()
+
+
+def test_healthy_has_no_lesions(healthy: SyntheticVolume) -> None:
+    assert not healthy.labels.any()
+    assert not healthy.image_labels[:, 1:].any() and healthy.image_labels[:, 0].all()
+    assert healthy.params["placed"] == [] and healthy.params["healthy"]
+
+
+def test_every_class_appears_with_prevalence_one(sick: SyntheticVolume) -> None:
+    present = set(np.unique(sick.labels))
+    for cid in (SRF, IRF, PED, EZ, HRF, DRUSEN):
+        assert cid in present, cid
+    assert sick.params["placed"] == sorted(DEFAULT_PREVALENCE)
+
+
+def test_prevalence_zero_gives_no_lesions() -> None:
+    s = make_volume(3, **SMALL, prevalence={k: 0.0 for k in DEFAULT_PREVALENCE})
+    assert not s.labels.any()
+
+
+def test_image_labels_match_labels(sick: SyntheticVolume) -> None:
+    for b in range(sick.labels.shape[0]):
+        for cid in range(8):
+            assert sick.image_labels[b, cid] == (cid == 0 or bool((sick.labels[b] == cid).any()))
+
+
+@pytest.mark.parametrize("cid", [SRF, IRF, PED])
+def test_lesions_are_3d_and_continuous(sick: SyntheticVolume, cid: int) -> None:
+    """A 3-D lesion spans at least two consecutive B-scans and overlaps itself between them."""
+    lab3, n = ndimage.label(sick.labels == cid)
+    spans = [np.unique(np.nonzero(lab3 == k)[0]) for k in range(1, n + 1)]
+    longest = max(spans, key=len)
+    assert len(longest) >= 2 and np.all(np.diff(longest) == 1)
+
+
+def test_layer_reflectivity_order(healthy: SyntheticVolume) -> None:
+    mean = {name: _band(healthy, *b).mean() for name, b in {
+        "NFL": ("ILM", "NFL_GCL"), "INL": ("IPL_INL", "INL_OPL"), "OPL": ("INL_OPL", "OPL_ONL"),
+        "ONL": ("OPL_ONL", "ELM"), "RPE": ("RPE", "RPE_BOTTOM"), "EZ": ("EZ", "OS")}.items()}
+    y = np.arange(healthy.labels.shape[1])[None, :, None]
+    vitreous = healthy.volume.data[y < healthy.layers["ILM"][:, None, :] - 5].mean()
+    assert mean["RPE"] > mean["ONL"] and mean["INL"] < mean["OPL"] and mean["NFL"] > mean["INL"]
+    assert mean["EZ"] > mean["ONL"] and mean["ONL"] < mean["OPL"] and vitreous < mean["ONL"]
+
+
+def test_fluid_darker_and_hrf_brighter(sick: SyntheticVolume) -> None:
+    data = sick.volume.data.astype(float)
+    retina = _band(sick, "ILM", "ELM").mean()
+    inner = np.ones((1, 3, 3), bool)  # the fluid's interior: its rim is blurred with the bright EZ/RPE
+    assert data[ndimage.binary_erosion(sick.labels == SRF, inner)].mean() < 0.7 * retina
+    assert data[ndimage.binary_erosion(sick.labels == IRF, inner)].mean() < 0.7 * retina
+    assert data[sick.labels == SRF].mean() < retina and data[sick.labels == IRF].mean() < retina
+    assert data[sick.labels == HRF].mean() > _band(sick, "INL_OPL", "ELM").mean() + 30
+
+
+def test_hrf_foci_sizes(sick: SyntheticVolume) -> None:
+    for b in np.flatnonzero(sick.image_labels[:, HRF]):
+        lab, n = ndimage.label(sick.labels[b] == HRF)
+        for sl in ndimage.find_objects(lab):
+            h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+            assert 2 <= max(h, w) <= 10 and min(h, w) >= 1, (b, h, w)
+
+
+def test_write_dataset_layout(tmp_path) -> None:
+    out = write_dataset(tmp_path / "ds", 5, healthy_fraction=0.4, seed=3, n_bscans=4, width=128)
+    with open(out / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["volume", "bscan", "image", "mask", "patient",
+                             "srf", "irf", "ped", "ez", "hrf", "drusen", "fluid"]
+    assert len(rows) == 20 and rows[0]["volume"] == "synth_0000" and rows[0]["patient"] == "P0000"
+    assert rows[0]["image"] == "synth_0000/bscans/000.png" and rows[0]["mask"] == "synth_0000/masks/000.png"
+    gen = json.loads((out / "generation.json").read_text())
+    assert sum(v["healthy"] for v in gen["volumes"]) == 2
+    for row in rows[:8]:
+        img, mask = iio.imread(out / row["image"]), iio.imread(out / row["mask"])
+        assert img.shape == mask.shape == (496, 128) and img.dtype == mask.dtype == np.uint8
+        for key, cid in (("srf", SRF), ("irf", IRF), ("ped", PED), ("ez", EZ), ("hrf", HRF), ("drusen", DRUSEN)):
+            assert int(row[key]) == int((mask == cid).any())
+        assert row["fluid"] == "0"
+    side = json.loads((out / "synth_0001" / "volume.json").read_text())
+    assert set(side) == {"spacing_mm", "laterality", "meta"} and len(side["spacing_mm"]) == 3
+    # each volume is reproducible alone from its recorded seed and arguments
+    v = gen["volumes"][1]
+    again = make_volume(v["seed"], healthy=v["healthy"], **v["make_kwargs"])
+    assert np.array_equal(again.volume.data[2], iio.imread(out / "synth_0001" / "bscans" / "002.png"))
+    assert write_dataset(tmp_path / "ds2", 5, healthy_fraction=0.4, seed=3, n_bscans=4, width=128)
+    assert (tmp_path / "ds2" / "labels.csv").read_bytes() == (out / "labels.csv").read_bytes()
