@@ -1,6 +1,8 @@
-"""Dock widgets. Thin: they collect parameters and call the library; the CLI offers the same."""
+"""Dock widgets. Thin: they collect parameters and call the library; the CLI offers the same.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: magicgui reads the annotations at run time.
+"""
+
 
 from typing import Annotated
 
