@@ -1,7 +1,8 @@
 """Builders for OCT files that have no real sample here, written with each format's own library or spec.
 
-Not mocks of our readers: .vol is built with eyepy's construct definition of the HSF-OCT format, Topcon
-and Bioptigen files with oct-converter's construct structs, DICOM with pydicom, .mat with scipy.
+Not mocks of our readers: .vol and .e2e are built with eyepy's construct definitions of the Heidelberg formats,
+Topcon and Bioptigen files with oct-converter's construct structs, DICOM with pydicom, .mat with scipy, RETOUCH
+.mhd/.raw with itk.
 """
 
 from __future__ import annotations
@@ -199,3 +200,112 @@ def build_heyex_xml(folder: Path, volume: np.ndarray, *, first="Jane", last="Doe
            f"</ReferenceSeries>{''.join(parts)}</Series></Study></Patient></BODY></HEDX>")
     (folder / "export.xml").write_text(xml, encoding="utf-8")
     return folder / "export.xml"
+
+
+#: 1961-02-03 as an E2E birth date: Julian day number 2437334, stored as (JDN + 14558805) * 64 (uocte's reading).
+E2E_BIRTHDATE_1961_02_03 = (2437334 + 14558805) * 64
+
+
+def build_e2e(path: Path, codes: np.ndarray, *, firstname: str = "Jane", surname: str = "Doe",
+              patient_id: str = "MRN-0042", birthdate: int = E2E_BIRTHDATE_1961_02_03, sex: str = "F",
+              laterality: str = "OS", scale_y: float = 0.0039, start_deg=(-10.0, -2.0), end_x_deg: float = 10.0,
+              step_deg: float = 0.5, scan_pattern: int = 3, order=None) -> Path:
+    """A Heidelberg .e2e holding one raster volume, built with eyepy's own construct definitions (``e2e_format``).
+
+    ``codes`` (n, H, W) uint16 are the B-scan pixels in Heidelberg's unsigned 16-bit float (6-bit exponent with
+    bias 63, 10-bit mantissa), written through eyepy's ``Bscan`` adapter (its decoder table ``LUT`` gives the floats). Layout as
+    eyepy's reader walks it: version + main header, one chunk (header + one folder header per data container),
+    then the data containers. Patient level: Type9 patient data. Series level: Type11 laterality, Type9005-9008
+    strings, Type10005 exam time, the localizer (image type 33620481). Slice level (slice id 2*i; 2 for a single B-scan): Type10004
+    B-scan meta (size, scale_y in mm, start/end in degrees, index), the B-scan (image type 35652097), two
+    Type10019 layers (eyepy needs at least one per slice). ``order`` writes the slices in another file order.
+    """
+    from eyepy.io.he import e2e_format as ef
+
+    n, h, w = codes.shape
+    pid, study, series = 11, 12, 13
+    items = [((pid, -1, -1, -1, 0), ef.TypesEnum.patient,
+              ef.Type9(firstname=firstname, surname=surname, birthdate=birthdate, sex=sex, patient_id=patient_id))]
+    ser = (pid, study, series, -1, 0)
+    lat = ef.LateralityEnum.OD if laterality == "OD" else ef.LateralityEnum.OS
+
+    def strings(*texts: str) -> dict:
+        return dict(n_strings=len(texts), string_size=128, text=list(texts))
+
+    slo = np.zeros((32, 32), np.uint8)
+    items += [
+        (ser, ef.TypesEnum.laterality, ef.Type11(unknown=bytes(14), laterality=lat)),
+        (ser, ef.TypesEnum.enface_modality, ef.Type9007(**strings("Infra-Red", "IR"))),
+        (ser, ef.TypesEnum.oct_modality, ef.Type9008(**strings("OCT", "OCT"))),
+        (ser, ef.TypesEnum.scanpattern, ef.Type9006(**strings("OCT ART Volume"))),
+        (ser, ef.TypesEnum.examined_structure, ef.Type9005(**strings("Retina"))),
+        (ser, ef.TypesEnum.examination_time, ef.Type10005(unknown=bytes(16), examination_time="2020-05-06T10:11:12")),
+        (ser, ef.TypesEnum.image, ef.Type1073741824(size=slo.size, type=33620481, n_values=slo.size, height=32,
+                                                     width=32, data=slo)),
+    ]
+    lut = ef.Bscan.LUT  # eyepy's decoder table; its encoder maps these exact float32 values back to the codes
+    for i in (range(n) if order is None else order):
+        y = start_deg[1] + i * step_deg
+        slice_id = 2 if n == 1 else 2 * i  # eyepy: "Slice id for single B-scan Volumes is 2 and not 0"
+        sl = (pid, study, series, slice_id, 0)
+        meta = ef.Type10004(
+            unknown0=0, size_y=h, size_x=w, start_x=start_deg[0], start_y=y, end_x=end_x_deg, end_y=y, zero1=0,
+            unknown1=0.0, scale_y=scale_y, unknown2=0.0, zero2=0, unknown3=[0.0, 0.0], zero3=0, imgSizeWidth=w,
+            n_bscans=n, aktImage=i, scan_pattern=scan_pattern, center_x=(start_deg[0] + end_x_deg) / 2, center_y=y,
+            unknown4=0, acquisitionTime="2020-05-06T10:11:12", numAve=16, quality=0.8, unknown5=0.0,
+            unknown6=bytes(12), art_mode=16, oct_controller_fw_raw=bytes(4), oct_camera_fw_raw=bytes(4),
+            oct_camera_fpga_raw=bytes(4), unknown7=bytes(4), focus_candidate_raw=0.0, unknown8=bytes(12),
+            quality_ui=30.0, rest=bytes(428 - 172))  # Type10004 is 428 bytes in real files
+        items.append((sl, ef.TypesEnum.bscanmeta, meta))
+        items.append(((pid, study, series, slice_id, 1), ef.TypesEnum.image, ef.Type1073741824(
+            size=h * w * 2, type=35652097, n_values=h * w, height=h, width=w, data=lut[codes[i]])))
+        for layer_id, row in ((0, 0.2 * h), (1, 0.8 * h)):  # ILM, BM
+            items.append((sl, ef.TypesEnum.layer_annotation, ef.Type10019(
+                unknown0=0, id=layer_id, unknown1=0, width=w, manual_edit_raw=0, unknown2=[],
+                data=np.full(w, row, np.float32))))
+
+    hdr_len, folder_len = ef.header_format.sizeof(), ef.folderheader_format.sizeof()
+    version = ef.version_format.build(ef.Version(name="CMDb", version=100, unknown0=[0] * 10))
+    chunk_pos = len(version) + hdr_len
+    pos = chunk_pos + hdr_len + len(items) * folder_len
+    folders, blobs = [], []
+    for k, ((p, st, se, sl_id, ind), typ, item) in enumerate(items):
+        if isinstance(item, ef.Type10019):  # its padding count is derived from the container size
+            size = 20 + 4 * len(item.unknown2) + 4 * item.width
+        else:
+            size = len(getattr(ef, f"type{item.type_id}_format").build(item))
+        ids = dict(patient_id=p, study_id=st, series_id=se, slice_id=sl_id, ind=ind, type=typ)
+        folder_pos = chunk_pos + hdr_len + k * folder_len
+        blob = ef.datacontainer_format.build(ef.DataContainer(
+            header=ef.ContainerHeader(magic3="MDbData", unknown0=0, header_pos=folder_pos, pos=pos, size=size,
+                                      unknown1=0, unknown2=0, unknown3=0, **ids), item=item))
+        assert len(blob) == ef.containerheader_format.sizeof() + size
+        folders.append(ef.FolderHeader(pos=folder_pos, start=pos, size=size, unknown0=0, unknown1=0, unknown3=0, **ids))
+        blobs.append(blob)
+        pos += len(blob)
+
+    def header(current: int, prev: int) -> bytes:
+        return ef.header_format.build(ef.Header(magic2="MDbMDir", version=100, unknown0=[0] * 10,
+                                                num_entries=len(items), current=current, prev=prev, unknown1=0))
+
+    body = version + header(0, chunk_pos) + header(chunk_pos, 0)
+    body += b"".join(ef.folderheader_format.build(f) for f in folders) + b"".join(blobs)
+    path.write_bytes(body)
+    return path
+
+
+def build_retouch(folder: Path, volume: np.ndarray, *, spacing_zyx=(0.047, 0.00195, 0.0117),
+                  reference: np.ndarray | None = None) -> Path:
+    """A RETOUCH volume folder: ``oct.mhd``/``oct.raw`` (and ``reference.mhd``/``.raw`` with label ids 0-3),
+    written by itk as the challenge ships them: DimSize x y z = A-scans, depth, B-scans; ElementSpacing in mm."""
+    import itk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = itk.image_from_array(np.ascontiguousarray(volume))
+    image.SetSpacing([float(s) for s in reversed(spacing_zyx)])
+    itk.imwrite(image, str(folder / "oct.mhd"))
+    if reference is not None:
+        ref = itk.image_from_array(np.ascontiguousarray(reference.astype(np.uint8)))
+        ref.SetSpacing([float(s) for s in reversed(spacing_zyx)])
+        itk.imwrite(ref, str(folder / "reference.mhd"))
+    return folder

@@ -63,6 +63,88 @@ def test_truncated_vendor_files(tmp_path: Path) -> None:
             read_volume(path)
 
 
+def _e2e(tmp_path: Path, name: str = "a.e2e") -> Path:
+    codes = np.full((3, 16, 24), 60 << 10, np.uint16)
+    return b.build_e2e(tmp_path / name, codes)
+
+
+def _read_in_time(path: Path, seconds: float = 60) -> BaseException | None:
+    """read_volume in a thread, so that a reader stuck in a loop fails the test instead of hanging it."""
+    import threading
+
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            read_volume(path)
+            result.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"read_volume({path.name}) did not return within {seconds} s"
+    return result[0]
+
+
+def test_truncated_e2e(tmp_path: Path) -> None:
+    path = _e2e(tmp_path)
+    blob = path.read_bytes()
+    for cut in (20, 100, 300, len(blob) // 2, len(blob) - 10):
+        path.write_bytes(blob[:cut])
+        exc = _read_in_time(path)
+        assert isinstance(exc, OctReadError) and "a.e2e" in str(exc), (cut, exc)
+
+
+def test_corrupt_e2e_directory_and_sizes(tmp_path: Path) -> None:
+    import struct
+
+    from eyepy.io.he import HeE2eReader
+    from eyepy.io.he.e2e_format import TypesEnum
+
+    path = _e2e(tmp_path)
+    blob = bytearray(path.read_bytes())
+    n = struct.unpack_from("<I", blob, 36 + 36)[0]  # main header num_entries (after magic, version, 10 x u16)
+    last = 36 + 52 + 52 + 44 * (n - 1)  # the chunk's last folder header
+    looped = bytearray(blob)
+    struct.pack_into("<II", looped, last + 4, 0, 88 - 60)  # its end points back to the first chunk: eyepy loops
+    (tmp_path / "loop.e2e").write_bytes(bytes(looped))
+    exc = _read_in_time(tmp_path / "loop.e2e")
+    assert isinstance(exc, OctReadError) and "points back" in str(exc)
+
+    meta_folder = HeE2eReader(path).file_hierarchy.all_folders
+    start = next(f.start for f in meta_folder if f.type == TypesEnum.bscanmeta)
+    huge = bytearray(blob)
+    struct.pack_into("<II", huge, start + 60 + 4, 10**6, 10**6)  # Type10004 size_y, size_x
+    (tmp_path / "huge.e2e").write_bytes(bytes(huge))
+    exc = _read_in_time(tmp_path / "huge.e2e")
+    assert isinstance(exc, OctReadError) and "truncated or corrupt" in str(exc), exc
+
+
+def test_retouch_without_itk_says_which_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    (tmp_path / "oct.mhd").write_text("NDims = 3\nDimSize = 4 3 2\nElementType = MET_UCHAR\nElementDataFile = oct.raw\n")
+    (tmp_path / "oct.raw").write_bytes(bytes(24))
+    assert can_read(tmp_path)
+    monkeypatch.setitem(sys.modules, "itk", None)  # as if itk were not installed
+    with pytest.raises(OctReadError, match=r"optional 'itk' package: pip install 'napari-oct-wsss\[retouch\]'"):
+        read_volume(tmp_path)
+
+
+def test_corrupt_retouch(tmp_path: Path) -> None:
+    vol = np.random.default_rng(3).integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    folder = b.build_retouch(tmp_path / "r", vol)
+    raw = folder / "oct.raw"
+    raw.write_bytes(raw.read_bytes()[:500])
+    with pytest.raises(OctReadError, match="RETOUCH volume unreadable"):
+        read_volume(folder)
+    raw.unlink()
+    with pytest.raises(OctReadError, match="RETOUCH volume unreadable"):
+        read_volume(folder)
+
+
 def test_bad_xml(tmp_path: Path) -> None:
     (tmp_path / "x.xml").write_text("<not closed")
     with pytest.raises(OctReadError, match="x.xml"):

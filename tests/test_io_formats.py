@@ -145,10 +145,88 @@ def test_duke_mat_through_eyepy(tmp_path: Path) -> None:
     assert v.spacing_mm == pytest.approx((0.067, 0.0045, 0.0067)) and v.patient == {"age": 70}
 
 
-def test_e2e_without_sample_fails_cleanly(tmp_path: Path) -> None:
+def _e2e_codes(n: int = 3, h: int = 64, w: int = 96) -> np.ndarray:
+    """Heidelberg float16 codes: exponents 50-63 (values 1e-4..1) plus a few 'empty region' values (> 1.99);
+    each B-scan brighter than the one before, so the order of the B-scans is visible in the voxels."""
+    rng = np.random.default_rng(21)
+    exponent = np.clip(rng.integers(50, 62, (n, h, w)) + np.arange(n)[:, None, None], 50, 63)
+    codes = (exponent << 10) | rng.integers(0, 1024, (n, h, w))
+    codes[:, 0, :4] = (64 << 10)  # 2.0: eyepy's e2e transform maps empty regions (> 1.99) to 0
+    return codes.astype(np.uint16)
+
+
+def _e2e_expected(codes: np.ndarray) -> np.ndarray:
+    """eyepy's ``e2e`` intensity transform, written out (log, scale, clip, to uint8), on the floats eyepy decodes
+    from the codes (its decoder table; note it reads the 10 mantissa bits in reverse order)."""
+    from eyepy.io.he.e2e_format import Bscan
+
+    x = Bscan.LUT[codes].astype(np.float64)
+    u = np.clip((np.log(x + 2.44e-04) + 8.3) / 8.285, 0, 1)
+    u[x > 1.99] = 0
+    return np.rint(u * 255).astype(np.uint8)
+
+
+def test_e2e_built_with_eyepy_structs(tmp_path: Path) -> None:
+    codes = _e2e_codes()
+    path = b.build_e2e(tmp_path / "scan.e2e", codes, order=[2, 0, 1])  # slices stored out of order
+    assert can_read(path)
+    v = read_volume(path)
+    assert v.shape == (3, 64, 96) and v.data.dtype == np.uint8 and v.source["format"] == "heidelberg-e2e"
+    np.testing.assert_array_equal(v.data, _e2e_expected(codes))
+    assert v.data[0].mean() < v.data[1].mean() < v.data[2].mean()
+    # y from the B-scan header; x = 20 deg / 96 A-scans, z = 0.5 deg per B-scan, at 0.2896 mm/deg
+    assert v.spacing_mm == pytest.approx((0.5 * 0.2896, 0.0039, 20 / 96 * 0.2896), rel=1e-6)
+    assert v.meta["spacing_source"] == "file" and "spacing_defaulted_axes" not in v.meta
+    assert v.laterality == "OS" and v.meta["scan_pattern"] == "OCT ART Volume" and v.meta["scan_date"] == "2020-05-06"
+    assert v.patient["first_name"] == "Jane" and v.patient["surname"] == "Doe"
+    assert v.patient["patient_id"] == "MRN-0042" and v.patient["birth_date"] == "1961-02-03"
+    assert v.patient["sex"] == "F" and v.patient["heyex_series_id"] == 13
+    text = repr(v.summary()) + repr(v.meta) + repr(v.source)
+    for phi in ("Jane", "Doe", "MRN-0042", "1961", str(b.E2E_BIRTHDATE_1961_02_03)):
+        assert phi not in text, phi
+    out = tmp_path / "out.tif"
+    from oct_wsss.io import write_volume
+
+    write_volume(v, out)
+    assert all(phi not in out.read_bytes() for phi in (b"Jane", b"Doe", b"MRN-0042", b"1961-02-03"))
+    assert read_volume(b.build_e2e(tmp_path / "od.e2e", codes[:1], laterality="OD")).laterality == "OD"
+
+
+def test_e2e_birth_date_encodings() -> None:
+    from oct_wsss.io.heyex import e2e_birth_date
+
+    assert e2e_birth_date(b.E2E_BIRTHDATE_1961_02_03) == "1961-02-03"
+    assert e2e_birth_date(19610203) == "1961-02-03"  # some files hold YYYYMMDD
+    assert e2e_birth_date(0) is None and e2e_birth_date(2**32 - 1) is None
+
+
+def test_e2e_not_an_e2e_fails_cleanly(tmp_path: Path) -> None:
     (tmp_path / "x.e2e").write_bytes(b"CMDb" + b"\x00" * 200)
     with pytest.raises(OctReadError, match="x.e2e"):
         read_volume(tmp_path / "x.e2e")
+
+
+def test_retouch_folder_read_with_itk(tmp_path: Path) -> None:
+    import itk  # noqa: F401  (the optional 'retouch' extra; part of the test environment)
+
+    rng = np.random.default_rng(31)
+    spectralis = rng.integers(100, 60000, (3, 40, 50)).astype(np.uint16)  # Spectralis volumes are USHORT
+    ref = np.zeros_like(spectralis, np.uint8)
+    ref[1, 10:20, 5:15] = 2
+    folder = b.build_retouch(tmp_path / "TRAIN001", spectralis, spacing_zyx=(0.12, 0.0039, 0.0117), reference=ref)
+    assert {p.name for p in folder.iterdir()} == {"oct.mhd", "oct.raw", "reference.mhd", "reference.raw"}
+    assert "DimSize = 50 40 3" in (folder / "oct.mhd").read_text()
+    assert can_read(folder)
+    v = read_volume(folder)
+    assert v.shape == (3, 40, 50) and v.data.dtype == np.float32 and v.source["format"] == "retouch"
+    lo, hi = float(spectralis.min()), float(spectralis.max())
+    np.testing.assert_allclose(v.data, (spectralis - lo) / (hi - lo), atol=1e-6)  # all 16 bits kept
+    assert v.meta["source_dtype"] == "uint16" and v.meta["source_range"] == [lo, hi] and v.meta["has_reference"]
+    assert v.spacing_mm == pytest.approx((0.12, 0.0039, 0.0117)) and v.meta["spacing_source"] == "file"
+    cirrus = rng.integers(0, 256, (4, 30, 20)).astype(np.uint8)  # Cirrus/Topcon volumes are UCHAR: kept exactly
+    v = read_volume(b.build_retouch(tmp_path / "TEST002", cirrus))
+    np.testing.assert_array_equal(v.data, cirrus)
+    assert v.spacing_mm == pytest.approx((0.047, 0.00195, 0.0117)) and not v.meta["has_reference"]
 
 
 def test_single_image_and_rgb(tmp_path: Path) -> None:

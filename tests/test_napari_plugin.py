@@ -148,3 +148,14 @@ def test_wheel_ships_the_manifest(tmp_path: Path) -> None:
     assert "oct_wsss/napari.yaml" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "napari-oct-wsss = oct_wsss:napari.yaml" in entry_points
+
+
+def test_demo_viewer_shows_the_lesion_volume_truth_and_widget(make_napari_viewer) -> None:
+    from oct_wsss.napari._demo import populate_demo
+
+    viewer = make_napari_viewer()
+    populate_demo(viewer)
+    assert [layer.name for layer in viewer.layers] == ["synthetic OCT (lesions)", "ground truth"]
+    assert viewer.dims.current_step[0] == 24
+    assert viewer.dims.axis_labels[0] == "B-scan"
+    assert "Synthetic OCT phantom" in " ".join(viewer.window._dock_widgets)

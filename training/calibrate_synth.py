@@ -80,24 +80,46 @@ def duke_stats(root: Path) -> None:
     fit_display_model(vit, {c: np.concatenate(values[c]).astype(float) for c in (1, 2, 3, 5)})
 
 
+def _wilson_hilferty(g: np.ndarray, k: float) -> np.ndarray:
+    """Unit-mean gamma(k) from standard normal ``g`` (the transform ``oct_wsss.synth.noise`` uses)."""
+    c = 1.0 / (9.0 * k)
+    return np.maximum(1.0 - c + np.sqrt(c) * g, 0.0) ** 3
+
+
 def fit_display_model(vitreous: np.ndarray, tissue: dict[int, np.ndarray]) -> None:
-    """Fit out = clip(A * I**0.25 - O) (Heidelberg's 4th-root export) to the vitreous noise, then the
-    tissue speckle shape k from the layers' sd / (median + O)."""
+    """Fit the vitreous model of ``oct_wsss.synth.noise``: a separate population of exact zeros
+    (pixels whose single-frame noise, exponential, falls under a threshold t; the zero mask shares half
+    its Gaussian field with the displayed value) and, elsewhere, out = clip(A * N**0.25 - O) with
+    frame-averaged noise N ~ gamma(k_noise). A, O, k_noise fit the non-zero quantiles; then the tissue
+    speckle shape k from the layers' sd / (median + O)."""
     rng = np.random.default_rng(0)
-    noise = rng.gamma(1.0, 1.0, 400_000)  # fully developed speckle of the noise floor (unit mean)
-    target = np.array([vitreous.mean(), vitreous.std(), np.mean(vitreous == 0)])
+    g1, g2 = rng.standard_normal((2, 400_000))
+    ez = _wilson_hilferty(0.5 * g1 + np.sqrt(0.75) * g2, 1.0)
+    zero_frac = float(np.mean(vitreous == 0))
+    nz = vitreous[vitreous > 0]
+    qs = [5, 10, 25, 50, 75, 90, 95]
+    target = np.percentile(nz, qs)
+
+    def simulate(p: np.ndarray, t: float) -> np.ndarray:
+        return np.where(ez < t, 0.0, np.clip(np.rint(p[0] * _wilson_hilferty(g1, p[2]) ** 0.25 - p[1]), 0, 255))
 
     def resid(p: np.ndarray) -> np.ndarray:
-        x = np.clip(p[0] * noise**0.25 - p[1], 0, 255)
-        return (np.array([x.mean(), x.std(), np.mean(x <= 0.5)]) - target) / [25, 16, 0.12]
+        x = simulate(p, -1.0)
+        return np.r_[(np.percentile(x, qs) - target) / 5, (x.mean() - nz.mean()) / 2]
 
-    a, o = optimize.least_squares(resid, [80.0, 50.0], diff_step=0.05).x
+    a, o, k_noise = optimize.least_squares(resid, [100.0, 70.0, 4.0], diff_step=0.05,
+                                           bounds=([10, 0, 0.5], [400, 400, 40])).x
+    clip_zeros = np.mean(simulate(np.array([a, o, k_noise]), -1.0) == 0)
+    t = float(np.quantile(ez, max(zero_frac - clip_zeros, 0.0)))
+    sim = simulate(np.array([a, o, k_noise]), t)
     ratio = np.mean([v.std() / (np.median(v) + o) for v in tissue.values()])
-    ks = np.linspace(1, 8, 57)
+    ks = np.linspace(1, 12, 111)
     r = [np.std(u := rng.gamma(k, 1 / k, 100_000) ** 0.25) / np.median(u) for k in ks]
     k_tissue = ks[int(np.argmin(np.abs(np.array(r) - ratio)))]
-    print(f"display model fit on vitreous (noise intensity mean 1, gamma k=1): A = {a:.1f}, O = {o:.1f}; "
-          f"tissue sd/(p50+O) = {ratio:.3f} -> tissue speckle gamma k = {k_tissue:.2f}")
+    print(f"vitreous non-zero p5/10/25/50/75/90/95: {' '.join(f'{q:.0f}' for q in target)}; "
+          f"display model: A = {a:.1f}, O = {o:.1f}, noise gamma k = {k_noise:.2f}, zero threshold t = {t:.3f} "
+          f"(model: mean {sim.mean():.1f} sd {sim.std():.1f} zeros {np.mean(sim == 0):.3f})")
+    print(f"tissue sd/(p50+O) = {ratio:.3f} -> tissue speckle gamma k = {k_tissue:.2f}")
 
 
 def _line_rows(layer: np.ndarray, values: tuple[int, ...]) -> np.ndarray:

@@ -46,13 +46,9 @@ def _demo(args: argparse.Namespace) -> None:
         import napari
     except ImportError as err:  # the GUI is an extra
         raise CliError("the demo needs napari and a Qt binding: pip install 'napari-oct-wsss[gui]'") from err
-    from oct_wsss.napari._sample_data import synthetic_lesions
+    from oct_wsss.napari._demo import populate_demo
 
-    viewer = napari.Viewer(title="napari-oct-wsss demo")
-    for data, kwargs, layer_type in synthetic_lesions():
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Synthetic OCT phantom")
-    viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
+    populate_demo(napari.Viewer(title="napari-oct-wsss demo"))
     napari.run()
 
 

@@ -105,15 +105,30 @@ def _stack(files: list[Path], folder: Path) -> np.ndarray:
     return np.stack(pages)
 
 
-def _read_retouch(folder: Path) -> OctVolume:
-    """RETOUCH challenge folder (oct.mhd) through eyepy's importer, which needs the optional ``itk``."""
-    try:
-        from eyepy.io import import_retouch
+RETOUCH_EXTRA_HINT = "pip install 'napari-oct-wsss[retouch]' (or pip install itk)"
 
-        ev = import_retouch(folder)
+
+def _read_retouch(folder: Path) -> OctVolume:
+    """RETOUCH challenge folder (``oct.mhd`` + ``oct.raw``) read with ``itk``, the optional dependency eyepy's
+    ``import_retouch`` uses too.
+
+    eyepy's importer scales every volume to uint8 by ``value / dtype max * 255`` with truncation, which throws away
+    8 of the 16 bits of the Spectralis (USHORT) volumes; the voxels are therefore read with ``itk.imread`` directly
+    and go through the normalisation policy like every other format (uint8 Cirrus/Topcon kept, uint16 min-max).
+    Spacing is the .mhd ``ElementSpacing`` (x, y, z in mm) reversed to (z, y, x), as eyepy does.
+    """
+    mhd = folder / "oct.mhd"
+    try:
+        import itk
     except ImportError as exc:
-        raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package ({exc})") from exc
-    except Exception as exc:
-        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.__class__.__name__}: {exc})") from exc
-    return build_volume(np.asarray(ev.data), folder, "retouch", spacing_mm=(ev.scale_z, ev.scale_y, ev.scale_x),
-                        meta={"dataset": "RETOUCH"})
+        raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package: {RETOUCH_EXTRA_HINT}") from exc
+    try:
+        image = itk.imread(str(mhd))
+        data = np.asarray(itk.array_from_image(image))
+        spacing = tuple(float(s) for s in reversed(tuple(image.GetSpacing())))
+    except Exception as exc:  # itk raises RuntimeError for missing/short .raw files and bad headers
+        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.__class__.__name__}: {str(exc).strip()[:200]})") from exc
+    if data.ndim != 3:
+        raise OctReadError(folder, f"RETOUCH oct.mhd is {data.ndim}-D (shape {data.shape}); expected a 3-D volume")
+    meta: dict[str, Any] = {"dataset": "RETOUCH", "has_reference": (folder / "reference.mhd").is_file()}
+    return build_volume(data, folder, "retouch", spacing_mm=spacing, meta=meta)

@@ -88,30 +88,166 @@ def read_heyex_vol(path: Path) -> OctVolume:
 
 
 def read_heyex_e2e(path: Path) -> OctVolume:
-    """Spectralis .e2e through eyepy (first volume in the file); names and ids go to ``patient``."""
-    from eyepy.io import import_heyex_e2e
+    """Spectralis .e2e through eyepy's ``HeE2eReader`` (first series eyepy can turn into a volume).
 
+    Voxels are eyepy's ``e2e`` intensity transform (uint8). Spacing: y from the B-scan header (``scale_y``, mm);
+    x and z from the scan angles in the file (degrees) with eyepy's provisional 289.6 µm/° constant. Names,
+    birth date, ids and sex go to ``patient``. The chunk directory is walked first (with eyepy's own structs) so
+    that a corrupt file cannot send eyepy's indexer into an endless loop, and sizes are checked against the file
+    size before anything is allocated.
+    """
+    from eyepy.io.he import HeE2eReader
+
+    size = path.stat().st_size
+    _check_e2e_directory(path, size)
     try:
-        ev = import_heyex_e2e(path)
-        data = np.asarray(ev.data)
+        reader = HeE2eReader(path)
+        with reader:
+            series_list = reader.series
+            if not series_list:
+                raise OctReadError(path, "no OCT series in the .e2e file")
+            failures = []
+            for series in series_list:
+                try:
+                    _check_e2e_series_size(path, series, size)
+                    ev = series.get_volume()
+                    data = np.asarray(ev.data)
+                    break
+                except OctReadError as exc:
+                    failures.append(exc.args[0] if exc.args else str(exc))
+                except Exception as exc:  # construct/struct errors, eyepy's ValueErrors (e.g. circle scans)
+                    failures.append(f"series {series.id}: {exc.__class__.__name__}: {str(exc)[:160]}")
+            else:
+                raise OctReadError(path, "no series could be read as a volume (" + "; ".join(failures)[:400] + ")")
+            bscan_meta = list(ev.meta["bscan_meta"])
+            patient = _e2e_patient(series)
+            x_info = series.get_x_scale_derivation()
+            laterality = _e2e_laterality(series, ev)
+            heyex = (ev.meta.get("e2e_metadata") or {}).get("heyex", {})
+    except OctReadError:
+        raise
     except Exception as exc:
         raise OctReadError(path, f"not a readable Heidelberg .e2e file ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
-    e2e = dict(ev.meta.get("e2e_metadata") or {}) if hasattr(ev.meta, "get") else {}
-    info = e2e.get("Patient") or {}
-    patient = {
-        "first_name": info.get("First Name"),
-        "surname": info.get("Surname"),
-        "patient_id": info.get("Patient ID"),
-        "birth_date": info.get("Date of Birth"),
-        "sex": info.get("Sex"),
-    }
-    # eyepy gives no physical scaling for .e2e (scale_unit 'px'); only accept real mm values.
-    spacing = None
-    if str(ev.meta.get("scale_unit")) == "mm":
-        spacing = (ev.meta.get("scale_z"), ev.meta.get("scale_y"), ev.meta.get("scale_x"))
-    meta = {"device": "Heidelberg Engineering Spectralis", "intensity_transform": "eyepy e2e (log, uint8)"}
-    return build_volume(data, path, "heidelberg-e2e", spacing_mm=spacing, laterality=ev.meta.get("laterality"),
+    spacing, defaulted = fill_spacing(_e2e_spacing(bscan_meta, x_info))
+    general = heyex.get("General Parameters") or {}
+    container = heyex.get("Container") or {}
+    meta: dict[str, Any] = {k: v for k, v in {
+        "device": "Heidelberg Engineering Spectralis",
+        "scan_pattern": container.get("Scan Pattern"),
+        "scan_date": container.get("Series Date"),
+        "examined_structure": general.get("Examined Structure"),
+        "bscan_quality": [float(m.get("quality_ui", float("nan"))) for m in bscan_meta],
+        "intensity_transform": "eyepy e2e (log, uint8)",
+        "spacing_note": "y from the B-scan header; x and z from the scan angles (degrees) x 0.2896 mm/deg "
+                        "(eyepy's provisional medium-eye-length constant)",
+    }.items() if v is not None}
+    if defaulted:
+        meta["spacing_defaulted_axes"] = "".join(defaulted)
+    return build_volume(data, path, "heidelberg-e2e", spacing_mm=spacing, laterality=laterality,
                         meta=meta, patient=patient)
+
+
+def _check_e2e_directory(path: Path, size: int) -> None:
+    """Walk the chunk directory as eyepy's ``GreedyRange`` does, but insist that every chunk moves forward.
+
+    eyepy's ``Chunk`` ends with a ``Seek`` to just after the chunk's last data container; in a corrupt file that
+    can point backwards and eyepy then parses the same chunk forever.
+    """
+    from eyepy.io.he.e2e_format import chunk_format, header_format, version_format
+
+    with open(path, "rb") as fh:
+        try:
+            version_format.parse_stream(fh)
+            header_format.parse_stream(fh)
+        except Exception as exc:
+            raise OctReadError(path, f"not a Heidelberg .e2e file (header unreadable: {exc.__class__.__name__})") from exc
+        pos, n_chunks = fh.tell(), 0
+        while pos < size:
+            try:
+                chunk_format.parse_stream(fh)
+            except Exception:  # where eyepy's GreedyRange stops too
+                break
+            new = fh.tell()
+            if new <= pos:
+                raise OctReadError(path, f"corrupt .e2e: chunk {n_chunks} at byte {pos} points back to byte {new}")
+            pos, n_chunks = new, n_chunks + 1
+    if n_chunks == 0:
+        raise OctReadError(path, "not a readable Heidelberg .e2e file (no data chunks)")
+
+
+def _check_e2e_series_size(path: Path, series: Any, size: int) -> None:
+    """Refuse B-scan sizes the file cannot hold before eyepy allocates the volume."""
+    metas = series.get_bscan_meta()
+    if not metas:
+        raise OctReadError(path, f"series {series.id}: no B-scan headers")
+    h, w, n = int(metas[0]["size_y"]), int(metas[0]["size_x"]), int(series.n_bscans)
+    if h < 1 or w < 1 or n < 1 or 2 * h * w * n > size:
+        raise OctReadError(path, f"truncated or corrupt: series {series.id} says {n} B-scans of {w}x{h} px "
+                                 f"(needs {2 * h * w * n} bytes), file has {size} bytes")
+
+
+def _e2e_spacing(bscan_meta: list[Any], x_info: dict[str, Any]) -> tuple[Any, Any, Any]:
+    from eyepy.io.he.e2e_reader import MEDIUM_EYE_LENGTH_UM_PER_DEG
+
+    mm_per_deg = MEDIUM_EYE_LENGTH_UM_PER_DEG / 1000
+    scale_y = bscan_meta[0].get("scale_y") if bscan_meta else None
+    scale_y = float(str(np.float32(scale_y))) if scale_y is not None else None  # float32 in the file: 0.0039, not 0.00389999989
+    scale_x = x_info.get("scaling_x_um_per_pixel")
+    scale_x = scale_x / 1000 if scale_x is not None else None
+    centres = [(float(m["center_x"]), float(m["center_y"])) for m in bscan_meta if "center_x" in m]
+    steps = [math.dist(a, b) for a, b in zip(centres, centres[1:])]
+    scale_z = round(float(np.median(steps)) * mm_per_deg, 6) if steps else None
+    return scale_z, scale_y, scale_x
+
+
+def _e2e_laterality(series: Any, ev: Any) -> str | None:
+    """Laterality from the series' Type11 folder (eyepy's meta gives ``str()`` of the enum: '82'/'76')."""
+    from eyepy.io.he.e2e_format import TypesEnum
+
+    folders = series.folders.get(TypesEnum.laterality) or []
+    if folders:
+        value = folders[0].data.laterality
+        name = getattr(value, "name", None)
+        if name in ("OD", "OS"):
+            return name
+    return {"82": "OD", "76": "OS"}.get(str(ev.meta.get("laterality")), ev.meta.get("laterality"))
+
+
+def _e2e_patient(series: Any) -> dict[str, Any]:
+    """Patient block (Type9) and HEYEX internal ids; eyepy does not decode the birth date, so it is done here."""
+    from eyepy.io.he.e2e_format import TypesEnum
+
+    out: dict[str, Any] = {"heyex_series_id": int(series.id)}
+    if series.study is not None:
+        out["heyex_study_id"] = int(series.study.id)
+    if series.patient is not None:
+        out["heyex_pid"] = int(series.patient.id)
+        folders = series.patient.folders.get(TypesEnum.patient) or []
+        if folders:
+            data = folders[0].data
+            out.update(first_name=data.firstname.strip(), surname=data.surname.strip(),
+                       patient_id=data.patient_id.strip(), sex=data.sex.strip(),
+                       birth_date=e2e_birth_date(int(data.birthdate)), birth_date_raw=int(data.birthdate))
+    return out
+
+
+def e2e_birth_date(raw: int) -> str | None:
+    """E2E birth date: ``raw / 64 - 14558805`` is a Julian day number (uocte's reading, used by oct-converter);
+    some files hold YYYYMMDD instead. None unless it gives a plausible date (1850-2100)."""
+    import datetime
+
+    candidates = []
+    if 18500101 <= raw <= 21001231:
+        candidates.append(lambda: datetime.date(raw // 10000, raw // 100 % 100, raw % 100))
+    candidates.append(lambda: datetime.date.fromordinal(int(raw / 64 - 14558805) - 1721425))
+    for make in candidates:
+        try:
+            day = make()
+        except (ValueError, OverflowError):
+            continue
+        if 1850 <= day.year <= 2100:
+            return day.isoformat()
+    return None
 
 
 def find_heyex_xml(folder: Path) -> Path | None:

@@ -12,6 +12,7 @@ from oct_wsss.classes import ONTOLOGY, colormap
 from oct_wsss.volume import OctVolume
 
 LayerData = tuple[Any, dict[str, Any], str]
+AXES = ("B-scan", "depth", "lateral")
 
 
 def display_name(volume: OctVolume) -> str:
@@ -31,6 +32,7 @@ def image_layer(volume: OctVolume, name: str | None = None) -> LayerData:
             "name": name or display_name(volume),
             "scale": volume.spacing_mm,
             "units": ("mm", "mm", "mm"),
+            "axis_labels": AXES,
             "contrast_limits": volume.contrast_limits(),
             "colormap": "gray",
             "metadata": {"oct_wsss": volume.summary()},
@@ -47,6 +49,7 @@ def labels_layer(labels: np.ndarray, spacing_mm: tuple[float, float, float], nam
             "name": name,
             "scale": spacing_mm,
             "units": ("mm", "mm", "mm"),
+            "axis_labels": AXES,
             "colormap": DirectLabelColormap(color_dict=colormap()),
             "opacity": 0.6,
             "metadata": {"oct_wsss": {"ontology": {c.id: c.name for c in ONTOLOGY}}},

@@ -53,12 +53,15 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
     if present.get("ez"):
         for _ in range(int(rng.integers(1, 3))):
             dome("ez", 1.2, (0.15, 0.7), (0.15, 0.5), 0.0, 1.0)
-    if present.get("irf"):
-        for i in range(int(rng.integers(2, 12))):
-            host = "ONL" if rng.uniform() < 0.6 else "INL"
-            big = host == "ONL" and i < 2
-            dome("irf", 0.6 if big else 1.5, (0.05, 0.28 if big else 0.15), (0.06, 0.3 if big else 0.18),
-                 rng.uniform(15, 40) if big else rng.uniform(6, 20), 0.5, host=host)
+    if present.get("irf"):  # a cluster of cysts of varied size around the fovea, the largest in the ONL
+        cz, cx = _near_fovea(rng, grid, 0.35)
+        for i in range(int(rng.integers(3, 11))):
+            big = i < 2
+            z, x = _near_fovea(rng, Grid(grid.z, grid.x, (cz, cx), 1.0, px_per_um), 0.25 if big else 0.7)
+            r = float(rng.uniform(0.08, 0.2) if big else rng.uniform(0.03, 0.09))
+            out.append({"kind": "irf", "z_mm": z, "x_mm": x, "rx_mm": r, "rz_mm": float(max(r * rng.uniform(0.8, 1.3), 1.2 * dz)),
+                        "height_px": float((rng.uniform(25, 60) if big else rng.uniform(7, 22)) * h), "power": 0.5,
+                        "host": "ONL" if big or rng.uniform() < 0.4 else "INL"})
     if present.get("hrf"):
         n = grid.z.shape[0]
         zidx = np.abs(grid.z[:, 0] - grid.fovea[0]) < 2.5
@@ -75,10 +78,14 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
     return out
 
 
+def _rho2(grid: Grid, lesion: dict) -> np.ndarray:
+    """Squared normalised en-face distance from the lesion centre (1 on its rim), (n, W)."""
+    return ((grid.x - lesion["x_mm"]) / lesion["rx_mm"]) ** 2 + ((grid.z - lesion["z_mm"]) / lesion["rz_mm"]) ** 2
+
+
 def footprint(grid: Grid, lesion: dict) -> np.ndarray:
     """Dome profile (1 - rho^2)^power over the en-face grid, 0 outside the lesion, (n, W) float32."""
-    rho2 = ((grid.x - lesion["x_mm"]) / lesion["rx_mm"]) ** 2 + ((grid.z - lesion["z_mm"]) / lesion["rz_mm"]) ** 2
-    return (np.clip(1.0 - rho2, 0.0, 1.0) ** lesion["power"]).astype(np.float32)
+    return (np.clip(1.0 - _rho2(grid, lesion), 0.0, 1.0) ** lesion["power"]).astype(np.float32)
 
 
 def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
@@ -99,8 +106,10 @@ def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
             maps["DRUSEN"] = np.maximum(maps["DRUSEN"], les["height_px"] * fp)
         elif kind == "ez":
             maps["EZ_GAP"] = np.maximum(maps["EZ_GAP"], (fp > 0.05).astype(np.float32))
-        elif kind == "irf":
-            maps[les["host"]] += les["height_px"] * fp
+        elif kind == "irf":  # the host band swells smoothly and wider than the cyst: the ILM rises gently
+            wide = dict(les, rx_mm=max(1.5 * les["rx_mm"], 0.3), rz_mm=max(1.5 * les["rz_mm"], 0.3))
+            swell = np.exp(-0.5 * _rho2(grid, wide))
+            maps[les["host"]] = np.maximum(maps[les["host"]], 0.9 * les["height_px"] * np.where(swell > 0.01, swell, 0.0))
     maps["SUBRPE"] = maps["PED"] + maps["DRUSEN"]
     return maps
 
@@ -131,7 +140,7 @@ def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[
 
 
 def irf_mask(i: int, height: int, surf: dict[str, np.ndarray], lesions: list[dict], grid: Grid) -> np.ndarray:
-    """Cysts of B-scan ``i``: ellipsoids centred in their (swollen) host band, chord = their swelling."""
+    """Cysts of B-scan ``i``: ellipsoids (chord = height x footprint) centred in their swollen host band."""
     y = _rows(height)
     mask = np.zeros((height, grid.x.shape[1]), bool)
     for les in lesions:

@@ -11,7 +11,7 @@ from oct_wsss.synth import anatomy, lesions, noise, vessels
 from oct_wsss.synth.anatomy import BAND_P50, BANDS, BOUNDARIES, MU_PER_PX, reflectivity
 from oct_wsss.volume import DEFAULT_SPACING_MM, OctVolume
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 LESION_KEYS = tuple(lesions.DEFAULT_PREVALENCE)
 #: Reflectivity (linear) of the extra structures, given as target display medians.
 HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 125.0, 95.0, 125.0
@@ -49,13 +49,14 @@ def _band_tables(i: int, changes: dict, lesion_list: list[dict]) -> tuple[dict, 
 
 
 def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: list[dict],
-                  grid: anatomy.Grid, vmap: tuple[np.ndarray, np.ndarray], choroid: np.ndarray,
+                  grid: anatomy.Grid, vmap: tuple[np.ndarray, np.ndarray], choroid: tuple[np.ndarray, np.ndarray],
                   labels: np.ndarray) -> np.ndarray:
     """Attenuated linear reflectivity (H, W) of B-scan ``i`` from its bands, lesions and vessels."""
     width = surf["ILM"].shape[1]
     y = np.arange(height, dtype=np.float32)[:, None]
     refl_t, mu_t = _band_tables(i, changes, lesion_list)
-    refl_t["CHOROID"] = refl_t["CHOROID"] * vessels.choroid_texture(choroid, i, height, width)
+    refl_t["CHOROID"] = refl_t["CHOROID"] * vessels.choroid_texture(choroid, i, surf["BM_BOTTOM"][i],
+                                                                      surf["CSI"][i], height)
     refl = np.zeros((height, width), np.float32)
     mu = np.zeros((height, width), np.float32)
     prev_r, prev_m = 0.0, 0.0

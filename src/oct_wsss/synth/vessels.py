@@ -3,6 +3,8 @@ consistent across neighbouring B-scans because they are drawn en face) and choro
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage
 
@@ -46,15 +48,48 @@ def vessel_map(grid: Grid, vessels: list[dict]) -> tuple[np.ndarray, np.ndarray]
     return chord.reshape(shape), diam.reshape(shape)
 
 
-def choroid_field(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
-    """Low-resolution smooth 3-D random field (n, H/4, W/4) whose high values are choroidal lumens."""
-    f = rng.standard_normal((n, height // 4 + 1, width // 4 + 1)).astype(np.float32)
-    f = ndimage.gaussian_filter(f, (0.8, 1.6, 2.4))
-    return f / (f.std() + 1e-6)
+def choroid_field(rng: np.random.Generator, n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth 3-D random fields whose high values are choroidal lumens: coarse (n, H/8, W/8) for the
+    large Haller vessels, fine (n, H/4, W/4) for the small Sattler vessels; continuous across B-scans."""
+    out = []
+    for step, sigma in ((8, (0.7, 0.9, 1.2)), (4, (0.7, 0.8, 1.1))):
+        f = ndimage.gaussian_filter(rng.standard_normal((n, height // step + 2, width // step + 2)).astype(np.float32), sigma)
+        out.append(f / (f.std() + 1e-6))
+    return out[0], out[1]
 
 
-def choroid_texture(field: np.ndarray, i: int, height: int, width: int) -> np.ndarray:
-    """Stroma/lumen modulation (H, W) for B-scan ``i``: ~1 in stroma, ~0.2 in vessel lumens."""
-    up = ndimage.zoom(field[i], (height / field.shape[1], width / field.shape[2]), order=1)[:height, :width]
-    lumen = 1.0 / (1.0 + np.exp(-(up - 0.45) / 0.12))
-    return (1.0 - 0.85 * lumen).astype(np.float32)
+@functools.cache
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """Linear-interpolation matrix (n_out, n_in) from a coarse grid spanning the same extent."""
+    pos = np.clip((np.arange(n_out) + 0.5) * (n_in - 1) / n_out, 0, n_in - 1)
+    lo = np.minimum(pos.astype(int), n_in - 2)
+    m = np.zeros((n_out, n_in), np.float32)
+    m[np.arange(n_out), lo] = 1 - (pos - lo)
+    m[np.arange(n_out), lo + 1] = pos - lo
+    return m
+
+
+def _upsample(field: np.ndarray, height: int, width: int, rows: slice) -> np.ndarray:
+    return _interp_matrix(height, field.shape[0])[rows] @ field @ _interp_matrix(width, field.shape[1]).T
+
+
+def choroid_texture(fields: tuple[np.ndarray, np.ndarray], i: int, top: np.ndarray, bottom: np.ndarray,
+                    height: int) -> np.ndarray:
+    """Choroid reflectivity modulation (H, W) for B-scan ``i`` between rows ``top`` (below BM) and
+    ``bottom`` (sclera): a bright choriocapillaris, then small, deeper large lumens (~0.2 x stroma) with
+    soft walls; 1 outside the choroid."""
+    width = top.shape[0]
+    r0 = int(np.clip(np.floor(top.min()) - 1, 0, height))
+    r1 = int(np.clip(np.ceil(bottom.max()) + 2, r0, height))
+    out = np.ones((height, width), np.float32)
+    if r1 <= r0:
+        return out
+    rows = slice(r0, r1)
+    d = np.clip((np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5 - top) / np.maximum(bottom - top, 1.0), 0, 1)
+    lumen = lambda f, thr: 1.0 / (1.0 + np.exp(-(f - thr) / 0.22))  # noqa: E731 - soft vessel wall
+    big = lumen(_upsample(fields[0][i], height, width, rows), 0.2) * np.clip((d - 0.22) / 0.25, 0, 1)
+    small = lumen(_upsample(fields[1][i], height, width, rows), 0.5) * np.clip((d - 0.07) / 0.1, 0, 1) \
+        * np.clip((0.6 - d) / 0.25, 0, 1)
+    cc = np.exp(-((d / 0.07) ** 2))
+    out[rows] = (1.0 + 0.6 * cc) * (1.0 - 0.8 * np.maximum(big, small))
+    return out
