@@ -71,25 +71,35 @@ def normalise_array(
         if 0.0 <= lo and hi <= 1.0:
             meta["source_range"] = [lo, hi]
             return np.ascontiguousarray(array), meta
-    work = array.astype(np.float64)
-    bad = ~np.isfinite(work) | (np.abs(work) >= INVALID_MARKER_MIN)
-    n_bad = int(bad.sum())
-    if n_bad == work.size:
+    # Per B-scan in float64, written into one float32 output: a 200x496x1024 uint16 volume needs its 400 MB result
+    # plus a few MB, not a float64 copy of the whole volume (and its temporaries). Same arithmetic, same results.
+    is_float = np.issubdtype(array.dtype, np.floating)
+    n_bad, lo, hi = 0, np.inf, -np.inf
+    if is_float:
+        for page in array:
+            p = page.astype(np.float64, copy=False)
+            good = p[np.isfinite(p) & (np.abs(p) < INVALID_MARKER_MIN)]
+            n_bad += p.size - good.size
+            if good.size:
+                lo, hi = min(lo, float(good.min())), max(hi, float(good.max()))
+    else:  # integers cannot be NaN/inf or reach the invalid marker
+        lo, hi = float(array.min()), float(array.max())
+    if n_bad == array.size:
         raise OctReadError(path, "no finite values (all NaN/inf/invalid markers)")
     if n_bad:
-        fill = float(work[~bad].min())
         warnings.warn(
-            f"{path}: {n_bad} non-finite or invalid-marker values set to the volume's finite minimum {fill:g}",
+            f"{path}: {n_bad} non-finite or invalid-marker values set to the volume's finite minimum {lo:g}",
             stacklevel=3,
         )
-        work[bad] = fill
-    lo, hi = float(work.min()), float(work.max())
     meta["source_range"] = [lo, hi]
     meta["n_nonfinite"] = n_bad
+    out = np.zeros(array.shape, np.float32)  # a constant volume stays all zeros
     if hi > lo:
-        out = ((work - lo) / (hi - lo)).astype(np.float32)
-    else:  # a constant volume: nothing to scale; all zeros keeps it in range
-        out = np.zeros(work.shape, np.float32)
+        for i, page in enumerate(array):
+            work = page.astype(np.float64)
+            if n_bad:
+                work[~np.isfinite(work) | (np.abs(work) >= INVALID_MARKER_MIN)] = lo
+            out[i] = (work - lo) / (hi - lo)
     return out, meta
 
 
