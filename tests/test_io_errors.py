@@ -6,10 +6,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import io_builders as b
 import numpy as np
 import pytest
 
-import io_builders as b
 from oct_wsss.io import SUPPORTED_SUFFIXES, OctReadError, can_read, read_volume
 
 
@@ -78,7 +78,7 @@ def _read_in_time(path: Path, seconds: float = 60) -> BaseException | None:
         try:
             read_volume(path)
             result.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             result.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)

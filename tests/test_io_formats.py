@@ -6,10 +6,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import io_builders as b
 import numpy as np
 import pytest
 
-import io_builders as b
 from oct_wsss.io import OctReadError, can_read, read_volume
 from oct_wsss.volume import DEFAULT_SPACING_MM
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import io_builders as b
 import numpy as np
 import pytest
 
-import io_builders as b
 from oct_wsss.io import read_volume, write_volume
 from oct_wsss.volume import OctVolume
 

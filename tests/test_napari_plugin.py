@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.io import read_volume
-from oct_wsss.io.labels import read_labels
+from oct_wsss.io import read_labels, read_volume
 from oct_wsss.napari._reader import get_reader
 
 PLUGIN = "napari-oct-wsss"

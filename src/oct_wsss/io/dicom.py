@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from oct_wsss.io.errors import OctReadError
 from oct_wsss.io.normalise import build_volume, fill_spacing
 from oct_wsss.volume import OctVolume

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from oct_wsss.io import can_read, read_volume
+from oct_wsss.io import can_read, read_labels, read_volume
 from oct_wsss.napari._layers import LayerData, image_layer, labels_layer
 
 
@@ -31,7 +31,7 @@ def read_oct(path: str | list[str]) -> list[LayerData]:
     layers = [image_layer(volume)]
     masks = Path(path) / "masks"
     if masks.is_dir():
-        truth = read_volume(masks).data
+        truth = read_labels(masks)
         if truth.shape == volume.shape:
             layers.append(labels_layer(truth, volume.spacing_mm, "ground truth"))
     return layers

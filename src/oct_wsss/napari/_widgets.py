@@ -11,7 +11,6 @@ from napari.types import LayerDataTuple
 from oct_wsss.napari._layers import image_layer, labels_layer
 from oct_wsss.synth import make_volume
 
-
 Probability = Annotated[float, {"widget_type": "FloatSlider", "min": 0.0, "max": 1.0, "step": 0.05}]
 
 

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from oct_wsss.io import write_volume
-from oct_wsss.io.labels import write_labels
+from oct_wsss.io import write_labels, write_volume
 from oct_wsss.volume import OctVolume
 
 
