@@ -152,3 +152,30 @@ def test_write_dataset_layout(tmp_path) -> None:
     assert np.array_equal(again.volume.data[2], iio.imread(out / "synth_0001" / "bscans" / "002.png"))
     assert write_dataset(tmp_path / "ds2", 5, healthy_fraction=0.4, seed=3, n_bscans=4, width=128)
     assert (tmp_path / "ds2" / "labels.csv").read_bytes() == (out / "labels.csv").read_bytes()
+
+
+def test_irf_cysts_are_dark_holes(sick: SyntheticVolume) -> None:
+    """Cyst interiors are near-vitreous dark, well below the surrounding retina (Duke fluid p50 46)."""
+    data = sick.volume.data
+    interior = ndimage.binary_erosion(sick.labels == IRF, np.ones((1, 3, 3), bool))
+    retina = _band(sick, "ILM", "ELM")
+    assert np.median(data[interior]) < 0.6 * np.median(retina)
+
+
+def test_drusen_lift_decays_toward_the_ilm() -> None:
+    """Over drusen the RPE rises by the druse height; the ILM barely moves (displacement decays upward)."""
+    s = make_volume(2, prevalence={"drusen": 1.0, **{k: 0.0 for k in ("srf", "irf", "ped", "ez", "hrf")}})
+    flat = make_volume(2, healthy=True)
+    rpe_lift = flat.layers["RPE"] - s.layers["RPE"]
+    ilm_lift = flat.layers["ILM"] - s.layers["ILM"]
+    top = rpe_lift > 0.8 * rpe_lift.max()
+    assert rpe_lift.max() >= 5 and np.all(ilm_lift[top] < 0.4 * rpe_lift[top])
+    assert np.allclose(s.layers["BM"], flat.layers["BM"])
+
+
+def test_vitreous_histogram_near_duke(healthy: SyntheticVolume) -> None:
+    """Duke vitreous: mean 25.1, sd 16.3, 12.2 % exact zeros, almost no values 1-4."""
+    y = np.arange(healthy.labels.shape[1])[None, :, None]
+    v = healthy.volume.data[y < healthy.layers["ILM"][:, None, :] - 5]
+    assert 0.08 < np.mean(v == 0) < 0.17 and 20 < v.mean() < 31 and 11 < v.std() < 20
+    assert np.mean((v >= 1) & (v <= 4)) < 0.02

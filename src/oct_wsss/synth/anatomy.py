@@ -25,12 +25,13 @@ PARAFOVEAL_THICKNESS_PX = {
     "MYOID": 3.0, "EZ": 4.0, "OS": 4.0, "IZ": 2.0, "RPE": 5.0,
 }
 #: Duke band-core median uint8 intensity (middle half of each band): NFL 132, GCL+IPL 92, INL 70,
-#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels) 46 -- p10-p25 (22-36) used for the fluid interior, whose rim the PSF blurs brighter; choroid 0-60 px below BM mean 53.
+#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels, rims included) 46 -- the interior is set to 20, i.e. no signal above the noise floor;
+#: choroid stroma set so that 0-60 px below BM (with lumens) averages ~58 vs Duke 53 (healthy seed 1).
 #: Thin bands (EZ, RPE, ELM) are set above their Duke band-core value because the PSF blurs them down.
 BAND_P50 = {
-    "NFL": 132.0, "GCL": 88.0, "IPL": 98.0, "INL": 70.0, "OPL": 80.0, "ONL": 48.0,
+    "NFL": 134.0, "GCL": 91.0, "IPL": 101.0, "INL": 74.0, "OPL": 84.0, "ONL": 55.0,
     "MYOID": 58.0, "EZ": 150.0, "OS": 92.0, "IZ": 128.0, "RPE": 190.0, "BM": 130.0,
-    "FLUID": 20.0, "CHOROID": 105.0, "SCLERA": 50.0,
+    "FLUID": 20.0, "CHOROID": 95.0, "SCLERA": 50.0,
 }
 #: Display model fitted on the Duke vitreous (mean 25.1, sd 16.3; 12.2 % exact zeros, a separate
 #: population: almost no values 1-4; non-zero p5/p50/p95 11/27/51): ``uint8 = clip(A * I**0.25 - O)``
@@ -55,9 +56,10 @@ BOUNDARIES = ("ILM", "NFL_GCL", "GCL_IPL", "IPL_INL", "INL_OPL", "OPL_ONL", "ELM
 
 
 def reflectivity(p50: float) -> float:
-    """Linear reflectivity (units of the noise floor) whose speckled display median is ``p50``."""
+    """Linear reflectivity (units of the noise floor) whose speckled display median is about ``p50``
+    once the unit-mean noise floor is added (0 for anything as dark as the noise alone)."""
     median_speckle = special.gammaincinv(TISSUE_SPECKLE_K, 0.5) / TISSUE_SPECKLE_K
-    return float(((p50 + DISPLAY_O) / DISPLAY_A) ** 4 / median_speckle)
+    return float(max(((p50 + DISPLAY_O) / DISPLAY_A) ** 4 - 1.0, 0.0) / median_speckle)
 
 
 @dataclass

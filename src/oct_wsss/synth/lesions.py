@@ -58,7 +58,7 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
         for i in range(int(rng.integers(3, 11))):
             big = i < 2
             z, x = _near_fovea(rng, Grid(grid.z, grid.x, (cz, cx), 1.0, px_per_um), 0.25 if big else 0.7)
-            r = float(rng.uniform(0.08, 0.2) if big else rng.uniform(0.03, 0.09))
+            r = float(rng.uniform(0.12, 0.3) if big else rng.uniform(0.04, 0.1))
             out.append({"kind": "irf", "z_mm": z, "x_mm": x, "rx_mm": r, "rz_mm": float(max(r * rng.uniform(0.8, 1.3), 1.2 * dz)),
                         "height_px": float((rng.uniform(25, 60) if big else rng.uniform(7, 22)) * h), "power": 0.5,
                         "host": "ONL" if big or rng.uniform() < 0.4 else "INL"})
@@ -107,9 +107,9 @@ def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
         elif kind == "ez":
             maps["EZ_GAP"] = np.maximum(maps["EZ_GAP"], (fp > 0.05).astype(np.float32))
         elif kind == "irf":  # the host band swells smoothly and wider than the cyst: the ILM rises gently
-            wide = dict(les, rx_mm=max(1.5 * les["rx_mm"], 0.3), rz_mm=max(1.5 * les["rz_mm"], 0.3))
+            wide = dict(les, rx_mm=max(2.0 * les["rx_mm"], 0.5), rz_mm=max(2.0 * les["rz_mm"], 0.5))
             swell = np.exp(-0.5 * _rho2(grid, wide))
-            maps[les["host"]] = np.maximum(maps[les["host"]], 0.9 * les["height_px"] * np.where(swell > 0.01, swell, 0.0))
+            maps[les["host"]] = np.maximum(maps[les["host"]], 0.75 * les["height_px"] * np.where(swell > 0.01, swell, 0.0))
     maps["SUBRPE"] = maps["PED"] + maps["DRUSEN"]
     return maps
 
