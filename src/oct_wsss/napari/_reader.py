@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from oct_wsss.io import can_read, read_labels, read_volume
+from napari.utils.notifications import show_error
+
+from oct_wsss.io import OctReadError, can_read, read_labels, read_volume
 from oct_wsss.napari._layers import LayerData, image_layer, labels_layer
 
 
@@ -24,10 +26,15 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 def read_oct(path: str | list[str]) -> list[LayerData]:
     """Read one OCT volume; a synthetic-dataset folder also yields its ground-truth masks.
 
-    An unreadable file raises ``OctReadError``; napari shows its message as a notification.
+    An unreadable file shows a notification with the specific reason (napari's own message for a failed
+    reader names only the plugin), then raises so napari can offer any other reader for the file.
     """
     path = path[0] if isinstance(path, list) else path
-    volume = read_volume(path)
+    try:
+        volume = read_volume(path)
+    except OctReadError as err:
+        show_error(str(err))
+        raise
     layers = [image_layer(volume)]
     masks = Path(path) / "masks"
     if masks.is_dir():
