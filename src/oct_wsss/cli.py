@@ -41,6 +41,31 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.volumes} synthetic volumes to {out} (labels.csv, generation.json)")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from oct_wsss.classes import BACKGROUND, by_key
+    from oct_wsss.evaluate import EvaluationInputError, console_table, evaluate_paths, write_json, write_markdown
+
+    classes = None
+    if args.classes:
+        try:
+            classes = sorted({by_key(k.strip()).id for k in args.classes.split(",") if k.strip()} - {BACKGROUND})
+        except KeyError as err:
+            raise CliError(str(err.args[0])) from err
+    try:
+        report = evaluate_paths(args.pred, args.truth, classes, lesion_images_only=args.lesion_images_only)
+    except EvaluationInputError as err:
+        raise CliError(str(err)) from err
+    if report["n_images_scored"] == 0:
+        raise CliError("no B-scan left to score (--lesion-images-only and no lesion in the truth)")
+    print(console_table(report))
+    if report["unmatched_truth_volumes"]:
+        print(f"note: {len(report['unmatched_truth_volumes'])} truth volume(s) have no prediction and were not scored")
+    if args.report:
+        print(f"wrote {write_json(report, args.report)}")
+    if args.markdown:
+        print(f"wrote {write_markdown(report, args.markdown, title=f'{args.pred} vs {args.truth}')}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     try:
         import napari
@@ -69,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same dataset (0)")
     p.add_argument("--bscans", type=int, default=49, help="B-scans per volume (49)")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("evaluate", help="score predicted label volumes against ground truth (IoU, DSC, area ratios)")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="labels.tif, mask folder, volume folder (labels.tif or masks/ inside) or a root of such")
+    p.add_argument("--truth", required=True, type=Path,
+                   help="the same kinds (e.g. an `oct-wsss synth` volume or dataset root); matched by volume id")
+    p.add_argument("--report", type=Path, help="write the full report as JSON here")
+    p.add_argument("--markdown", type=Path, help="write a markdown table in the AGM paper's Table-1 shape here")
+    p.add_argument("--classes", help="comma-separated class keys to score (e.g. srf,ped); others count as background")
+    p.add_argument("--lesion-images-only", action="store_true",
+                   help="score only B-scans whose truth holds a lesion (the AGM paper's protocol)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="open napari with the plugin and a synthetic OCT volume with lesions")
     p.set_defaults(func=_demo)

@@ -1,0 +1,107 @@
+"""Finding label volumes on disk (labels.tif, mask folders, synth volume folders, dataset roots) and scoring them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.evaluate.metrics import (
+    BinaryScores,
+    binary_scores,
+    confusion_per_image,
+    segmentation_scores,
+    summarise_volumes,
+)
+
+_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+
+
+class EvaluationInputError(ValueError):
+    """Inputs that cannot be scored (missing, unreadable, mismatched); the message is one line."""
+
+
+def _single(path: Path) -> Path | None:
+    """The labels file or mask folder a path stands for, or None when it is not a single volume."""
+    if path.is_file():
+        return path
+    if (path / "labels.tif").is_file():
+        return path / "labels.tif"
+    if (path / "masks").is_dir():
+        return path / "masks"
+    if any(p.suffix.lower() in _MASK_SUFFIXES and p.is_file() for p in path.iterdir()):
+        return path
+    return None
+
+
+def resolve(path: str | Path) -> dict[str, Path]:
+    """``{volume_id: labels source}``: one entry for a labels.tif / mask folder / volume folder, else one per subfolder.
+
+    A volume folder holds ``labels.tif`` (``oct-wsss propose --out``) or ``masks/`` (``oct-wsss synth``); a
+    dataset root holds such folders, named by volume id.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise EvaluationInputError(f"{path}: no such file or folder")
+    single = _single(path)
+    if single is not None:
+        return {"": single}
+    found = {d.name: s for d in sorted(path.iterdir()) if d.is_dir() and (s := _single(d)) is not None}
+    if not found:
+        raise EvaluationInputError(f"{path}: no labels.tif, mask images, masks/ folder or volume folders in it")
+    return found
+
+
+def load(source: Path) -> np.ndarray:
+    """Read one label volume with ``oct_wsss.io.read_labels``; failures become one-line EvaluationInputErrors."""
+    from oct_wsss.io import read_labels
+
+    try:
+        return read_labels(source)
+    except Exception as exc:  # tifffile/imageio raise many kinds
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise EvaluationInputError(msg if str(source) in msg else f"{source}: {msg}") from exc
+
+
+def match(pred: dict[str, Path], truth: dict[str, Path]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair prediction and truth volumes by id; returns the pairs and the truth ids with no prediction."""
+    if set(pred) == {""} and set(truth) == {""}:
+        return [("volume", pred[""], truth[""])], []
+    if "" in pred or "" in truth:
+        kind = lambda d: "a single volume" if "" in d else f"{len(d)} volume folders"  # noqa: E731
+        raise EvaluationInputError(f"pred is {kind(pred)} but truth is {kind(truth)}; give two volumes or two roots")
+    extra = sorted(set(pred) - set(truth))
+    if extra:
+        raise EvaluationInputError(f"{len(extra)} predicted volume(s) have no truth: {', '.join(extra[:5])}"
+                                   + (" ..." if len(extra) > 5 else ""))
+    return [(v, pred[v], truth[v]) for v in sorted(pred)], sorted(set(truth) - set(pred))
+
+
+def evaluate_paths(pred: str | Path, truth: str | Path, classes: Sequence[int] | None = None, *,
+                   lesion_images_only: bool = False) -> dict[str, Any]:
+    """Score a prediction against truth on disk; returns the JSON-ready report (schema in docs/evaluation.md)."""
+    pairs, unmatched = match(resolve(pred), resolve(truth))
+    cms: list[np.ndarray] = []
+    volumes: dict[str, dict[str, Any]] = {}
+    per_volume: dict[str, BinaryScores] = {}
+    for vid, p_src, t_src in pairs:
+        p, t = load(p_src), load(t_src)
+        if p.shape != t.shape:
+            where = "" if vid == "volume" else f" in volume {vid}"
+            raise EvaluationInputError(f"shape mismatch{where}: pred {tuple(p.shape)} ({p_src}) vs truth "
+                                       f"{tuple(t.shape)} ({t_src})")
+        try:
+            cm = confusion_per_image(t, p)
+        except ValueError as exc:
+            raise EvaluationInputError(f"{vid}: {exc}") from exc
+        cms.append(cm)
+        lesion_ids = [c for c in (classes if classes is not None else range(1, cm.shape[1])) if c != 0]
+        per_volume[vid] = binary_scores(cm, lesion_ids)
+        volumes[vid] = {"shape": list(t.shape), **per_volume[vid].to_dict()}
+    scores = segmentation_scores(np.concatenate(cms), classes, lesion_images_only=lesion_images_only)
+    return {"schema": "oct-wsss-evaluate/1", "pred": str(pred), "truth": str(truth),
+            "images_scored": "lesion images only" if lesion_images_only else "all",
+            **scores.to_dict(), "volumes": volumes, "volume_summary": summarise_volumes(per_volume),
+            "unmatched_truth_volumes": unmatched}
