@@ -12,7 +12,7 @@ import napari
 import numpy as np
 from skimage.io import imsave
 
-from oct_wsss.napari._demo import populate_demo
+from oct_wsss.cli import populate_demo
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"

@@ -161,7 +161,7 @@ def test_wheel_ships_the_manifest(tmp_path: Path) -> None:
 
 
 def test_demo_viewer_shows_the_lesion_volume_truth_and_widget(make_napari_viewer) -> None:
-    from oct_wsss.napari._demo import populate_demo
+    from oct_wsss.cli import populate_demo
 
     viewer = make_napari_viewer()
     populate_demo(viewer)

@@ -10,6 +10,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+
+PLUGIN = "napari-oct-wsss"
 
 
 class CliError(Exception):
@@ -71,10 +75,16 @@ def _demo(args: argparse.Namespace) -> None:
         import napari
     except ImportError as err:  # the GUI is an extra
         raise CliError("the demo needs napari and a Qt binding: pip install 'napari-oct-wsss[gui]'") from err
-    from oct_wsss.napari._demo import populate_demo
-
     populate_demo(napari.Viewer(title="napari-oct-wsss demo"))
     napari.run()
+
+
+def populate_demo(viewer: Any) -> None:
+    """Fill a napari viewer with the demo through the plugin's manifest (sample data, widget), as a user would."""
+    viewer.scale_bar.visible = True
+    viewer.open_sample(PLUGIN, "synthetic_lesions")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Synthetic OCT phantom")
+    viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
