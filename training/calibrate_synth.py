@@ -6,7 +6,8 @@ Reads the shared real data (never copied into the repo):
 - Bonn drusen volume, 70 Spectralis B-scans with expert RPE/BM lines: RPE-BM distance, drusen
   heights and widths, BM curvature and tilt.
 
-Usage: ``python training/calibrate_synth.py [--data ../shared/data]``. The printed numbers are quoted
+Usage: ``python training/calibrate_synth.py [--data ../shared/data] [--synth SEED ...]`` (``--synth``:
+the same statistics on healthy phantoms instead). The printed numbers are quoted
 in ``docs/synthetic.md`` and as named constants in ``src/oct_wsss/synth/anatomy.py``.
 """
 
@@ -186,11 +187,67 @@ def bonn_stats(root: Path) -> None:
         print(f"inside drusen (RPE+3 .. BM-1): mean {d.mean():.1f} sd {d.std():.1f}")
 
 
+#: Duke classes as phantom boundaries (top, bottom): ISE = EZ + OS, OS+RPE = IZ + RPE.
+SYNTH_BANDS = {"NFL": ("ILM", "NFL_GCL"), "GCL+IPL": ("NFL_GCL", "IPL_INL"), "INL": ("IPL_INL", "INL_OPL"),
+               "OPL": ("INL_OPL", "OPL_ONL"), "ONL+ISM": ("OPL_ONL", "EZ"), "ISE(EZ)": ("EZ", "IZ"),
+               "OS+RPE": ("IZ", "RPE_BOTTOM")}
+
+
+def synth_check(seeds: list[int]) -> None:
+    """The same statistics on healthy OD phantoms (pooled): band-core p50 and thickness (as Duke's),
+    vitreous, choroid, NFL nasal vs temporal thickness."""
+    from oct_wsss.synth import make_volume
+
+    vols = [make_volume(seed, healthy=True) for seed in seeds]
+    data = np.concatenate([s.volume.data for s in vols]).astype(float)
+    lay = {k: np.concatenate([s.layers[k] for s in vols]) for k in vols[0].layers}
+    y = np.arange(data.shape[1])[None, :, None] + 0.5
+    print(f"== healthy phantoms, seeds {seeds} (band core = middle half; Duke in docs/synthetic.md) ==")
+    for name, (top, bottom) in SYNTH_BANDS.items():
+        t0, t1 = lay[top][:, None, :], lay[bottom][:, None, :]
+        frac = (y - t0) / np.maximum(t1 - t0, 1e-3)
+        core = data[(frac > 0.25) & (frac <= 0.75)]
+        th = (lay[bottom] - lay[top]).ravel()
+        print(f"  {name:<8} core p50 {np.median(core):4.0f}  thickness px median {np.median(th):5.1f} "
+              f"[{np.percentile(th, 10):.1f}, {np.percentile(th, 90):.1f}]")
+    vit = data[y < lay["ILM"][:, None, :] - 5]
+    print(f"vitreous (> 5 px above ILM): mean {vit.mean():.1f} sd {vit.std():.1f} zeros {np.mean(vit == 0):.3f} "
+          f"p10/25/50/75/90/95/99 {' '.join(f'{v:.0f}' for v in np.percentile(vit, [10, 25, 50, 75, 90, 95, 99]))}")
+    below = y - lay["BM"][:, None, :]
+    print(f"choroid 0-60 px below BM mean {data[(below >= 0) & (below < 60)].mean():.1f}; "
+          f"150-250 px {data[(below >= 150) & (below < 250)].mean():.1f}")
+    nfl = lay["NFL_GCL"] - lay["ILM"]
+    half = nfl.shape[1] // 2
+    print(f"NFL thickness px, outer thirds of the scan: right {np.median(nfl[:, -half // 3:]):.1f}, "
+          f"left {np.median(nfl[:, : half // 3]):.1f} (OD: nasal is right)")
+
+
+def duke_far_vitreous(root: Path) -> None:
+    """Duke vitreous more than 5 px above the ILM (the phantom check's definition) and per-image spread."""
+    far, means = [], []
+    for r in csv.DictReader(open(root / "index.csv")):
+        img, lab = iio.imread(root / r["image"]), iio.imread(root / r["label"])
+        y = np.arange(img.shape[0])[:, None]
+        annotated = (lab >= 1).any(axis=0)
+        sel = (lab == 0) & (img != 255) & annotated[None, :] & (y < np.argmax(lab >= 1, axis=0)[None, :] - 5)
+        far.append(img[sel].astype(float))
+        means.append(far[-1].mean())
+    v = np.concatenate(far)
+    print(f"Duke vitreous > 5 px above ILM: mean {v.mean():.1f} sd {v.std():.1f} zeros {np.mean(v == 0):.3f} "
+          f"p10/25/50/75/90/95/99 {' '.join(f'{q:.0f}' for q in np.percentile(v, [10, 25, 50, 75, 90, 95, 99]))}; "
+          f"per-image mean sd {np.std(means):.1f} (range {min(means):.0f}-{max(means):.0f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    ap.add_argument("--synth", type=int, nargs="+", metavar="SEED", help="only check healthy phantoms against Duke")
     args = ap.parse_args()
+    if args.synth:
+        synth_check(args.synth)
+        return
     duke_stats(args.data / "duke_dme_chiu2015")
+    duke_far_vitreous(args.data / "duke_dme_chiu2015")
     print()
     bonn_stats(args.data / "bonn_drusen_volume")
 

@@ -26,13 +26,18 @@ PARAFOVEAL_THICKNESS_PX = {
 }
 #: Duke band-core median uint8 intensity (middle half of each band): NFL 132, GCL+IPL 92, INL 70,
 #: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels, rims included) 46 -- the interior is set to 20, i.e. no signal above the noise floor;
-#: choroid stroma set so that 0-60 px below BM (with lumens) averages ~58 vs Duke 53 (healthy seed 1).
-#: Thin bands (EZ, RPE, ELM) are set above their Duke band-core value because the PSF blurs them down.
+#: choroid stroma set so that 0-60 px below BM (with lumens) averages ~53 as in Duke.
+#: Thin bands (EZ, RPE) are set above their Duke band-core value because the PSF blurs them down; the
+#: OS is darker than the EZ and the RPE so that EZ and IZ+RPE show as two lines with a dark gap.
 BAND_P50 = {
-    "NFL": 134.0, "GCL": 91.0, "IPL": 101.0, "INL": 74.0, "OPL": 84.0, "ONL": 55.0,
-    "MYOID": 58.0, "EZ": 150.0, "OS": 92.0, "IZ": 128.0, "RPE": 190.0, "BM": 130.0,
-    "FLUID": 20.0, "CHOROID": 95.0, "SCLERA": 50.0,
+    "NFL": 138.0, "GCL": 95.0, "IPL": 105.0, "INL": 78.0, "OPL": 87.0, "ONL": 57.0,
+    "MYOID": 60.0, "EZ": 185.0, "OS": 80.0, "IZ": 130.0, "RPE": 194.0, "BM": 130.0,
+    "FLUID": 20.0, "CHOROID": 88.0, "SCLERA": 50.0,
 }
+#: Lateral variation per band (relative sd): thickness on a ~1.5 mm scale, brightness on a ~1 mm scale;
+#: irregularity: each interior boundary moves by this share of the thinner neighbouring band on a
+#: ~0.2 mm scale. Smooth maps in en-face mm, so neighbouring B-scans agree.
+THICKNESS_VARIATION, IRREGULARITY, BRIGHTNESS_VARIATION = 0.08, 0.12, 0.07
 #: Display model fitted on the Duke vitreous (mean 25.1, sd 16.3; 12.2 % exact zeros, a separate
 #: population: almost no values 1-4; non-zero p5/p50/p95 11/27/51): ``uint8 = clip(A * I**0.25 - O)``
 #: with frame-averaged noise of unit mean, gamma shape ``NOISE_SPECKLE_K``; a pixel is exported as 0
@@ -99,18 +104,41 @@ def sample_geometry(rng: np.random.Generator, height: int) -> dict:
         "band_jitter": {b: float(rng.normal(1.0, 0.06)) for b in PARAFOVEAL_THICKNESS_PX},
         "choroid_px": float(rng.uniform(55, 85)),
         "wobble": [float(v) for v in rng.normal(0, 1.5, 4)],
+        "texture_seed": int(rng.integers(2**31)),
     }
 
 
-def thickness_maps(grid: Grid, geom: dict) -> dict[str, np.ndarray]:
-    """Healthy band thickness (px) over the en-face grid: foveal pit, ONL/OS thickening, nasal NFL."""
+def smooth_field(rng: np.random.Generator, grid: Grid, wavelength_mm: float, n_modes: int = 8) -> np.ndarray:
+    """Zero-mean, unit-sd smooth random map over the en-face grid (random plane waves in mm), (n, W)."""
+    k = 2 * np.pi / wavelength_mm * rng.uniform(0.6, 1.4, (n_modes, 1, 1))
+    a, phase = rng.uniform(0, 2 * np.pi, (2, n_modes, 1, 1))
+    waves = np.cos(k * (np.cos(a) * grid.x[None] + np.sin(a) * grid.z[None]) + phase)
+    return (waves.sum(axis=0) * np.sqrt(2.0 / n_modes)).astype(np.float32)
+
+
+def texture_maps(grid: Grid, geom: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Per band, (n, W) maps: 'thickness' factor, 'irregularity' of its bottom boundary (unit field,
+    clipped to +-2) and 'brightness' factor (mean 1, about +-7 %)."""
+    rng = np.random.default_rng(geom["texture_seed"])
+    out: dict[str, dict[str, np.ndarray]] = {"thickness": {}, "irregularity": {}, "brightness": {}}
+    for b in PARAFOVEAL_THICKNESS_PX:
+        out["thickness"][b] = np.clip(1.0 + THICKNESS_VARIATION * smooth_field(rng, grid, 1.5), 0.7, 1.3)
+        out["irregularity"][b] = np.clip(smooth_field(rng, grid, 0.2, 12), -2, 2)
+        out["brightness"][b] = np.clip(1.0 + BRIGHTNESS_VARIATION * smooth_field(rng, grid, 1.0), 0.8, 1.2)
+    return out
+
+
+def thickness_maps(grid: Grid, geom: dict, texture: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Band thickness (px) over the en-face grid: foveal pit, ONL/OS thickening, an NFL thick toward the
+    disc (nasal) and along the arcades and thin temporally, lateral variation and boundary irregularity."""
     r = grid.r
     nasal = grid.nasal_sign * (grid.x - grid.fovea[1]) + 0 * grid.z
+    arcade = np.exp(-(((np.abs(grid.z - grid.fovea[0]) - 1.8) / 0.8) ** 2)) * np.clip(0.5 - nasal / 3, 0, 1)
     pit = lambda r0: 1.0 - np.exp(-((r / r0) ** 2))  # noqa: E731 - local shape helper
     ring = lambda peak, w: np.exp(-(((r - peak) / w) ** 2))  # noqa: E731
     outer = 1.0 - 0.2 * np.clip((r - 2.0) / 2.0, 0, 1)
     shape = {
-        "NFL": pit(0.9) * (0.7 + 0.15 * r) * (1 + 0.6 * np.clip(nasal / 2.5, -0.4, 1.0)),
+        "NFL": pit(0.9) * (0.7 + 0.15 * r) * (1 + 0.8 * np.clip(nasal / 2.5, -0.6, 1.2) + 0.6 * arcade),
         "GCL": pit(0.5) * (1 + 0.5 * ring(1.1, 0.6)) * outer,
         "IPL": pit(0.5) * (1 + 0.2 * ring(1.1, 0.6)) * outer,
         "INL": pit(0.45) * (1 + 0.25 * ring(1.0, 0.6)),
@@ -123,8 +151,12 @@ def thickness_maps(grid: Grid, geom: dict) -> dict[str, np.ndarray]:
         "RPE": np.ones_like(r),
     }
     scale = geom["thickness_scale"] * grid.px_per_um * CALIBRATION_AXIAL_MM * 1e3
-    out = {b: (PARAFOVEAL_THICKNESS_PX[b] * geom["band_jitter"][b] * scale * s).astype(np.float32)
-           for b, s in shape.items()}
+    out = {b: (PARAFOVEAL_THICKNESS_PX[b] * geom["band_jitter"][b] * scale * s
+               * texture["thickness"][b]).astype(np.float32) for b, s in shape.items()}
+    names = list(shape)
+    for upper, lower in zip(names[:-1], names[1:], strict=True):  # move the interior boundary; the ILM and BM stay
+        shift = IRREGULARITY * np.minimum(out[upper], out[lower]) * texture["irregularity"][upper]
+        out[upper], out[lower] = out[upper] + shift, out[lower] - shift
     out["BM"] = np.full_like(r, 1.5 * scale, dtype=np.float32)
     out["CHOROID"] = (geom["choroid_px"] * scale * (1 + 0.15 * np.exp(-((r / 1.5) ** 2)))).astype(np.float32)
     return out

@@ -53,15 +53,26 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
     if present.get("ez"):
         for _ in range(int(rng.integers(1, 3))):
             dome("ez", 1.2, (0.15, 0.7), (0.15, 0.5), 0.0, 1.0)
-    if present.get("irf"):  # a cluster of cysts of varied size around the fovea, the largest in the ONL
+    if present.get("irf"):  # a cluster of cysts around the fovea, the largest in the ONL (up to ~100 px if severe)
         cz, cx = _near_fovea(rng, grid, 0.35)
+        big_h, big_r = ((60, 100), (0.2, 0.4)) if rng.uniform() < 0.25 else ((25, 60), (0.12, 0.3))
         for i in range(int(rng.integers(3, 11))):
             big = i < 2
             z, x = _near_fovea(rng, Grid(grid.z, grid.x, (cz, cx), 1.0, px_per_um), 0.25 if big else 0.7)
-            r = float(rng.uniform(0.12, 0.3) if big else rng.uniform(0.04, 0.1))
-            out.append({"kind": "irf", "z_mm": z, "x_mm": x, "rx_mm": r, "rz_mm": float(max(r * rng.uniform(0.8, 1.3), 1.2 * dz)),
-                        "height_px": float((rng.uniform(25, 60) if big else rng.uniform(7, 22)) * h), "power": 0.5,
-                        "host": "ONL" if big or rng.uniform() < 0.4 else "INL"})
+            r = float(rng.uniform(*big_r) if big else rng.uniform(0.04, 0.1))
+            cyst = {"kind": "irf", "z_mm": z, "x_mm": x, "rx_mm": r,
+                    "rz_mm": float(max(r * rng.uniform(0.8, 1.3), 1.2 * dz)),
+                    "height_px": float((rng.uniform(*big_h) if big else rng.uniform(7, 22)) * h), "power": 0.5,
+                    "host": "ONL" if big or rng.uniform() < 0.4 else "INL", "group": i, "septum": False}
+            out.append(cyst)
+            if rng.uniform() < (0.5 if big else 0.2):  # confluent or septated: 1-2 overlapping lobes
+                septum = bool(rng.uniform() < 0.5)
+                for _ in range(int(rng.integers(1, 3))):
+                    a, s = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 0.85)
+                    d = r * rng.uniform(0.6, 1.0)
+                    out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
+                                    rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
+                                    septum=septum))
     if present.get("hrf"):
         n = grid.z.shape[0]
         zidx = np.abs(grid.z[:, 0] - grid.fovea[0]) < 2.5
@@ -140,18 +151,33 @@ def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[
 
 
 def irf_mask(i: int, height: int, surf: dict[str, np.ndarray], lesions: list[dict], grid: Grid) -> np.ndarray:
-    """Cysts of B-scan ``i``: ellipsoids (chord = height x footprint) centred in their swollen host band."""
+    """Cysts of B-scan ``i``: ellipsoids centred in their swollen host band; the lobes of one group merge
+    (confluent) or keep a ~2 px tissue septum where their normalised distances meet (septated)."""
     y = _rows(height)
-    mask = np.zeros((height, grid.x.shape[1]), bool)
+    sub = Grid(grid.z[i:i + 1], grid.x, grid.fovea, grid.nasal_sign, grid.px_per_um)
+    groups: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for les in lesions:
         if les["kind"] != "irf" or abs(float(grid.z[i, 0]) - les["z_mm"]) >= les["rz_mm"]:
             continue
-        sub = Grid(grid.z[i:i + 1], grid.x, grid.fovea, grid.nasal_sign, grid.px_per_um)
-        chord = les["height_px"] * footprint(sub, les)[0]
-        cols = chord > 0.5
+        rho2 = _rho2(sub, les)[0]
+        cols = les["height_px"] * np.sqrt(np.clip(1.0 - rho2, 0, 1)) > 0.5
+        if not cols.any():
+            continue
         top, bottom = ("INL_OPL", "IPL_INL") if les["host"] == "INL" else ("ELM", "OPL_ONL")
         mid = 0.5 * (surf[top][i] + surf[bottom][i])
-        mask[:, cols] |= np.abs(y - mid[cols]) < 0.5 * chord[cols]
+        q = np.full((height, cols.size), 9.0, np.float32)  # 9: outside
+        q[:, cols] = np.sqrt(rho2[cols] + ((y - mid[cols]) / (0.5 * les["height_px"])) ** 2)
+        g = les["group"]
+        if g not in groups:
+            groups[g] = (q, np.zeros(q.shape, bool))
+            continue
+        qmin, wall = groups[g]
+        if les.get("septum"):
+            wall |= (q < 1) & (qmin < 1) & (np.abs(q - qmin) < 2.0 / les["height_px"])
+        groups[g] = (np.minimum(qmin, q), wall)
+    mask = np.zeros((height, grid.x.shape[1]), bool)
+    for qmin, wall in groups.values():
+        mask |= (qmin < 1) & ~wall
     return mask
 
 

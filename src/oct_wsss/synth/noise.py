@@ -13,7 +13,7 @@ from scipy import ndimage
 from oct_wsss.synth.anatomy import DISPLAY_A, DISPLAY_O, NOISE_SPECKLE_K, NOISE_ZERO_THRESHOLD, TISSUE_SPECKLE_K
 
 #: Optical point-spread function (Gaussian sigma in px: axial, lateral).
-PSF_SIGMA_PX = (0.8, 1.0)
+PSF_SIGMA_PX = (0.6, 0.8)
 #: Speckle grain (Gaussian correlation sigma in px: axial, lateral), chosen so that the display-domain
 #: autocorrelation at lags 1 and 2 px comes near Duke's (vitreous 0.73/0.38 axial, 0.65/0.40 lateral;
 #: ONL 0.87/0.65 axial, 0.90/0.77 lateral: the tissue grain is coarser and elongated laterally).

@@ -11,11 +11,11 @@ from oct_wsss.synth import anatomy, lesions, noise, vessels
 from oct_wsss.synth.anatomy import BAND_P50, BANDS, BOUNDARIES, MU_PER_PX, reflectivity
 from oct_wsss.volume import DEFAULT_SPACING_MM, OctVolume
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 LESION_KEYS = tuple(lesions.DEFAULT_PREVALENCE)
 #: Reflectivity (linear) of the extra structures, given as target display medians.
-HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 125.0, 95.0, 125.0
-MU_HRF, MU_VESSEL = 0.10, 0.045
+HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 140.0, 95.0, 125.0
+MU_HRF, MU_VESSEL = 0.10, 0.2
 
 
 @dataclass
@@ -29,9 +29,9 @@ class SyntheticVolume:
     params: dict = field(default_factory=dict)
 
 
-def _band_tables(i: int, changes: dict, lesion_list: list[dict]) -> tuple[dict, dict]:
+def _band_tables(i: int, changes: dict, lesion_list: list[dict], bright: dict) -> tuple[dict, dict]:
     """Per-band reflectivity and attenuation for B-scan ``i`` (scalars or per-column rows)."""
-    refl = {b: reflectivity(BAND_P50[b]) for b in BANDS if b in BAND_P50}
+    refl = {b: reflectivity(BAND_P50[b]) * (bright[b][i] if b in bright else 1.0) for b in BANDS if b in BAND_P50}
     mu = {b: MU_PER_PX["retina"] for b in BANDS}
     gap = changes["EZ_GAP"][i]
     refl["EZ"] = refl["EZ"] * (1 - gap) + reflectivity(BAND_P50["MYOID"]) * gap
@@ -50,11 +50,11 @@ def _band_tables(i: int, changes: dict, lesion_list: list[dict]) -> tuple[dict, 
 
 def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: list[dict],
                   grid: anatomy.Grid, vmap: tuple[np.ndarray, np.ndarray], choroid: tuple[np.ndarray, np.ndarray],
-                  labels: np.ndarray) -> np.ndarray:
+                  bright: dict, labels: np.ndarray) -> np.ndarray:
     """Attenuated linear reflectivity (H, W) of B-scan ``i`` from its bands, lesions and vessels."""
     width = surf["ILM"].shape[1]
     y = np.arange(height, dtype=np.float32)[:, None]
-    refl_t, mu_t = _band_tables(i, changes, lesion_list)
+    refl_t, mu_t = _band_tables(i, changes, lesion_list, bright)
     refl_t["CHOROID"] = refl_t["CHOROID"] * vessels.choroid_texture(choroid, i, surf["BM_BOTTOM"][i],
                                                                       surf["CSI"][i], height)
     refl = np.zeros((height, width), np.float32)
@@ -102,7 +102,8 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
     vplan = vessels.plan_vessels(rng, grid)
     display = {"gain": float(rng.normal(1.0, 0.025)), "offset": float(rng.uniform(-3.0, 6.0))}
 
-    thick = anatomy.thickness_maps(grid, geom)
+    texture = anatomy.texture_maps(grid, geom)
+    thick = anatomy.thickness_maps(grid, geom, texture)
     changes = lesions.anatomy_changes(grid, plan)
     for band in ("SRF", "SUBRPE"):
         thick[band] = changes[band]
@@ -117,7 +118,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
     labels = np.empty((n_bscans, height, width), np.uint8)
     for i in range(n_bscans):
         labels[i] = lesions.label_bscan(i, height, surf, changes, plan, grid)
-        refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, labels[i])
+        refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, texture["brightness"], labels[i])
         data[i] = noise.form_image(rng, refl, floor, display["gain"], display["offset"])
 
     image_labels = np.zeros((n_bscans, len(ONTOLOGY)), bool)

@@ -12,18 +12,18 @@ from oct_wsss.synth.anatomy import Grid
 
 
 def plan_vessels(rng: np.random.Generator, grid: Grid) -> list[dict]:
-    """Branches of the temporal arcades running from the scan edge toward the fovea (avascular zone
-    of ~0.5 mm kept free); quadratic Bezier curves in en-face mm, JSON-serialisable."""
+    """Branches of the superior and inferior arcades (alternating) running from beyond the scan edge
+    toward the fovea (avascular zone of ~0.5 mm kept free); quadratic Bezier curves in en-face mm."""
     out = []
-    for _ in range(int(rng.integers(6, 11))):
-        a0 = rng.uniform(0, 2 * np.pi)
+    for j in range(int(rng.integers(8, 13))):
+        a0 = (1 if j % 2 else -1) * np.pi / 2 + rng.normal(0, 0.7)
         a1 = a0 + rng.normal(0, 0.5)
         r1 = rng.uniform(0.45, 1.2)
         p0 = [grid.fovea[0] + 4.0 * np.sin(a0), grid.fovea[1] + 4.0 * np.cos(a0)]
         p2 = [grid.fovea[0] + r1 * np.sin(a1), grid.fovea[1] + r1 * np.cos(a1)]
         mid = [(p0[0] + p2[0]) / 2 + rng.normal(0, 0.6), (p0[1] + p2[1]) / 2 + rng.normal(0, 0.6)]
         out.append({"p0": [float(v) for v in p0], "p1": [float(v) for v in mid], "p2": [float(v) for v in p2],
-                    "width_mm": float(rng.uniform(0.04, 0.09))})
+                    "width_mm": float(rng.uniform(0.035, 0.09))})
     return out
 
 
@@ -76,8 +76,8 @@ def _upsample(field: np.ndarray, height: int, width: int, rows: slice) -> np.nda
 def choroid_texture(fields: tuple[np.ndarray, np.ndarray], i: int, top: np.ndarray, bottom: np.ndarray,
                     height: int) -> np.ndarray:
     """Choroid reflectivity modulation (H, W) for B-scan ``i`` between rows ``top`` (below BM) and
-    ``bottom`` (sclera): a bright choriocapillaris, then small, deeper large lumens (~0.2 x stroma) with
-    soft walls; 1 outside the choroid."""
+    ``bottom`` (sclera): a bright choriocapillaris, then small, deeper large lumens (~0.15 x stroma) with
+    soft walls (sharp for the large Haller lumens); 1 outside the choroid."""
     width = top.shape[0]
     r0 = int(np.clip(np.floor(top.min()) - 1, 0, height))
     r1 = int(np.clip(np.ceil(bottom.max()) + 2, r0, height))
@@ -86,10 +86,10 @@ def choroid_texture(fields: tuple[np.ndarray, np.ndarray], i: int, top: np.ndarr
         return out
     rows = slice(r0, r1)
     d = np.clip((np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5 - top) / np.maximum(bottom - top, 1.0), 0, 1)
-    lumen = lambda f, thr: 1.0 / (1.0 + np.exp(-(f - thr) / 0.22))  # noqa: E731 - soft vessel wall
-    big = lumen(_upsample(fields[0][i], height, width, rows), 0.2) * np.clip((d - 0.22) / 0.25, 0, 1)
-    small = lumen(_upsample(fields[1][i], height, width, rows), 0.5) * np.clip((d - 0.07) / 0.1, 0, 1) \
+    lumen = lambda f, thr, w: 1.0 / (1.0 + np.exp(-(f - thr) / w))  # noqa: E731 - vessel wall
+    big = lumen(_upsample(fields[0][i], height, width, rows), 0.3, 0.08) * np.clip((d - 0.22) / 0.25, 0, 1)
+    small = lumen(_upsample(fields[1][i], height, width, rows), 0.5, 0.15) * np.clip((d - 0.07) / 0.1, 0, 1) \
         * np.clip((0.6 - d) / 0.25, 0, 1)
     cc = np.exp(-((d / 0.07) ** 2))
-    out[rows] = (1.0 + 0.6 * cc) * (1.0 - 0.8 * np.maximum(big, small))
+    out[rows] = (1.0 + 0.6 * cc) * (1.0 - 0.85 * np.maximum(big, small))
     return out
