@@ -42,8 +42,15 @@ def read_tiff(path: Path) -> OctVolume:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise OctReadError(path, "TIFF without image data")
             series = tif.series[0]
             axes = series.axes
+            from oct_wsss.io.limits import check_size, tiff_nbytes
+
+            needed, compressed = tiff_nbytes(tif)
+            check_size(path, needed, path.stat().st_size, f"image series {series.shape} {series.dtype}",
+                       compressed=compressed)
             array = series.asarray()
             info = _tiff_json(tif)
             ij = tif.imagej_metadata or {}
@@ -96,7 +103,11 @@ def _imagej_spacing(ij: dict[str, Any], resolution: Any) -> tuple[float, float, 
 def read_npy(path: Path) -> OctVolume:
     """A .npy array (no pickles) with an optional ``<stem>.json`` sidecar (spacing_mm, laterality, meta)."""
     try:
+        with open(path, "rb") as fh:
+            _check_npy_header(path, fh, path.stat().st_size)
         array = np.load(path, allow_pickle=False)
+    except OctReadError:
+        raise
     except Exception as exc:  # ValueError (pickled/corrupt), EOFError, OSError
         raise OctReadError(path, f"not a readable .npy array ({type(exc).__name__}: {exc})") from exc
     sidecar = path.with_suffix(".json")
@@ -105,6 +116,26 @@ def read_npy(path: Path) -> OctVolume:
     meta.pop("spacing_source", None)
     return build_volume(array, path, "npy", spacing_mm=spacing, laterality=laterality, meta=meta,
                         keep_unit_float=ours)
+
+
+def _check_npy_header(path: Path, fh: Any, size: int, what: str = "array") -> None:
+    """Refuse a .npy header whose shape x dtype needs more bytes than follow it (np.load allocates first)."""
+    try:  # NumPy 2 keeps the version-generic header reader here; np.lib.format has only per-version ones
+        from numpy.lib import _format_impl as npformat
+    except ImportError:  # NumPy 1.x
+        from numpy.lib import format as npformat  # type: ignore[no-redef]
+
+    from oct_wsss.io.limits import check_size, product
+
+    try:
+        version = npformat.read_magic(fh)
+        shape, _fortran, dtype = npformat._read_array_header(fh, version, max_header_size=10000)
+    except Exception as exc:  # ValueError on a bad magic/header, EOFError, SyntaxError in the header literal
+        reason = f"not a readable .npy {what} (header: {type(exc).__name__}: {str(exc)[:200]})"
+        raise OctReadError(path, reason) from exc
+    if dtype.hasobject:
+        raise OctReadError(path, f"{what} holds Python objects (pickles are never loaded)")
+    check_size(path, product(shape) * dtype.itemsize, size - fh.tell(), f"{what} of shape {shape} {dtype}")
 
 
 def read_npz(path: Path) -> OctVolume:
@@ -118,6 +149,10 @@ def read_npz(path: Path) -> OctVolume:
                 if len(arrays) != 1:
                     raise OctReadError(path, f"no 'data' or 'volume' key and not a single array (keys: {keys})")
                 key = arrays[0]
+            member = npz.zip.getinfo(key if key.endswith(".npy") else f"{key}.npy") if npz.zip else None
+            if member is not None:
+                with npz.zip.open(member) as fh:
+                    _check_npy_header(path, fh, member.file_size, f"array '{key}'")
             array = npz[key]
             spacing = npz["spacing_mm"] if "spacing_mm" in keys else None
             laterality = str(npz["laterality"]) if "laterality" in keys else None
@@ -139,6 +174,9 @@ def read_image(path: Path) -> np.ndarray:
     """One 2-D image file as an array (grey, or with a trailing RGB/RGBA axis)."""
     import imageio.v3 as iio
 
+    from oct_wsss.io.limits import check_image
+
+    check_image(path)  # header only: a few bytes claiming a gigapixel image are refused before decoding
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile

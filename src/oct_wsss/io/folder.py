@@ -105,6 +105,47 @@ def _stack(files: list[Path], folder: Path) -> np.ndarray:
     return np.stack(pages)
 
 
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_mhd_size(folder: Path, mhd: Path) -> None:
+    """Refuse an .mhd whose DimSize x ElementType needs more bytes than its data file holds (itk allocates the
+    whole image from the header first, and a DimSize of 10^9 makes it allocate or loop for a long time)."""
+    from oct_wsss.io.limits import check_size, product
+
+    try:
+        with open(mhd, "rb") as fh:
+            text = fh.read(1 << 20).decode("latin-1")
+    except OSError as exc:
+        raise OctReadError(folder, f"RETOUCH oct.mhd unreadable ({exc.strerror or exc})") from exc
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    try:
+        dims = [int(v) for v in fields["DimSize"].split()]
+        item = _MET_BYTES[fields["ElementType"].upper()] * int(fields.get("ElementNumberOfChannels", "1") or 1)
+        skip = max(int(fields.get("HeaderSize", "0") or 0), 0)
+    except (KeyError, ValueError) as exc:
+        raise OctReadError(folder, f"RETOUCH oct.mhd header incomplete or corrupt ({type(exc).__name__}: "
+                                   f"{str(exc)[:100]})") from exc
+    if not dims or min(dims) < 1 or len(dims) > 4:
+        raise OctReadError(folder, f"RETOUCH oct.mhd gives DimSize {dims}")
+    data_file = fields.get("ElementDataFile", "")
+    if data_file.upper() == "LOCAL":
+        available = mhd.stat().st_size  # the data follow the header in the same file
+    else:
+        raw = mhd.parent / data_file
+        if not data_file or not raw.is_file() or raw.resolve().parent != mhd.parent.resolve():
+            raise OctReadError(folder, f"RETOUCH data file {data_file!r} named in oct.mhd is not beside it")
+        available = raw.stat().st_size - skip
+    compressed = fields.get("CompressedData", "False").strip().lower() == "true"
+    check_size(folder, product(dims) * item, available, f"oct.mhd DimSize {dims} ({fields['ElementType']})",
+               compressed=compressed)
+
+
 RETOUCH_EXTRA_HINT = "pip install 'napari-oct-wsss[retouch]' (or pip install itk)"
 
 
@@ -122,6 +163,10 @@ def _read_retouch(folder: Path) -> OctVolume:
         import itk
     except ImportError as exc:
         raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package: {RETOUCH_EXTRA_HINT}") from exc
+    try:
+        _check_mhd_size(folder, mhd)
+    except OctReadError as exc:
+        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.reason})") from exc
     try:
         image = itk.imread(str(mhd))
         data = np.asarray(itk.array_from_image(image))

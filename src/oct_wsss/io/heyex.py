@@ -24,7 +24,7 @@ def read_heyex_vol(path: Path) -> OctVolume:
     structure instead. Header sizes are checked against the file size before anything is allocated.
     """
     import construct as cs
-    from eyepy.io.he.vol_reader import HeVolReader, vol_format
+    from eyepy.io.he.vol_reader import vol_format
 
     size = path.stat().st_size
     header_struct = cs.Struct(*vol_format.subcons[:-2])
@@ -45,8 +45,11 @@ def read_heyex_vol(path: Path) -> OctVolume:
             f"truncated or corrupt: header says {n} B-scans of {w}x{h} px (needs {expected} bytes), "
             f"file has {size} bytes",
         )
+    from oct_wsss.io.limits import mapped
+
     try:
-        parsed = HeVolReader(path).parsed_file
+        with mapped(path) as stream:  # not HeVolReader(path): counted fields read from a file object allocate first
+            parsed = vol_format.parse_stream(stream)
         raw = np.stack([np.asarray(b.data, dtype=np.float32) for b in parsed.bscans])
         quality = [float(b.quality) for b in parsed.bscans]
     except Exception as exc:  # construct errors, struct.error, ValueError from eyepy
@@ -324,6 +327,12 @@ def read_heyex_xml(xml_path: Path, origin: Path | None = None) -> OctVolume:
 
     origin = origin or xml_path
     info = heyex_xml_info(xml_path)
+    from oct_wsss.io.limits import check_image
+
+    for url in info["exam_urls"]:  # eyepy decodes each B-scan whatever size its header claims: check first
+        image = xml_path.parent / url.split("\\")[-1]
+        if image.is_file():
+            check_image(image)
     try:
         ev = import_heyex_xml(xml_path)
         data = np.asarray(ev.data)
@@ -346,14 +355,24 @@ def read_duke_mat(path: Path) -> OctVolume:
     """A Duke (Farsiu 2013 AMD or Chiu 2015 DME) .mat volume through eyepy, with eyepy's published spacing."""
     from eyepy.io import import_duke_mat, import_dukechiu2_mat
 
+    from oct_wsss.io.limits import check_size, product
+
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+    if not head.startswith(b"MATLAB 5.0 MAT-file"):  # Duke files are v5; a v4 header has no magic to check
+        raise OctReadError(path, "not a MATLAB 5 .mat file (no 'MATLAB 5.0 MAT-file' header; Duke volumes are v5)")
     try:
         from scipy.io import whosmat
 
-        names = {name for name, _shape, _cls in whosmat(path)}
+        found = whosmat(path)  # (not a memory map: scipy's C stream reader keeps raw pointers into it)
+        names = {name for name, _shape, _cls in found}
+        shapes = {name: shape for name, shape, _cls in found}
     except Exception as exc:
         raise OctReadError(path, f"not a readable MATLAB .mat file ({exc.__class__.__name__}: {exc})") from exc
     if "images" not in names:
         raise OctReadError(path, "MATLAB file without an 'images' array (not a Duke OCT .mat)")
+    check_size(path, product(shapes["images"]) * 8, path.stat().st_size, f"'images' {shapes['images']}",
+               compressed=True)  # itemsize unknown from the header: assume 8 bytes; MATLAB compresses by default
     importer = import_duke_mat if "layerMaps" in names else import_dukechiu2_mat
     try:
         ev = importer(path)

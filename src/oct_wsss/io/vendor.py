@@ -168,17 +168,37 @@ def read_zeiss_img(path: Path) -> OctVolume:
                         laterality=name_meta.get("laterality"), meta=meta, patient=patient)
 
 
+def _check_bioptigen_frames(path: Path, parsed: Any) -> None:
+    """oct-converter allocates (FRAMES x SCANS x lines x samples) from the header before reading the frames and
+    fills it frame by frame, printing and ignoring errors: check that the frames are all there first."""
+    h = parsed.header
+    n_header = int(h.frames.value) * int(h.scans.value)
+    shapes = {(int(f.image.rows), int(f.image.columns)) for f in parsed.data}
+    if n_header != len(parsed.data):
+        raise OctReadError(path, f"corrupt Bioptigen header: {h.frames.value} frames x {h.scans.value} scans, "
+                                 f"but the file holds {len(parsed.data)} frames")
+    if len(shapes) != 1:
+        raise OctReadError(path, "corrupt Bioptigen file: frames differ in size")
+    rows, columns = shapes.pop()
+    if rows < 1 or columns < 1:
+        raise OctReadError(path, f"corrupt Bioptigen frame size: {columns} lines of {rows} samples")
+
+
 def read_bioptigen(path: Path) -> OctVolume:
     """Bioptigen .OCT through oct-converter's BOCT (first time point), spacing from the header extents."""
     try:
         from oct_converter.readers import BOCT
 
-        reader = BOCT(path)
-        parsed = reader.file_structure.parse_file(path)
+        from oct_wsss.io.limits import mapped
+
+        with mapped(path) as stream:  # not parse_file: a bogus key/data length would be allocated before reading
+            parsed = BOCT.file_structure.parse_stream(stream)
         h = parsed.header
         expected = max(f.image.end for f in parsed.data) if len(parsed.data) else 0
         if expected > path.stat().st_size or len(parsed.data) == 0:
             raise OctReadError(path, "truncated Bioptigen file (frame data past the end of the file)")
+        _check_bioptigen_frames(path, parsed)
+        reader = BOCT(path)  # its constructor and read_oct_volume parse the file again, now known to be sound
         volumes = reader.read_oct_volume()
         volume = np.asarray(volumes[0].volume)  # (n_bscans, a_scans, depth)
     except OctReadError:
