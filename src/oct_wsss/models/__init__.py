@@ -1,0 +1,1 @@
+"""Neural network modules (torch only): GANomaly, AGM, DFP, CCT, MIL, student."""
