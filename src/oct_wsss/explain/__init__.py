@@ -1,0 +1,1 @@
+"""Explanations of trained models: class activation maps (GradCAM, GradCAM++, CAM) with augmentation smoothing."""
