@@ -168,4 +168,4 @@ def test_demo_viewer_shows_the_lesion_volume_truth_and_widget(make_napari_viewer
     assert [layer.name for layer in viewer.layers] == ["synthetic OCT (lesions)", "ground truth"]
     assert viewer.dims.current_step[0] == 24
     assert viewer.dims.axis_labels[0] == "B-scan"
-    assert "Synthetic OCT phantom" in " ".join(viewer.window._dock_widgets)
+    assert "Synthetic OCT phantom" in " ".join(viewer.window.dock_widgets)

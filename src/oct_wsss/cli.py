@@ -81,7 +81,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 def populate_demo(viewer: Any) -> None:
     """Fill a napari viewer with the demo through the plugin's manifest (sample data, widget), as a user would."""
-    viewer.scale_bar.visible = True
+    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar to the canvas overlays
+    (canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar).visible = True
     viewer.open_sample(PLUGIN, "synthetic_lesions")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Synthetic OCT phantom")
     viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
