@@ -29,15 +29,14 @@ import oct_fuzz_harness as fh
 SCALE = float(os.environ.get("OCT_FUZZ_SCALE", "1"))
 #: Examples per format in the quick run, shared between that format's seeds.
 PER_FORMAT = 60
-SEED_EXAMPLES = {"zeiss": 12}  # a 40 MB headerless file: few examples (any flip still gives a volume)
+SEED_EXAMPLES = {"zeiss": 12,  # a 40 MB headerless file: few examples (any flip still gives a volume)
+                 "mat": 20}  # each parse runs in a spawned child (about 1 s)
 SEED_NAMES = ["vol-real", "vol-built", "e2e", "fds", "fda", "fda-jpeg", "bioptigen", "dicom-8", "dicom-16", "zeiss",
               "tiff", "tiff-imagej", "npy", "npy-sidecar", "npy-u16", "npz", "image-png", "image-jpg", "image-bmp",
               "mat", "heyex-xml", "heyex-xml-bscan", "retouch-mhd", "retouch-raw", "image-folder-png",
               "image-folder-json"]
 
 #: Seeds whose quick fuzz run still crashes the worker (open bugs, see docs/reliability.md); -m slow runs them.
-KNOWN_CRASHERS = {"mat": "open: corrupt v5 .mat files crash the reading process inside scipy.io.loadmat "
-                         "(SIGSEGV/SIGBUS after a sequence of corrupt files; docs/reliability.md); -m slow runs it"}
 
 COUNTS: dict[str, Counter] = defaultdict(Counter)
 FAILURES: list[str] = []
@@ -124,8 +123,6 @@ def _fuzz_test(seed: fh.Seed, worker: fh.ReadWorker, slow: bool):
 def test_reader_under_bad_input(name: str, seeds, worker) -> None:
     if name not in seeds:
         pytest.skip(f"seed {name} not available (the real .vol is read from ../shared/data)")
-    if name in KNOWN_CRASHERS:
-        pytest.skip(KNOWN_CRASHERS[name])
     _fuzz_test(seeds[name], worker, slow=False)()
 
 

@@ -282,7 +282,7 @@ class ReadWorker:
 
     def _start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.headroom, self.warm), daemon=True)
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.headroom, self.warm), daemon=False)  # may spawn (Duke .mat)
         self.proc.start()
         child.close()
         if not self.conn.poll(120):

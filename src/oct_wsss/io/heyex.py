@@ -353,8 +353,6 @@ def read_heyex_xml(xml_path: Path, origin: Path | None = None) -> OctVolume:
 
 def read_duke_mat(path: Path) -> OctVolume:
     """A Duke (Farsiu 2013 AMD or Chiu 2015 DME) .mat volume through eyepy, with eyepy's published spacing."""
-    from eyepy.io import import_duke_mat, import_dukechiu2_mat
-
     from oct_wsss.io.limits import check_size, product
 
     with open(path, "rb") as fh:
@@ -373,14 +371,38 @@ def read_duke_mat(path: Path) -> OctVolume:
         raise OctReadError(path, "MATLAB file without an 'images' array (not a Duke OCT .mat)")
     check_size(path, product(shapes["images"]) * 8, path.stat().st_size, f"'images' {shapes['images']}",
                compressed=True)  # itemsize unknown from the header: assume 8 bytes; MATLAB compresses by default
-    importer = import_duke_mat if "layerMaps" in names else import_dukechiu2_mat
-    try:
-        ev = importer(path)
-        data = np.asarray(ev.data)
-    except Exception as exc:
-        raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
-    patient = {"age": ev.meta.get("age")} if ev.meta.get("age") is not None else {}
-    meta = {"dataset": "Duke (Farsiu 2013)" if importer is import_duke_mat else "Duke (Chiu 2015)",
+    farsiu = "layerMaps" in names
+    data, spacing, age = _parse_duke_isolated(path, farsiu)
+    meta = {"dataset": "Duke (Farsiu 2013)" if farsiu else "Duke (Chiu 2015)",
             "spacing_note": "eyepy's published dataset spacing"}
-    return build_volume(data, path, "duke-mat", spacing_mm=(ev.scale_z, ev.scale_y, ev.scale_x), meta=meta,
-                        patient=patient)
+    return build_volume(data, path, "duke-mat", spacing_mm=spacing, meta=meta,
+                        patient={"age": age} if age is not None else {})
+
+
+def _parse_duke_isolated(path: Path, farsiu: bool) -> tuple[np.ndarray, tuple[float, float, float], Any]:
+    """Run eyepy's Duke importer in a spawned child: corrupt .mat files can crash scipy's C parser (SIGSEGV),
+    which must cost the user an error message, not the napari session. A daemonic process (e.g. a DataLoader
+    worker) may not have children, so there it parses in-process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    if multiprocessing.current_process().daemon:
+        try:
+            return _parse_duke(str(path), farsiu)
+        except Exception as exc:
+            raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_parse_duke, str(path), farsiu).result()
+        except BrokenProcessPool as exc:
+            raise OctReadError(path, "corrupt .mat file (the MATLAB parser crashed reading it)") from exc
+        except Exception as exc:
+            raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+
+
+def _parse_duke(path: str, farsiu: bool) -> tuple[np.ndarray, tuple[float, float, float], Any]:
+    from eyepy.io import import_duke_mat, import_dukechiu2_mat
+
+    ev = (import_duke_mat if farsiu else import_dukechiu2_mat)(path)
+    return np.asarray(ev.data), (ev.scale_z, ev.scale_y, ev.scale_x), ev.meta.get("age")
