@@ -15,8 +15,7 @@ from oct_wsss.evaluate.metrics import (
     segmentation_scores,
     summarise_volumes,
 )
-
-_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+from oct_wsss.io.folder import image_files
 
 
 class EvaluationInputError(ValueError):
@@ -31,7 +30,7 @@ def _single(path: Path) -> Path | None:
         return path / "labels.tif"
     if (path / "masks").is_dir():
         return path / "masks"
-    if any(p.suffix.lower() in _MASK_SUFFIXES and p.is_file() for p in path.iterdir()):
+    if image_files(path):  # the same files read_labels would stack
         return path
     return None
 

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from natsort import natsorted
-from skimage.io import imread
 
 from oct_wsss.classes import ONTOLOGY
-
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+from oct_wsss.io.export import _atomic
+from oct_wsss.io.folder import _stack, image_files
 
 
 def write_labels(path: str | Path, labels: np.ndarray, spacing_mm: tuple[float, float, float] | None = None) -> Path:
@@ -29,10 +27,8 @@ def write_labels(path: str | Path, labels: np.ndarray, spacing_mm: tuple[float, 
     meta = {"ontology": {str(c.id): c.key for c in ONTOLOGY}}
     if spacing_mm is not None:
         meta["spacing_mm"] = [float(s) for s in spacing_mm]
-    tmp = path.with_name(path.name + ".partial")
-    tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack", compression="zlib",
-                     description=json.dumps(meta), metadata=None)
-    tmp.replace(path)
+    _atomic(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack",
+                                               compression="zlib", description=json.dumps(meta), metadata=None))
     return path
 
 
@@ -40,14 +36,10 @@ def read_labels(path: str | Path) -> np.ndarray:
     """Read a ``labels.tif`` or a folder of mask images (natural sort order) as (n, H, W) uint8 ids."""
     path = Path(path)
     if path.is_dir():
-        files = natsorted(p for p in path.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+        files = image_files(path)
         if not files:
-            raise ValueError(f"{path}: no mask images ({', '.join(MASK_SUFFIXES)}) in this folder")
-        pages = [imread(p) for p in files]
-        shapes = {p.shape for p in pages}
-        if len(shapes) != 1:
-            raise ValueError(f"{path}: masks differ in size: {sorted(shapes)}")
-        labels = np.stack(pages)
+            raise ValueError(f"{path}: no mask images in this folder")
+        labels = _stack(files, path)  # natural order; mixed sizes or bit depths raise, naming the files
     else:
         labels = tifffile.imread(path)
     if labels.ndim == 2:
