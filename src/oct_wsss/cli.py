@@ -70,6 +70,55 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {write_markdown(report, args.markdown, title=f'{args.pred} vs {args.truth}')}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from oct_wsss.training import train_recipe
+
+    path = train_recipe(args.recipe, out=args.out, device=args.device)
+    print(f"wrote {path}")
+
+
+def parse_bscans(text: str | None, n_bscans: int) -> list[int] | None:
+    """'5', '0-9', '0-9,20' or 'all' (None) -> B-scan indices, each checked against the volume."""
+    if text is None or text == "all":
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError as err:
+        raise CliError(f"--bscans takes e.g. 5, 0-9 or 0-9,20; got {text!r}") from err
+    bad = [i for i in out if not 0 <= i < n_bscans]
+    if bad or not out:
+        raise CliError(f"--bscans {text!r} is outside the volume's B-scans 0..{n_bscans - 1}")
+    return sorted(set(out))
+
+
+def _propose(args: argparse.Namespace) -> None:
+    from oct_wsss.io import read_volume
+    from oct_wsss.propose import ProposalCancelled, load_proposer, propose
+    from oct_wsss.propose.registry import write_proposal
+
+    volume = read_volume(args.volume)
+    bscans = parse_bscans(args.bscans, volume.n_bscans)
+    options = {"threshold": args.threshold, "batch_size": args.batch_size}
+    proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        result = propose(volume, proposer=proposer, bscans=bscans, progress=progress)
+    except ProposalCancelled as err:
+        raise CliError(str(err)) from err
+    files = write_proposal(result, args.out)
+    timing = result.provenance["timings"]
+    print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
+          f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")
+    for path in files.values():
+        print(f"wrote {path}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     try:
         import napari
@@ -118,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only B-scans whose truth holds a lesion (the AGM paper's protocol)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("train", help="train models from a recipe (YAML): data, split, schedule, threshold sweep")
+    p.add_argument("recipe", type=Path, help="recipe file, e.g. training/agm-synth.yaml")
+    p.add_argument("--out", type=Path, help="run folder (default: the recipe's 'out')")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="device (default: the recipe's, else auto)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("propose", help="propose lesion labels for a volume; writes labels.tif and provenance.json")
+    p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens)")
+    p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf"), help="proposal method")
+    p.add_argument("--checkpoint", required=True, type=Path, help="the method's .safetensors checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
+    p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    p.set_defaults(func=_propose)
+
     p = sub.add_parser("demo", help="open napari with the plugin and a synthetic OCT volume with lesions")
     p.set_defaults(func=_demo)
     return parser
@@ -125,14 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oct-wsss`` console script."""
+    from oct_wsss.checkpoint import CheckpointError
     from oct_wsss.io import OctReadError
+    from oct_wsss.propose.proposal import ProposalError
+    from oct_wsss.training.errors import TrainingError
 
     args = build_parser().parse_args(argv)
+    user_errors = (CliError, OctReadError, CheckpointError, ProposalError, TrainingError, FileExistsError,
+                   FileNotFoundError, PermissionError)
     try:
         args.func(args)
-    except (CliError, OctReadError, FileExistsError, PermissionError) as err:
+    except user_errors as err:
         print(f"oct-wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"oct-wsss {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -29,23 +29,26 @@ class SweepResult:
     best_miou: float
 
 
-def sweep_threshold(scores: np.ndarray, truth: np.ndarray, class_ids: Sequence[int],
-                    step: float = 0.01) -> SweepResult:
+def sweep_threshold(scores: np.ndarray | Sequence[np.ndarray], truth: np.ndarray | Sequence[np.ndarray],
+                    class_ids: Sequence[int], step: float = 0.01) -> SweepResult:
     """Sweep α over 0..1 for (n, K, H, W) scores (channel k = ontology id ``class_ids[k]``) vs. (n, H, W) truth.
+
+    Either side may also be a sequence of per-image (K, H, W) / (H, W) arrays, so B-scans of different sizes mix.
 
     A pixel becomes ``class_ids[argmax_k score]`` when its best score is strictly above α, else background (ties go
     to background, as ``argmax`` over [α, scores] picks the first). mIoU is pooled over all pixels and averaged over
     the classes with truth pixels (background included), as in ``segmentation_scores``. Truth ids outside
     ``class_ids`` count as background. The best α is the first one reaching the highest mIoU.
     """
-    scores = np.asarray(scores)
-    truth = _as_ids(np.asarray(truth), "truth")
-    if truth.ndim == 2:
-        truth, scores = truth[np.newaxis], scores[np.newaxis]
+    if isinstance(scores, np.ndarray) and scores.ndim == 3:
+        scores, truth = scores[np.newaxis], np.asarray(truth)[np.newaxis]
+    scores = [np.asarray(s) for s in scores]
+    truth = [_as_ids(np.asarray(t), "truth") for t in truth]
     ids = [int(c) for c in class_ids]
-    if scores.ndim != 4 or scores.shape[1] != len(ids) or scores.shape[2:] != truth.shape[1:] \
-            or scores.shape[0] != truth.shape[0]:
-        raise ValueError(f"scores {scores.shape} must be (n, {len(ids)}, H, W) matching truth {truth.shape}")
+    if len(scores) != len(truth) or any(s.ndim != 3 or s.shape != (len(ids), *t.shape)
+                                        for s, t in zip(scores, truth, strict=False)):
+        shapes = [s.shape for s in scores[:3]], [t.shape for t in truth[:3]]
+        raise ValueError(f"scores {shapes[0]}... must each be ({len(ids)}, H, W) matching truth {shapes[1]}...")
     if BACKGROUND in ids or len(set(ids)) != len(ids):
         raise ValueError(f"class_ids must be distinct lesion ids; got {ids}")
     alphas = np.round(np.arange(0.0, 1.0 + step / 2, step), 10)
@@ -55,12 +58,11 @@ def sweep_threshold(scores: np.ndarray, truth: np.ndarray, class_ids: Sequence[i
     lut[ids] = np.arange(1, k1, dtype=np.uint8)
     # counts[t, c, j]: pixels with truth t, best class c (1..K) and `j` = number of alphas below their best score
     counts = np.zeros(k1 * k1 * (n_a + 1), dtype=np.int64)
-    for i in range(truth.shape[0]):  # per image: memory stays at one B-scan's worth of temporaries
-        s = scores[i]
+    for s, t in zip(scores, truth, strict=True):  # per image: memory stays at one B-scan's temporaries
         best = s.argmax(axis=0)
         top = np.take_along_axis(s, best[np.newaxis], axis=0)[0]
         j = np.searchsorted(alphas, top.astype(np.float64), side="left")  # α_m < top  <=>  m < j
-        code = (lut[truth[i]].astype(np.int64) * k1 + best + 1) * (n_a + 1) + j
+        code = (lut[t].astype(np.int64) * k1 + best + 1) * (n_a + 1) + j
         counts += np.bincount(code.ravel(), minlength=counts.size)
     counts = counts.reshape(k1, k1, n_a + 1)
     # lesion[t, c, m] = pixels with truth t assigned class c at α_m = those with j > m

@@ -184,3 +184,23 @@ def anomaly_score(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def healthy_counterpart(generator: Generator, x: torch.Tensor) -> torch.Tensor:
+    """x̂ in [0, 1] for images x (B, C, H, W) in [0, 1]: scaled to [-1, 1], resized to the generator's square size
+    and back, grey replicated to its channels and averaged back (METHODS.md §1: x̂ rescaled to [0, 1] like x)."""
+    cfg = generator.config
+    size = tuple(x.shape[-2:])
+    z = x * 2.0 - 1.0
+    if size != (cfg.image_size, cfg.image_size):
+        z = F.interpolate(z, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+    if z.shape[1] != cfg.nc:
+        if z.shape[1] != 1 and cfg.nc != 1:
+            raise ValueError(f"generator takes {cfg.nc} channels, got {z.shape[1]}")
+        z = z.expand(-1, cfg.nc, -1, -1) if z.shape[1] == 1 else z.mean(dim=1, keepdim=True)
+    x_hat = generator(z)[0]
+    if x_hat.shape[1] != x.shape[1]:
+        x_hat = x_hat.mean(dim=1, keepdim=True).expand(-1, x.shape[1], -1, -1)
+    if size != tuple(x_hat.shape[-2:]):
+        x_hat = F.interpolate(x_hat, size=size, mode="bilinear", align_corners=False)
+    return (x_hat + 1.0) / 2.0

@@ -1,0 +1,166 @@
+"""AGM proposer: GANomaly x̂ → anomaly map → AGM classifier → smoothed GradCAM → pseudo labels (METHODS.md §1).
+
+``AgmProposer.from_checkpoint(path)`` loads one ``agm`` checkpoint (AGM weights with the GANomaly generator bundled
+under ``generator.``); ``run`` streams one :class:`BscanResult` per B-scan. Trainers reuse ``network_inputs`` and
+``scores`` so that training, threshold sweeps and proposals preprocess identically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from oct_wsss.checkpoint import Checkpoint, CheckpointError
+from oct_wsss.explain.augment import IDENTITY, SMOOTHING
+from oct_wsss.explain.gradcam import GradCam
+from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
+from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
+from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.device import resolve_device
+from oct_wsss.propose.inputs import resize, retina_mask, soft_mask, to_unit
+from oct_wsss.propose.proposal import BscanResult, Cancel
+from oct_wsss.propose.pseudo import class_scores, pseudo_labels
+from oct_wsss.volume import OctVolume
+
+DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)
+DEFAULT_THRESHOLD = 0.5
+
+
+def network_inputs(generator: Generator | None, x: Tensor, retina: Tensor, channels: int) -> list[Tensor]:
+    """[x, x̂, anomaly] for AgmNet from grey images x (B, 1, h, w) in [0, 1] and retina masks (B, 1, h, w).
+
+    x̂ comes from the frozen generator (no gradient); images are replicated to ``channels``.
+    """
+    if generator is None:
+        x_hat = torch.zeros_like(x)
+    else:
+        with torch.no_grad():
+            x_hat = healthy_counterpart(generator, x)
+    anomaly = anomaly_input(x, x_hat, retina)
+    return [t.expand(-1, channels, -1, -1) for t in (x, x_hat, anomaly)]
+
+
+def agm_gradcam(net: AgmNet, layers: Sequence[str] = DEFAULT_CAM_LAYERS, max_batch: int = 12,
+                autocast: bool = True) -> GradCam:
+    """GradCAM over the named ``AgmNet.cam_layers()`` (those the config has); intensity factors hit x and x̂ only."""
+    available = net.cam_layers()
+    chosen = {name: available[name] for name in layers if name in available}
+    if not chosen:
+        raise ValueError(f"none of the CAM layers {list(layers)} exist in this network ({list(available)})")
+    return GradCam(net, chosen, forward_fn=lambda xs: net(*xs), intensity_inputs=(0, 1), max_batch=max_batch,
+                   autocast=autocast)
+
+
+class AgmProposer:
+    """A loaded AGM model that turns B-scans into class scores and ontology-id pseudo labels."""
+
+    method = "agm"
+
+    def __init__(self, net: AgmNet, generator: Generator | None, classes: Sequence[int], input_size: tuple[int, int],
+                 *, threshold: float = DEFAULT_THRESHOLD, cam_layers: Sequence[str] = DEFAULT_CAM_LAYERS,
+                 smooth: bool = True, present_threshold: float = 0.5, device: str | torch.device = "auto",
+                 batch_size: int | None = None, checkpoint: Checkpoint | None = None) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.generator = None if generator is None else generator.to(self.device).eval()
+        self.classes = tuple(int(c) for c in classes)
+        if net.config.n_classes != len(self.classes):
+            raise ValueError(f"the network predicts {net.config.n_classes} classes, {len(self.classes)} declared")
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.threshold, self.smooth, self.present_threshold = float(threshold), smooth, float(present_threshold)
+        self.cam_layers = tuple(cam_layers)
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=self.device.type == "cuda")
+        self.checkpoint = checkpoint
+        self._lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> AgmProposer:
+        """Build from an ``agm`` checkpoint; options override its stored threshold, CAM layers, device, batch."""
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint, expect_method="agm")
+        arch = ckpt.meta["architecture"]
+        try:
+            net = AgmNet(AgmConfig.from_dict(arch["agm"]))
+            generator = Generator(GanomalyConfig.from_dict(arch["ganomaly"])) if arch.get("ganomaly") else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid AGM architecture ({err})") from err
+        split = _split_state(ckpt.state_dict, ("agm.", "generator."))
+        Checkpoint(split["agm."], ckpt.meta).load_into(net)
+        if generator is not None:
+            Checkpoint(split["generator."], ckpt.meta).load_into(generator)
+        params = ckpt.meta.get("params", {})
+        settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
+                    "cam_layers": params.get("cam_layers", DEFAULT_CAM_LAYERS),
+                    "present_threshold": params.get("present_threshold", 0.5)}
+        settings.update({k: v for k, v in options.items() if v is not None})
+        return cls(net, generator, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced the result: checkpoint id and hash, every parameter that changes it, the device."""
+        ckpt = self.checkpoint
+        return {"method": self.method, "checkpoint": None if ckpt is None else {"id": ckpt.id, "sha256": ckpt.sha256},
+                "classes": list(self.classes), "input_size": list(self.input_size),
+                "params": {"threshold": self.threshold, "smooth": self.smooth, "cam_layers": list(self.cam_layers),
+                           "present_threshold": self.present_threshold, "batch_size": self.batch_size},
+                "device": str(self.device)}
+
+    def scores(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class scores (n, K, H, W) at native size and probabilities (n, K) for same-sized B-scans.
+
+        Classes are zeroed where ``present`` (n, K) is False; by default where the classifier's probability is
+        below ``present_threshold`` (at training time the trainer passes the image-level labels instead).
+        """
+        native = tuple(bscans[0].shape)
+        x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+        x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        retina = np.stack([retina_mask(xi[0]) for xi in x.numpy()])
+        inputs = network_inputs(self.generator, x.to(self.device), torch.from_numpy(retina)[:, None].to(self.device),
+                                self.net.config.image_channels)
+        cams, logits = self.gradcam(inputs, self._lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
+                                    output_size=native, return_logits=True)
+        probs = torch.sigmoid(logits[:, self._lesion_outputs]).cpu().numpy()
+        soft = soft_mask(resize(retina, native, order=0))
+        keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
+        return class_scores(cams.cpu().numpy(), soft, keep), probs
+
+    def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
+            keep_scores: bool = False) -> Iterator[BscanResult]:
+        """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
+        def work(batch: Sequence[int]) -> list[BscanResult]:
+            t0 = time.perf_counter()
+            scores, probs = self.scores([volume.data[i] for i in batch])
+            labels = pseudo_labels(scores, self.classes, self.threshold)
+            self.last_batch_seconds = time.perf_counter() - t0
+            return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None)
+                    for j, i in enumerate(batch)]
+
+        def halved(size: int) -> None:
+            self.batch_size = size
+
+        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
+
+
+def _split_state(state: dict[str, Tensor], prefixes: Sequence[str]) -> dict[str, dict[str, Tensor]]:
+    """Partition a bundled state dict by key prefix (prefix stripped); unknown prefixes are an error."""
+    parts: dict[str, dict[str, Tensor]] = {p: {} for p in prefixes}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            raise CheckpointError(None, f"unexpected tensor {key!r} in an AGM checkpoint")
+        parts[prefix][key[len(prefix):]] = value
+    return parts
+
+
+def bundle_state(net: AgmNet, generator: Generator | None) -> dict[str, Tensor]:
+    """The state dict an ``agm`` checkpoint stores: ``agm.*`` and, when given, ``generator.*``."""
+    state = {f"agm.{k}": v for k, v in net.state_dict().items()}
+    if generator is not None:
+        state.update({f"generator.{k}": v for k, v in generator.state_dict().items()})
+    return state

@@ -1,0 +1,42 @@
+"""From class activation maps to pseudo labels (METHODS.md §1 "Retina mask, pseudo labels, threshold").
+
+Per class: CAM at the B-scan's native size × soft retina mask (1 inside, 0.5 outside) → min-max per class → classes
+judged absent are zeroed → argmax over [α, score_1..score_K] → ontology ids. α is the background threshold τ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def class_scores(cams: np.ndarray, soft: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """Scores (n, K, H, W) in [0, 1]: CAMs (n, K, H, W) × soft mask (n, H, W), min-max per class; absent -> 0."""
+    if cams.ndim != 4 or soft.shape != (cams.shape[0], *cams.shape[2:]):
+        raise ValueError(f"cams (n, K, H, W) and soft mask (n, H, W) expected; got {cams.shape}, {soft.shape}")
+    s = cams.astype(np.float32) * soft[:, None].astype(np.float32)
+    lo = s.min(axis=(2, 3), keepdims=True)
+    hi = s.max(axis=(2, 3), keepdims=True)
+    s = np.where(hi > lo, (s - lo) / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
+    if present is not None:
+        if present.shape != cams.shape[:2]:
+            raise ValueError(f"present must be (n, K) = {cams.shape[:2]}; got {present.shape}")
+        s *= present[:, :, None, None].astype(np.float32)
+    return s
+
+
+def pseudo_labels(scores: np.ndarray, class_ids: Sequence[int], alpha: float) -> np.ndarray:
+    """uint8 ids (n, H, W): ``class_ids[argmax]`` where the best score is strictly above ``alpha``, else 0.
+
+    The same rule as ``oct_wsss.evaluate.sweep_threshold`` (ties go to background), so the α chosen there
+    reproduces its mIoU here.
+    """
+    if scores.ndim != 4 or scores.shape[1] != len(class_ids):
+        raise ValueError(f"scores must be (n, {len(class_ids)}, H, W); got {scores.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"the background threshold must be in [0, 1]; got {alpha}")
+    best = scores.argmax(axis=1)
+    top = np.take_along_axis(scores, best[:, None], axis=1)[:, 0]
+    ids = np.asarray(class_ids, dtype=np.uint8)
+    return np.where(top > alpha, ids[best], 0).astype(np.uint8)

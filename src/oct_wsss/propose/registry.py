@@ -1,0 +1,113 @@
+"""Which proposer serves which method, and the one ``propose`` loop every entry point uses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss import __version__
+from oct_wsss.propose.proposal import (
+    BscanResult,
+    Cancel,
+    Progress,
+    Proposal,
+    ProposalCancelled,
+    ProposalError,
+    Proposer,
+)
+from oct_wsss.volume import OctVolume
+
+
+def _agm(checkpoint: str | Path, **options: Any) -> Proposer:
+    from oct_wsss.propose.agm import AgmProposer
+
+    return AgmProposer.from_checkpoint(checkpoint, **options)
+
+
+#: method name -> loader(checkpoint, **options) -> Proposer
+METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm}
+PLANNED = ("student", "dfp", "hrf")
+
+
+def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
+    """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size, ...) pass on."""
+    if method not in METHODS:
+        hint = " (not implemented yet)" if method in PLANNED else ""
+        raise ValueError(f"unknown method {method!r}{hint}; available: {', '.join(METHODS)}")
+    from oct_wsss.propose.device import resolve_device
+
+    try:
+        options["device"] = resolve_device(options.get("device") or "auto")
+    except ValueError as err:
+        raise ProposalError(str(err)) from err
+    return METHODS[method](checkpoint, **options)
+
+
+def _check_volume(volume: OctVolume) -> None:
+    if volume.n_bscans == 0 or volume.data.shape[1] == 0 or volume.data.shape[2] == 0:
+        raise ValueError(f"the volume is empty (shape {volume.shape}); nothing to propose")
+
+
+def stream(proposer: Proposer, volume: OctVolume, bscans: Sequence[int] | None = None, *,
+           cancel: Cancel | None = None, keep_scores: bool = False) -> Iterator[BscanResult]:
+    """Results per B-scan as they are ready (the widget's path); ``bscans`` default to all, checked in range."""
+    _check_volume(volume)
+    todo = list(range(volume.n_bscans)) if bscans is None else [int(i) for i in bscans]
+    bad = [i for i in todo if not 0 <= i < volume.n_bscans]
+    if bad:
+        raise IndexError(f"B-scans {bad[:5]} out of range 0..{volume.n_bscans - 1}")
+    yield from proposer.run(volume, todo, cancel=cancel, keep_scores=keep_scores)
+
+
+def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | None = None, *,
+            proposer: Proposer | None = None, bscans: Sequence[int] | None = None, device: str = "auto",
+            progress: Progress | None = None, cancel: Cancel | None = None, keep_scores: bool = False,
+            **options: Any) -> Proposal:
+    """Propose lesions for ``volume`` (all B-scans or ``bscans``) with a method and checkpoint, or a loaded proposer.
+
+    Raises :class:`ProposalCancelled` (with the finished B-scans) when ``cancel()`` turns true.
+    """
+    if proposer is None:
+        if checkpoint is None:
+            raise ValueError(f"method {method!r} needs a checkpoint file")
+        proposer = load_proposer(method, checkpoint, device=device, **options)
+    todo = list(range(volume.n_bscans)) if bscans is None else [int(i) for i in bscans]
+    result = Proposal.empty(volume, proposer.classes, keep_scores)
+    t0 = time.perf_counter()
+    for n, item in enumerate(stream(proposer, volume, todo, cancel=cancel, keep_scores=keep_scores), start=1):
+        result.add(item)
+        if progress is not None:
+            progress(n, len(todo))
+    seconds = time.perf_counter() - t0
+    result.provenance = {**proposer.provenance(), "software": f"oct-wsss {__version__}",
+                         "volume": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
+                                    "format": volume.source.get("format")},
+                         "bscans": todo, "timings": {"total_s": round(seconds, 3),
+                                                     "per_bscan_s": round(seconds / max(1, len(todo)), 4)}}
+    if int(result.done.sum()) < len(todo):
+        raise ProposalCancelled(result)
+    return result
+
+
+def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:
+    """``out/labels.tif`` and ``out/provenance.json`` (PHI-free), each written atomically."""
+    import json
+
+    from oct_wsss.io import write_labels
+    from oct_wsss.io.export import _atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spacing = proposal.provenance.get("volume", {}).get("spacing_mm")
+    labels = write_labels(out / "labels.tif", proposal.labels, tuple(spacing) if spacing else None)
+    prov = {**proposal.provenance,
+            "image_level": {"classes": list(proposal.classes),
+                            "probabilities": [[None if np.isnan(v) else round(float(v), 4) for v in row]
+                                              for row in proposal.probabilities]}}
+    path = out / "provenance.json"
+    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, allow_nan=False)))
+    return {"labels": labels, "provenance": path}
