@@ -166,8 +166,11 @@ def _epoch(model: torch.nn.Module, net: AgmNet, gen: Generator | None, loader: D
             weights = torch.sigmoid(logits[:, lesion]) if opts.refine_weights == "probability" else logits[:, lesion]
             inputs[0] = enhance(inputs[0], cams.to(x.dtype), weights)
         model.train()
-        out = model(*inputs)
-        loss = F.binary_cross_entropy_with_logits(out[:, lesion], labels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dist.device.type == "cuda"):
+            out = model(*inputs)
+        loss = F.binary_cross_entropy_with_logits(out[:, lesion].float(), labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the AGM loss became {float(loss)} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
