@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 PLUGIN = "napari-oct-wsss"
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.evaluate import evaluate_labels, write_json
+from oct_wsss.evaluate import write_json
 from oct_wsss.models.agm import AgmConfig
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator
 from oct_wsss.propose.agm import AgmProposer
@@ -20,9 +20,9 @@ from oct_wsss.propose.ganomaly import load_generator
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.training.agm import AgmTrainConfig, agm_checkpoint, choose_threshold, pseudo_label_scores, train_agm
 from oct_wsss.training.data import Sample
+from oct_wsss.training.datasets import load_dataset
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.ganomaly import GanomalyTrainConfig, train_ganomaly
-from oct_wsss.training.datasets import load_dataset
 from oct_wsss.training.recipe import Recipe, split_summary
 
 

@@ -27,7 +27,8 @@ class Augment:
     flip: float = 0.5
     rotation: float = 60.0
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """image (1, H, W) in [0, 1] and mask (1, H, W) -> augmented copies."""
         b = 1.0 + rng.uniform(-self.brightness, self.brightness)
         c = 1.0 + rng.uniform(-self.contrast, self.contrast)
@@ -54,13 +55,15 @@ class BscanDataset(Dataset):
 
     ``classes`` orders the label vector (ontology ids). With ``with_mask`` the item also has ``"mask"``: the pixel
     ground truth at the B-scan's native size (uint8; evaluation only, so not batchable across sizes). ``cache``
-    keeps the resized B-scans in memory (per worker process), so later epochs skip decoding and resizing.
+    keeps the resized B-scans in memory (per worker process), so later epochs skip decoding and resizing;
+    ``with_retina=False`` skips the retina mask (all ones), which GANomaly does not need.
     """
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[int], size: tuple[int, int],
-                 augment: Augment | None = None, seed: int = 0, with_mask: bool = False, cache: bool = False) -> None:
+                 augment: Augment | None = None, seed: int = 0, with_mask: bool = False, cache: bool = False,
+                 with_retina: bool = True) -> None:
         self.samples, self.classes, self.size = list(samples), tuple(classes), tuple(size)
-        self.augment, self.seed, self.with_mask = augment, seed, with_mask
+        self.augment, self.seed, self.with_mask, self.with_retina = augment, seed, with_mask, with_retina
         self.epoch = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
@@ -75,7 +78,8 @@ class BscanDataset(Dataset):
         """The B-scan resized to the input size and its retina mask, (1, H, W) each."""
         image = resize(to_unit(sample.load_image()), self.size)
         x = torch.from_numpy(np.ascontiguousarray(image))[None]
-        return x, torch.from_numpy(retina_mask(image).astype(np.float32))[None]
+        mask = retina_mask(image) if self.with_retina else np.ones(image.shape, bool)
+        return x, torch.from_numpy(mask.astype(np.float32))[None]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         sample = self.samples[i]
