@@ -167,3 +167,12 @@ def test_cli_propose_writes_labels_and_phi_free_provenance(agm_ckpt, tmp_path, c
     assert "pickle" in capsys.readouterr().err
     assert main(["propose", str(src), "--method", "agm", "--checkpoint", str(agm_ckpt), "--out", str(out),
                  "--bscans", "7-9"]) == 2
+
+
+def test_refinement_keeps_the_image_when_there_is_no_cam_evidence() -> None:
+    cams = torch.zeros(2, 3, 4, 4)
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.equal(roi_map(cams, torch.ones(2, 3)), torch.ones(2, 1, 4, 4))
+    from oct_wsss.explain.gradcam import minmax
+
+    assert torch.allclose(enhance(x, cams, torch.ones(2, 3)), minmax(x))

@@ -48,12 +48,15 @@ class AgmTrainConfig:
     max_steps_per_epoch: int | None = None
     present_threshold: float = 0.5
     cache: bool = True  # keep resized B-scans and retina masks in memory (input-sized, so small)
+    pos_weight: str | None = None  # "balanced": BCE positives weighted n_neg / n_pos per class (clipped to 1..20)
 
     def __post_init__(self) -> None:
         if self.refine_weights not in ("probability", "logit"):
             raise ValueError(f"refine_weights must be 'probability' or 'logit', got {self.refine_weights!r}")
         if self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.refine_batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch sizes >= 1")
+        if self.pos_weight not in (None, "balanced"):
+            raise ValueError(f"pos_weight must be null or 'balanced', got {self.pos_weight!r}")
         if self.optimizer.get("name", "sgd") not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer name must be sgd, adam or adamw, got {self.optimizer.get('name')!r}")
 
@@ -112,6 +115,7 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
     train_set = BscanDataset(train, classes, input_size, Augment() if opts.augment else None, seed=seed,
                              cache=opts.cache)
     val_set = BscanDataset(val, classes, input_size, cache=opts.cache) if val else None
+    pos_weight = _pos_weight(train, classes, dist.device) if opts.pos_weight == "balanced" else None
     history: list[dict[str, Any]] = []
     for epoch in range(start, total):
         refining = epoch >= opts.epochs
@@ -125,7 +129,7 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
         loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                             num_workers=opts.num_workers, drop_last=len(train_set) > batch,
                             generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        loss = _epoch(model, net, gen, loader, optimizer, opts, dist, refining, cancel)
+        loss = _epoch(model, net, gen, loader, optimizer, opts, dist, refining, cancel, pos_weight)
         row = {"epoch": epoch, "phase": "refine" if refining else "train", "loss": dist.mean(loss)}
         if val_set is not None:
             row.update(_validate(net, gen, val_set, classes, dist.device, opts.present_threshold))
@@ -140,6 +144,13 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
     return AgmRun(net.eval(), history)
 
 
+def _pos_weight(train: Sequence[Sample], classes: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Per-class n_negative / n_positive of the training labels, clipped to [1, 20] (rare lesions count more)."""
+    pos = np.array([sum(c in s.labels for s in train) for c in classes], float)
+    return torch.tensor(np.clip((len(train) - pos) / np.maximum(pos, 1), 1.0, 20.0), dtype=torch.float32,
+                        device=device)
+
+
 def _phase_optimizer(net: AgmNet, opts: AgmTrainConfig, epoch: int) -> torch.optim.Optimizer:
     """The optimizer of the phase ``epoch`` belongs to (refinement: same kind at ``refine_lr``)."""
     lr = opts.refine_lr if epoch >= opts.epochs else None
@@ -148,7 +159,7 @@ def _phase_optimizer(net: AgmNet, opts: AgmTrainConfig, epoch: int) -> torch.opt
 
 def _epoch(model: torch.nn.Module, net: AgmNet, gen: Generator | None, loader: DataLoader,
            optimizer: torch.optim.Optimizer, opts: AgmTrainConfig, dist: Dist, refining: bool,
-           cancel: Callable[[], bool] | None) -> float:
+           cancel: Callable[[], bool] | None, pos_weight: torch.Tensor | None) -> float:
     """One pass over ``loader``; in refinement the image channels are replaced by the CAM-enhanced input."""
     gradcam = agm_gradcam(net, opts.cam_layers, autocast=dist.device.type == "cuda") if refining else None
     lesion = list(range(int(net.config.background_logit), net.config.n_outputs))
@@ -168,7 +179,7 @@ def _epoch(model: torch.nn.Module, net: AgmNet, gen: Generator | None, loader: D
         model.train()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dist.device.type == "cuda"):
             out = model(*inputs)
-        loss = F.binary_cross_entropy_with_logits(out[:, lesion].float(), labels)
+        loss = F.binary_cross_entropy_with_logits(out[:, lesion].float(), labels, pos_weight=pos_weight)
         if not torch.isfinite(loss):
             raise TrainingError(f"the AGM loss became {float(loss)} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

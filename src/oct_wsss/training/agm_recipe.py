@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,9 +45,11 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         t0 = time.perf_counter()
         config = AgmConfig.from_dict({**base_config, **overrides, "n_classes": len(recipe.classes)})
         vdir = run_dir if name == "agm" else run_dir / "variants" / name
-        run = train_agm(train, val, recipe.classes, config, generator if config.use_adr or config.use_asam else None,
-                        opts, recipe.input_size, vdir, device=device, seed=recipe.seed, log=log, cancel=cancel)
         gen = generator if config.use_adr or config.use_asam else None
+        run = train_agm(train, val, recipe.classes, config, gen, opts, recipe.input_size, vdir, device=device,
+                        seed=recipe.seed, log=log, cancel=cancel)
+        if int(os.environ.get("RANK", "0")) != 0:
+            continue  # under torchrun only rank 0 sweeps, scores and writes
         proposer = AgmProposer(run.net, gen, recipe.classes, recipe.input_size, cam_layers=opts.cam_layers,
                                present_threshold=opts.present_threshold, device=device)
         alpha, sweep = _threshold(recipe, proposer, val, vdir)
