@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .asam import ENCODERS, PAD_MODES, Asam
+from .config import strict_from_dict
 
 BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], int]] = {
     "resnet18": (tvm.resnet18, 512),
@@ -72,10 +73,7 @@ class AgmConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgmConfig:
         """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown AgmConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "AgmConfig")
 
 
 def _backbone(config: AgmConfig) -> nn.Sequential:

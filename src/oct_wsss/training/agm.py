@@ -5,7 +5,7 @@ background threshold α swept on validation masks; the result is one ``agm`` che
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import SweepResult, classification_scores, plot_sweep, sweep_threshold, write_sweep_csv
 from oct_wsss.explain.refine import enhance
 from oct_wsss.models.agm import AgmConfig, AgmNet
+from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import Generator
 from oct_wsss.propose.agm import DEFAULT_CAM_LAYERS, AgmProposer, agm_gradcam, bundle_state, network_inputs
 from oct_wsss.training.data import Sample
@@ -63,10 +64,7 @@ class AgmTrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AgmTrainConfig:
         """From a recipe's ``agm`` block (its ``config`` key, the architecture, is not part of this)."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown AGM training keys: {sorted(unknown)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, "AGM training")
 
 
 def make_optimizer(params: Any, spec: dict[str, Any], lr: float | None = None) -> torch.optim.Optimizer:

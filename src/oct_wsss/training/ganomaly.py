@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.evaluate.classification import roc_auc
+from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import (
     Discriminator,
     GanomalyConfig,
@@ -80,10 +81,7 @@ class GanomalyTrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GanomalyTrainConfig:
         """Build from a recipe's mapping; unknown keys are an error (a typo would otherwise be ignored silently)."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown GANomaly training keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "GANomaly training")
 
 
 def train_ganomaly(train: Sequence[Sample], val: Sequence[Sample], model_config: GanomalyConfig,
