@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +102,12 @@ def test_bad_recipes_are_clear(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cpu_recipe_full_agm_beats_base(tmp_path: Path) -> None:
-    """training/agm-synth.yaml as shipped (≈20 min on 2 cores): AGM's test pseudo-label mIoU above BASE's."""
-    os.chdir(tmp_path)
+def test_cpu_recipe_full_agm_beats_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """training/agm-synth.yaml as shipped (≈14 min on 2 cores): AGM's test pseudo-label mIoU above BASE's.
+
+    The issue's acceptance check. It fails today (docs/results.md: BASE 28.59 vs AGM 24.59 mIoU at this size).
+    """
+    monkeypatch.chdir(tmp_path)
     train_recipe(ROOT / "training" / "agm-synth.yaml")
     run = tmp_path / "runs" / "agm-synth"
     agm = json.loads((run / "metrics.json").read_text())["pseudo_labels"]["miou"]
