@@ -7,7 +7,6 @@ under ``generator.``); ``run`` streams one :class:`BscanResult` per B-scan. Trai
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,10 +133,8 @@ class AgmProposer:
             keep_scores: bool = False) -> Iterator[BscanResult]:
         """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
         def work(batch: Sequence[int]) -> list[BscanResult]:
-            t0 = time.perf_counter()
             scores, probs = self.scores([volume.data[i] for i in batch])
             labels = pseudo_labels(scores, self.classes, self.threshold)
-            self.last_batch_seconds = time.perf_counter() - t0
             return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None)
                     for j, i in enumerate(batch)]
 
