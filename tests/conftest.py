@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,11 @@ def real_vol(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing from the shared data")
     return path
+
+
+def run_torchrun(script: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``script`` on two CPU ranks with ``torch.distributed.run`` (one thread each), the repo's src importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), *args], capture_output=True, text=True, env=env, timeout=timeout)

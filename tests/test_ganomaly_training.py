@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import functools
 import operator
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_torchrun
 
 import oct_wsss.training.ganomaly as trainer
 from oct_wsss.checkpoint import Checkpoint
@@ -230,11 +228,7 @@ def test_ganomaly_under_torchrun_keeps_ranks_identical(tmp_path: Path) -> None:
 
     script = tmp_path / "gan.py"
     script.write_text(textwrap.dedent(GAN_TORCHRUN))
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path), str(Path(__file__).parent)], capture_output=True, text=True, env=env, timeout=300)
+    result = run_torchrun(script, str(tmp_path), str(Path(__file__).parent), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same(load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors"))
     assert len(_csv(tmp_path / "run")) == 2

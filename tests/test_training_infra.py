@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_torchrun
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -235,11 +233,7 @@ dist.close()
 def test_torchrun_two_cpu_ranks_end_with_identical_parameters(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(TORCHRUN_SCRIPT))
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    result = run_torchrun(script, str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert r0["steps"].item() == r1["steps"].item() == 2  # 8 samples, 2 ranks, batch 2
