@@ -158,7 +158,7 @@ def ablation_table(rows: Sequence[tuple[str, AgmConfig, dict[str, Any]]], classe
     """Markdown table in the shape of the paper's Table 4: configuration, per-class IoU, mIoU on the test split."""
     keys = [ONTOLOGY[c].key for c in classes]
     head = ["variant", "ADR", "ASAM", "pool", "α", *(f"IoU {k.upper()}" for k in keys), "mIoU", "mIoU w/o bg",
-            "DSC/img", "minutes"]
+            "DSC/img", "minutes (this run)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(v: Any) -> str:
