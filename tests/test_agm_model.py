@@ -229,3 +229,16 @@ def test_anomaly_input() -> None:
 def test_asam_rejects_unknown_encoder() -> None:
     with pytest.raises(ValueError, match="encoder"):
         Asam(512, encoder="vit")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_output_stride_16_doubles_the_feature_map(backbone: str) -> None:
+    torch.manual_seed(0)
+    x, x_hat, anomaly = _inputs(1, 64)
+    for stride, side in ((32, 2), (16, 4)):
+        net = AgmNet(AgmConfig(backbone=backbone, n_classes=2, output_stride=stride, encoder_width=4)).eval()
+        with torch.no_grad():
+            assert net.features(x, x_hat, anomaly).shape[2:] == (side, side)
+            assert net(x, x_hat, anomaly).shape == (1, 2)
+    with pytest.raises(ValueError, match="output_stride"):
+        AgmConfig(output_stride=8)

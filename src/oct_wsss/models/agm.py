@@ -44,6 +44,7 @@ class AgmConfig:
     background_logit: bool = False  # extra output 0 for an always-present background class (reference code)
     dropout: float = 0.5
     image_channels: int = 3
+    output_stride: int = 32  # 16: layer4 keeps layer3's resolution (dilated for ResNet-50), finer CAMs
 
     def __post_init__(self) -> None:
         """Validate choices early, with the allowed values in the message."""
@@ -53,6 +54,8 @@ class AgmConfig:
                 raise ValueError(f"AgmConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_classes < 1:
             raise ValueError(f"AgmConfig.n_classes must be >= 1, got {self.n_classes}")
+        if self.output_stride not in (16, 32):
+            raise ValueError(f"AgmConfig.output_stride must be 16 or 32, got {self.output_stride}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"AgmConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -78,7 +81,15 @@ class AgmConfig:
 
 def _backbone(config: AgmConfig) -> nn.Sequential:
     """Torchvision ResNet (random init) without avgpool/fc; conv1 takes 6 channels with ADR, else 3."""
-    net = BACKBONES[config.backbone][0](weights=None)
+    build = BACKBONES[config.backbone][0]
+    if config.output_stride == 32:
+        net = build(weights=None)
+    elif config.backbone == "resnet50":
+        net = build(weights=None, replace_stride_with_dilation=[False, False, True])
+    else:  # BasicBlock has no dilation: drop layer4's stride (its receptive field grows less, which is fine here)
+        net = build(weights=None)
+        net.layer4[0].conv1.stride = (1, 1)
+        net.layer4[0].downsample[0].stride = (1, 1)
     in_ch = config.image_channels * (2 if config.use_adr else 1)
     conv1 = nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -116,6 +127,7 @@ class AgmNet(nn.Module):
                 encoder_width=config.encoder_width,
                 pad_mode=config.pad_mode,  # type: ignore[arg-type]
                 in_channels=config.image_channels,
+                n_down=5 if config.output_stride == 32 else 4,
             )
             if config.use_asam
             else None

@@ -39,17 +39,17 @@ class Down(nn.Sequential):
         super().__init__(nn.MaxPool2d(2, ceil_mode=True), DoubleConv(cin, cout))
 
 
-def unet_encoder(out_channels: int, in_channels: int = 3) -> nn.Sequential:
-    """The reference encoder: DoubleConv(3->64) at full resolution, then five Down blocks (64..out_channels)."""
-    widths = [min(64 * 2**i, out_channels) for i in range(N_DOWN)] + [out_channels]
+def unet_encoder(out_channels: int, in_channels: int = 3, n_down: int = N_DOWN) -> nn.Sequential:
+    """The reference encoder: DoubleConv(3->64) at full resolution, then ``n_down`` Down blocks (64..out_channels)."""
+    widths = [min(64 * 2**i, out_channels) for i in range(n_down)] + [out_channels]
     blocks: list[nn.Module] = [DoubleConv(in_channels, widths[0])]
-    blocks += [Down(widths[i], widths[i + 1]) for i in range(N_DOWN)]
+    blocks += [Down(widths[i], widths[i + 1]) for i in range(n_down)]
     return nn.Sequential(*blocks)
 
 
-def light_encoder(out_channels: int, width: int = 16, in_channels: int = 3) -> nn.Sequential:
-    """Cheap encoder: five strided 3x3 conv stages (width, 2w, 4w, 8w, 8w), then a 1x1 projection to out_channels."""
-    widths = [in_channels, width, 2 * width, 4 * width, 8 * width, 8 * width]
+def light_encoder(out_channels: int, width: int = 16, in_channels: int = 3, n_down: int = N_DOWN) -> nn.Sequential:
+    """Cheap encoder: ``n_down`` strided 3x3 conv stages (width, 2w, 4w, 8w, 8w), then a 1x1 projection."""
+    widths = [in_channels, width, 2 * width, 4 * width, 8 * width, 8 * width][: n_down + 1]
     layers: list[nn.Module] = []
     for cin, cout in zip(widths[:-1], widths[1:], strict=True):
         layers += _conv_bn_relu(cin, cout, stride=2)
@@ -133,7 +133,7 @@ class LocalSelfAttention(nn.Module):
 
 
 class Asam(nn.Module):
-    """Anomaly map (B, 3, H, W) -> encoder -> SASA -> (B, out_channels, H/32, W/32), matching a ResNet's layer4."""
+    """Anomaly map (B, 3, H, W) -> encoder -> SASA -> (B, C, H/2^n_down, W/2^n_down), the size of a ResNet layer4."""
 
     def __init__(
         self,
@@ -144,12 +144,15 @@ class Asam(nn.Module):
         encoder_width: int = 16,
         pad_mode: PadMode = "mask",
         in_channels: int = 3,
+        n_down: int = N_DOWN,
     ) -> None:
         super().__init__()
+        if not 1 <= n_down <= N_DOWN:
+            raise ValueError(f"n_down must be in 1..{N_DOWN}, got {n_down}")
         if encoder == "light":
-            self.encoder = light_encoder(out_channels, encoder_width, in_channels)
+            self.encoder = light_encoder(out_channels, encoder_width, in_channels, n_down)
         elif encoder == "unet":
-            self.encoder = unet_encoder(out_channels, in_channels)
+            self.encoder = unet_encoder(out_channels, in_channels, n_down)
         else:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.attention = LocalSelfAttention(out_channels, heads, window, pad_mode)
