@@ -44,7 +44,7 @@ class AgmTrainConfig:
     refine_lr: float = 1e-4
     refine_weights: str = "probability"  # ŷ_c as sigmoid probabilities (paper) or raw "logit" (reference code)
     cam_layers: list[str] = field(default_factory=lambda: list(DEFAULT_CAM_LAYERS))
-    augment: bool = True
+    augment: bool | dict[str, float] = True  # True: the paper's augmentation; a mapping overrides Augment fields
     num_workers: int = 0
     max_steps_per_epoch: int | None = None
     present_threshold: float = 0.5
@@ -56,6 +56,11 @@ class AgmTrainConfig:
             raise ValueError(f"refine_weights must be 'probability' or 'logit', got {self.refine_weights!r}")
         if self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.refine_batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch sizes >= 1")
+        if isinstance(self.augment, dict):
+            try:
+                Augment(**self.augment)
+            except TypeError as err:
+                raise ValueError(f"augment takes brightness, contrast, flip, rotation: {err}") from err
         if self.pos_weight not in (None, "balanced"):
             raise ValueError(f"pos_weight must be null or 'balanced', got {self.pos_weight!r}")
         if self.optimizer.get("name", "sgd") not in ("sgd", "adam", "adamw"):
@@ -110,7 +115,8 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
         load_state(state_path, {"net": net}, {"optimizer": optimizer})
         log(f"agm: resuming at epoch {start} from {state_path}")
     metrics = MetricLog(run_dir / "agm-metrics.csv", resume=start > 0, start_epoch=start)
-    train_set = BscanDataset(train, classes, input_size, Augment() if opts.augment else None, seed=seed,
+    augment = Augment(**opts.augment) if isinstance(opts.augment, dict) else Augment() if opts.augment else None
+    train_set = BscanDataset(train, classes, input_size, augment, seed=seed,
                              cache=opts.cache)
     val_set = BscanDataset(val, classes, input_size, cache=opts.cache) if val else None
     pos_weight = _pos_weight(train, classes, dist.device) if opts.pos_weight == "balanced" else None
