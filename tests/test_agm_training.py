@@ -103,9 +103,9 @@ def test_bad_recipes_are_clear(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cpu_recipe_full_agm_beats_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """training/agm-synth.yaml as shipped (≈14 min on 2 cores): AGM's test pseudo-label mIoU above BASE's.
+    """training/agm-synth.yaml as shipped (≈17 min on 2 cores): AGM's test pseudo-label mIoU above BASE's.
 
-    The issue's acceptance check. It fails today (docs/results.md: BASE 28.97 vs AGM 24.59 mIoU at this size).
+    The issue's acceptance check (the paper's Table 4 direction); figures in docs/results.md.
     """
     monkeypatch.chdir(tmp_path)
     train_recipe(ROOT / "training" / "agm-synth.yaml")
