@@ -1,11 +1,12 @@
-"""``oct-wsss train RECIPE.yaml``: a recipe names the data, the split, the models and their schedules; running it
-trains GANomaly (unless given), AGM and any ablation variants, picks α on validation, scores the held-out test split
-and writes checkpoints, metrics and reports into the run folder.
+"""``oct-wsss train RECIPE.yaml``: a recipe names the method, the data, the split, the models and their schedules;
+running it hands the recipe to that method's trainer (:data:`TRAINERS`), which writes checkpoints, metrics and
+reports into the run folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,13 @@ from oct_wsss.training.data import LabelledSet, Sample, patient_split
 from oct_wsss.training.datasets import load_dataset
 from oct_wsss.training.errors import TrainingError
 
-KNOWN_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data", "classes", "split", "input_size",
-              "ganomaly", "agm", "threshold", "variants", "description"}
+COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data", "classes", "split", "input_size",
+               "description"}
+
+#: method -> (module:function that runs its recipe, the recipe keys only that method reads)
+TRAINERS: dict[str, tuple[str, set[str]]] = {
+    "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
+}
 
 
 @dataclass
@@ -49,14 +55,16 @@ class Recipe:
         where = path or "recipe"
         if not isinstance(raw, dict):
             raise TrainingError(f"{where}: a recipe is a YAML mapping")
-        unknown = set(raw) - KNOWN_KEYS
+        if raw.get("method") not in TRAINERS:
+            raise TrainingError(f"{where}: method {raw.get('method')!r} has no trainer "
+                                f"(available: {', '.join(sorted(TRAINERS))})")
+        known = COMMON_KEYS | TRAINERS[raw["method"]][1]
+        unknown = set(raw) - known
         if unknown:
-            raise TrainingError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(KNOWN_KEYS)}")
-        for key in ("method", "data", "classes", "input_size"):
+            raise TrainingError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        for key in ("data", "classes", "input_size"):
             if key not in raw:
                 raise TrainingError(f"{where}: missing required key {key!r}")
-        if raw["method"] != "agm":
-            raise TrainingError(f"{where}: method {raw['method']!r} has no trainer yet (available: agm)")
         return cls(raw, path)
 
     @property
@@ -149,10 +157,10 @@ def split_summary(train: list[Sample], val: list[Sample], test: list[Sample]) ->
 def train_recipe(path: str | Path, *, out: str | Path | None = None, device: str | None = None,
                  log: Callable[[str], None] = print, cancel: Callable[[], bool] | None = None) -> Path:
     """Run a recipe; returns the path of the main checkpoint written into the run folder."""
-    from oct_wsss.training.agm_recipe import run_agm
-
     recipe = Recipe.load(path)
+    module, _, func = TRAINERS[recipe.raw["method"]][0].partition(":")
+    run = getattr(importlib.import_module(module), func)
     run_dir = recipe.out_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2, default=str))
-    return run_agm(recipe, run_dir, device or recipe.raw.get("device", "auto"), log, cancel)
+    return run(recipe, run_dir, device or recipe.raw.get("device", "auto"), log, cancel)
