@@ -162,6 +162,12 @@ def test_cli_propose_writes_labels_and_phi_free_provenance(agm_ckpt, tmp_path, c
     for path in out.iterdir():
         text = path.read_bytes()
         assert b"Doe" not in text and b"1950" not in text
+    assert not (out / "scores.npy").exists()
+    assert main(["propose", str(src), "--method", "agm", "--checkpoint", str(agm_ckpt), "--out", str(tmp_path / "s"),
+                 "--device", "cpu", "--keep-scores"]) == 0
+    scores = np.load(tmp_path / "s" / "scores.npy")
+    assert scores.shape == (3, 3, *vol.shape[1:]) and scores.dtype == np.float16
+    assert 0.0 <= scores.min() and scores.max() <= 1.0
     assert main(["propose", str(src), "--method", "agm", "--checkpoint", str(tmp_path / "x.pt"), "--out",
                  str(out)]) == 2
     assert "pickle" in capsys.readouterr().err

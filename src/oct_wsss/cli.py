@@ -107,7 +107,7 @@ def _propose(args: argparse.Namespace) -> None:
         print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
     try:
-        result = propose(volume, proposer=proposer, bscans=bscans, progress=progress)
+        result = propose(volume, proposer=proposer, bscans=bscans, progress=progress, keep_scores=args.keep_scores)
     except ProposalCancelled as err:
         raise CliError(str(err)) from err
     files = write_proposal(result, args.out)
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    p.add_argument("--keep-scores", action="store_true",
+                   help="also write scores.npy: per-class score maps (soft labels a student can train on)")
     p.set_defaults(func=_propose)
 
     p = sub.add_parser("demo", help="open napari with the plugin and a synthetic OCT volume with lesions")

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oct_wsss.io.errors import OctReadError
-from oct_wsss.io.export import write_volume
+from oct_wsss.io.export import atomic_write, write_volume
 from oct_wsss.io.labels import read_labels, write_labels
 from oct_wsss.volume import OctVolume
 
-__all__ = ["read_volume", "write_volume", "read_labels", "write_labels", "OctReadError", "SUPPORTED_SUFFIXES", "can_read"]
+__all__ = ["read_volume", "write_volume", "atomic_write",
+           "read_labels", "write_labels", "OctReadError", "SUPPORTED_SUFFIXES", "can_read"]
 
 
 def _readers() -> dict[str, Callable[[Path], OctVolume]]:

@@ -40,13 +40,13 @@ def write_volume(volume: OctVolume, path: str | Path) -> Path:
     if suffix in (".tif", ".tiff"):
         _write_tiff(path, data, volume, info)
     elif suffix == ".npy":
-        _atomic(path, lambda tmp: np.save(tmp, data, allow_pickle=False), ".npy")
-        _atomic(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+        atomic_write(path, lambda tmp: np.save(tmp, data, allow_pickle=False), ".npy")
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
     elif suffix == ".npz":
         arrays = {"data": data, "spacing_mm": np.asarray(volume.spacing_mm, np.float64),
                   "laterality": np.asarray(volume.laterality or ""), "meta": np.asarray(json.dumps(info["meta"])),
                   MARKER: np.asarray(info[MARKER])}
-        _atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays), ".npz")
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), ".npz")
     elif suffix == "" or path.is_dir():
         _write_folder(path, data, info)
     else:
@@ -54,7 +54,8 @@ def write_volume(volume: OctVolume, path: str | Path) -> Path:
     return path
 
 
-def _atomic(path: Path, write: Any, keep_suffix: str = "") -> None:
+def atomic_write(path: Path, write: Any, keep_suffix: str = "") -> None:
+    """Call ``write(tmp)`` on a hidden file beside ``path``, then rename it over ``path``: no half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial{keep_suffix}")
     try:
@@ -70,7 +71,7 @@ def _write_tiff(path: Path, data: np.ndarray, volume: OctVolume, info: dict[str,
 
     z, y, x = volume.spacing_mm
     ij = {"spacing": z, "unit": "mm", "axes": "ZYX", "Info": json.dumps(info)}
-    _atomic(path, lambda tmp: tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
                                                metadata=ij, photometric="minisblack"))
 
 
@@ -86,5 +87,5 @@ def _write_folder(path: Path, data: np.ndarray, info: dict[str, Any]) -> None:
     width = max(3, len(str(len(data))))
     for i, page in enumerate(data):
         target = path / f"{i:0{width}d}.png"
-        _atomic(target, lambda tmp, page=page: iio.imwrite(tmp, page, extension=".png"), ".png")
+        atomic_write(target, lambda tmp, page=page: iio.imwrite(tmp, page, extension=".png"), ".png")
     (path / "volume.json").write_text(json.dumps(info, indent=2))

@@ -9,7 +9,7 @@ import numpy as np
 import tifffile
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.io.export import _atomic
+from oct_wsss.io.export import atomic_write
 from oct_wsss.io.folder import _stack, image_files
 
 
@@ -27,7 +27,7 @@ def write_labels(path: str | Path, labels: np.ndarray, spacing_mm: tuple[float, 
     meta = {"ontology": {str(c.id): c.key for c in ONTOLOGY}}
     if spacing_mm is not None:
         meta["spacing_mm"] = [float(s) for s in spacing_mm]
-    _atomic(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack",
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack",
                                                compression="zlib", description=json.dumps(meta), metadata=None))
     return path
 

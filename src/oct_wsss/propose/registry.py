@@ -94,11 +94,14 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
 
 
 def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:
-    """``out/labels.tif`` and ``out/provenance.json`` (PHI-free), each written atomically."""
+    """``out/labels.tif``, ``out/provenance.json`` (PHI-free) and, when scores were kept, ``out/scores.npy``.
+
+    ``scores.npy`` is float16 (n_bscans, K, H, W), columns in ``provenance.json``'s ``image_level.classes``: the
+    soft labels a student can train on. Each file is written atomically.
+    """
     import json
 
-    from oct_wsss.io import write_labels
-    from oct_wsss.io.export import _atomic
+    from oct_wsss.io import atomic_write, write_labels
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,5 +112,10 @@ def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:
                             "probabilities": [[None if np.isnan(v) else round(float(v), 4) for v in row]
                                               for row in proposal.probabilities]}}
     path = out / "provenance.json"
-    _atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, allow_nan=False)))
-    return {"labels": labels, "provenance": path}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=2, allow_nan=False)))
+    files = {"labels": labels, "provenance": path}
+    if proposal.scores is not None:
+        files["scores"] = out / "scores.npy"
+        scores = proposal.scores.astype(np.float16, copy=False)
+        atomic_write(files["scores"], lambda tmp: np.save(tmp, scores, allow_pickle=False), ".npy")
+    return files
