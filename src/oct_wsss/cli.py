@@ -76,6 +76,20 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from oct_wsss.training.finetune import DEFAULTS, finetune
+
+    config = replace(DEFAULTS, **{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None})
+    path, lineage = finetune(args.store, args.from_ckpt, out_dir=args.out, config=config, held_out=args.held_out,
+                             device=args.device, seed=args.seed)
+    before, after = lineage["metrics_before"], lineage["metrics_after"]
+    if before and after:
+        print(f"held-out corrections ({before['n_bscans']} B-scans): mIoU {before['miou']:.4f} -> {after['miou']:.4f}")
+    print(f"wrote {path} (parent {lineage['parent']['file']} untouched)")
+
+
 def parse_bscans(text: str | None, n_bscans: int) -> list[int] | None:
     """'5', '0-9', '0-9,20' or 'all' (None) -> B-scan indices, each checked against the volume."""
     if text is None or text == "all":
@@ -172,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="device (default: the recipe's, else auto)")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("finetune", help="continue a student on a project's accepted corrections (new checkpoint)")
+    p.add_argument("--store", required=True, type=Path, help="project folder of the CorrectionStore")
+    p.add_argument("--from", dest="from_ckpt", required=True, type=Path, help="the student checkpoint to continue")
+    p.add_argument("--out", type=Path, help="folder for the new checkpoint (default PROJECT/checkpoints)")
+    p.add_argument("--epochs", type=int, help="epochs over the corrections (10)")
+    p.add_argument("--lr", type=float, help="peak learning rate (2e-4)")
+    p.add_argument("--held-out", type=float, default=0.2, help="fraction of corrections scored before/after (0.2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.set_defaults(func=_finetune)
+
     p = sub.add_parser("propose", help="propose lesion labels for a volume; writes labels.tif and provenance.json")
     p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens)")
     p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf"), help="proposal method")
@@ -198,7 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from oct_wsss.training.errors import TrainingError
 
     args = build_parser().parse_args(argv)
-    user_errors = (CliError, OctReadError, CheckpointError, ProposalError, TrainingError, FileExistsError,
+    from oct_wsss.store import StoreError
+
+    user_errors = (CliError, OctReadError, CheckpointError, ProposalError, TrainingError, StoreError, FileExistsError,
                    FileNotFoundError, PermissionError)
     try:
         args.func(args)

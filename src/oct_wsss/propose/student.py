@@ -1,0 +1,117 @@
+"""Student proposer: one forward pass of a segmentation network per B-scan, batched — the fast default path.
+
+``StudentProposer.from_checkpoint(path)`` loads a ``student`` checkpoint; ``run`` streams a :class:`BscanResult`
+per B-scan with the argmax labels at native size. The trainer calls ``probabilities`` for validation, so training
+and proposing preprocess identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from oct_wsss.checkpoint import Checkpoint, CheckpointError
+from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.device import resolve_device
+from oct_wsss.propose.inputs import to_unit
+from oct_wsss.propose.proposal import BscanResult, Cancel
+from oct_wsss.volume import OctVolume
+
+
+def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """(n, 1, h, w) float32 in [0, 1] at the network's input size from same-sized B-scans of any dtype."""
+    x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+class StudentProposer:
+    """A loaded student network; labels are the per-pixel argmax, optionally with a lesion threshold τ."""
+
+    method = "student"
+
+    def __init__(self, net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
+                 threshold: float | None = None, device: str | torch.device = "auto", batch_size: int | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.classes = tuple(int(c) for c in classes)
+        if net.config.n_outputs != len(self.classes) + 1:
+            raise ValueError(f"the network has {net.config.n_outputs} outputs; background + {len(self.classes)} "
+                             "declared classes needs one more than the classes")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
+        self.net = net.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.threshold = threshold
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.checkpoint = checkpoint
+        self._ids = np.array((0, *self.classes), np.uint8)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
+        """Build from a ``student`` checkpoint; options override its threshold, device and batch size."""
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint,
+                                                                                     expect_method="student")
+        try:
+            net = StudentNet(StudentConfig.from_dict(ckpt.meta["architecture"]["student"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid student architecture ({err})") from err
+        ckpt.load_into(net)
+        settings = {"threshold": ckpt.meta.get("params", {}).get("threshold")}
+        settings.update({k: v for k, v in options.items() if v is not None})
+        return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
+
+    def provenance(self) -> dict[str, Any]:
+        """Checkpoint id and hash (and its parent, for fine-tuned students), parameters, device."""
+        ckpt = self.checkpoint
+        info = None if ckpt is None else {"id": ckpt.id, "sha256": ckpt.sha256,
+                                          "parent": ckpt.meta.get("lineage", {}).get("parent")}
+        return {"method": self.method, "checkpoint": info, "classes": list(self.classes),
+                "input_size": list(self.input_size), "architecture": self.net.config.arch,
+                "params": {"threshold": self.threshold, "batch_size": self.batch_size}, "device": str(self.device)}
+
+    def probabilities(self, bscans: Sequence[np.ndarray]) -> np.ndarray:
+        """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
+        native = tuple(bscans[0].shape)
+        x = network_input(bscans, self.input_size).to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        with torch.inference_mode(), amp:
+            logits = self.net(x).float()
+            logits = F.interpolate(logits, size=native, mode="bilinear", align_corners=False)
+            return torch.softmax(logits, 1).cpu().numpy()
+
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """Ontology ids (n, H, W): argmax over classes; with τ, lesions only where their probability reaches τ."""
+        best = probs.argmax(1)
+        if self.threshold is not None:
+            lesion = probs[:, 1:].max(1)
+            best = np.where(lesion >= self.threshold, probs[:, 1:].argmax(1) + 1, 0)
+        return self._ids[best]
+
+    def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
+            keep_scores: bool = False) -> Iterator[BscanResult]:
+        """Stream results per B-scan in batches; image-level probability = the class's highest pixel probability."""
+        def work(batch: Sequence[int]) -> list[BscanResult]:
+            probs = self.probabilities([volume.data[i] for i in batch])
+            labels = self.labels(probs)
+            present = probs[:, 1:].reshape(len(batch), len(self.classes), -1).max(-1)
+            return [BscanResult(i, labels[j], present[j], probs[j, 1:] if keep_scores else None)
+                    for j, i in enumerate(batch)]
+
+        def halved(size: int) -> None:
+            self.batch_size = size
+
+        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)

@@ -1,0 +1,7 @@
+"""The grader's corrections: ``CorrectionStore(project_dir)`` — SQLite index (WAL) + compressed masks, crash-safe."""
+
+from __future__ import annotations
+
+from oct_wsss.store.store import ACCEPTED, REJECTED, Correction, CorrectionStore, StoreError, changes, derived_labels
+
+__all__ = ["ACCEPTED", "REJECTED", "Correction", "CorrectionStore", "StoreError", "changes", "derived_labels"]

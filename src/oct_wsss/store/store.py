@@ -1,0 +1,213 @@
+"""``CorrectionStore``: the grader's accepted (and rejected) B-scans in a project folder, crash-safe.
+
+Layout: ``PROJECT/corrections.sqlite`` (WAL) indexes every decision; ``PROJECT/masks/<volume>/<bscan>-v<n>.npz``
+holds the accepted mask, the B-scan's pixels (so fine-tuning needs nothing else) and the proposal it started from.
+The mask file is written and fsync'ed under a temporary name and renamed before its row commits, so an acknowledged
+accept is always complete and a crash leaves at most an orphan file, never a row without its mask. Re-accepting a
+B-scan adds a version; nothing is overwritten. Volume ids are salted hashes of the voxels: no PHI is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.classes import BACKGROUND, ONTOLOGY
+from oct_wsss.store.schema import SCHEMA_VERSION, migrate
+from oct_wsss.volume import OctVolume
+
+DB_FILE = "corrections.sqlite"
+ACCEPTED, REJECTED = "accepted", "rejected"
+
+
+class StoreError(RuntimeError):
+    """The project folder cannot be used (not writable, damaged mask file, newer schema); says what to do."""
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One decision on one B-scan (the latest version of it, when listed)."""
+
+    volume: str
+    bscan: int
+    status: str
+    version: int
+    labels: tuple[int, ...]
+    changes: dict[str, dict[str, int]]
+    proposal: dict[str, Any]
+    grader: str
+    time: str
+    mask_file: Path | None
+    sha256: str | None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``mask`` (H, W) uint8 ontology ids, ``image`` (the B-scan), ``proposal`` when kept; checksum-verified."""
+        if self.mask_file is None:
+            raise StoreError(f"B-scan {self.bscan} of volume {self.volume} was rejected; it has no mask")
+        data = self.mask_file.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise StoreError(f"{self.mask_file} does not match its checksum; the file was changed or damaged")
+        with np.load(self.mask_file, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def derived_labels(mask: np.ndarray) -> tuple[int, ...]:
+    """Image-level labels of a mask: the lesion ids present in it."""
+    return tuple(int(c) for c in np.unique(mask) if c != BACKGROUND)
+
+
+def changes(mask: np.ndarray, proposal: np.ndarray | None) -> dict[str, dict[str, int]]:
+    """Pixels the grader added and removed per class, relative to the proposal (all added when there was none)."""
+    before = np.zeros_like(mask) if proposal is None else proposal
+    out = {}
+    for c in sorted((set(np.unique(mask).tolist()) | set(np.unique(before).tolist())) - {BACKGROUND}):
+        added = int(((mask == c) & (before != c)).sum())
+        removed = int(((before == c) & (mask != c)).sum())
+        out[ONTOLOGY[c].key] = {"added": added, "removed": removed}
+    return out
+
+
+class CorrectionStore:
+    """The corrections of one project folder; every method opens its own connection (safe across threads/processes)."""
+
+    def __init__(self, project_dir: str | Path) -> None:
+        self.root = Path(project_dir)
+        try:
+            (self.root / "masks").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the project folder {self.root}: {err.strerror}") from err
+        self.db = self.root / DB_FILE
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            migrate(con)
+            row = con.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
+        self._salt = row[0]
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.db, timeout=30.0, isolation_level=None)
+        try:
+            con.execute("PRAGMA synchronous=FULL")
+            yield con
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.db}: {err}") from err
+        finally:
+            con.close()
+
+    @property
+    def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    def volume_id(self, volume: OctVolume | np.ndarray) -> str:
+        """A salted hash of the voxels: the same scan gets the same id in this project, and the id reveals nothing."""
+        data = np.ascontiguousarray(volume.data if isinstance(volume, OctVolume) else volume)
+        digest = hashlib.sha256(self._salt.encode())
+        digest.update(repr((data.shape, str(data.dtype))).encode())
+        digest.update(memoryview(data.reshape(-1).view(np.uint8)))
+        return digest.hexdigest()[:24]
+
+    def accept(self, volume: str, bscan: int, mask: np.ndarray, *, image: np.ndarray | None = None,
+               proposal: np.ndarray | None = None, proposal_info: dict[str, Any] | None = None,
+               grader: str = "") -> Correction:
+        """Record the grader's mask for one B-scan; returns once it is durable (file fsync'ed, row committed)."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0 \
+                or mask.max(initial=0) >= len(ONTOLOGY):
+            raise ValueError(f"a mask is a 2-D array of ontology ids 0..{len(ONTOLOGY) - 1}; got {mask.dtype} "
+                             f"{mask.shape}")
+        mask = mask.astype(np.uint8)
+        for name, other in (("image", image), ("proposal", proposal)):
+            if other is not None and np.shape(other) != mask.shape:
+                raise ValueError(f"the {name} is {np.shape(other)}, the mask {mask.shape}")
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            version = self._next_version(con, volume, bscan)
+            rel = Path("masks") / volume / f"{int(bscan):04d}-v{version}.npz"
+            arrays = {"mask": mask}
+            if image is not None:
+                arrays["image"] = np.asarray(image)
+            if proposal is not None:
+                arrays["proposal"] = np.asarray(proposal, np.uint8)
+            sha = self._write_npz(self.root / rel, arrays)
+            row = Correction(volume, int(bscan), ACCEPTED, version, derived_labels(mask), changes(mask, proposal),
+                             proposal_info or {}, grader, _now(), self.root / rel, sha)
+            self._insert(con, row, rel.as_posix())
+            con.execute("COMMIT")
+        return row
+
+    def reject(self, volume: str, bscan: int, *, grader: str = "") -> Correction:
+        """Record that the grader rejected the proposal of one B-scan (no mask is kept)."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            row = Correction(volume, int(bscan), REJECTED, self._next_version(con, volume, bscan), (), {}, {},
+                             grader, _now(), None, None)
+            self._insert(con, row, None)
+            con.execute("COMMIT")
+        return row
+
+    def status(self, volume: str) -> dict[int, str]:
+        """B-scan index -> its latest decision (``accepted`` / ``rejected``); unreviewed B-scans are absent."""
+        return {c.bscan: c.status for c in self.corrections(volume, status=None)}
+
+    def corrections(self, volume: str | None = None, *, status: str | None = ACCEPTED) -> list[Correction]:
+        """The latest decision per B-scan (optionally of one volume and one status), in (volume, B-scan) order."""
+        query = ("SELECT volume, bscan, status, version, labels, changes, proposal, grader, time, mask_file, sha256 "
+                 "FROM corrections c WHERE version = (SELECT MAX(version) FROM corrections d "
+                 "WHERE d.volume = c.volume AND d.bscan = c.bscan)")
+        args: list[Any] = []
+        if volume is not None:
+            query, args = query + " AND volume = ?", [volume]
+        with self._connect() as con:
+            rows = con.execute(query + " ORDER BY volume, bscan", args).fetchall()
+        out = [Correction(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), json.loads(r[5]), json.loads(r[6]), r[7],
+                          r[8], None if r[9] is None else self.root / r[9], r[10]) for r in rows]
+        return [c for c in out if status is None or c.status == status]
+
+    @staticmethod
+    def _next_version(con: sqlite3.Connection, volume: str, bscan: int) -> int:
+        row = con.execute("SELECT MAX(version) FROM corrections WHERE volume = ? AND bscan = ?",
+                          (volume, int(bscan))).fetchone()
+        return (row[0] or 0) + 1
+
+    @staticmethod
+    def _insert(con: sqlite3.Connection, c: Correction, rel: str | None) -> None:
+        con.execute("INSERT INTO corrections (volume, bscan, status, version, labels, changes, proposal, grader, time,"
+                    " mask_file, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.volume, c.bscan, c.status, c.version, json.dumps(list(c.labels)), json.dumps(c.changes),
+                     json.dumps(c.proposal), c.grader, c.time, rel, c.sha256))
+
+    @staticmethod
+    def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
+        """Compressed npz under a temporary name, fsync'ed, renamed into place; returns its sha256."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"could not write {path.name} into {path.parent}: {err.strerror}; nothing was recorded "
+                             "(free disk space and accept again)") from err
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,204 @@
+"""Training the student from mixed supervision: weighted soft cross-entropy + Dice over pseudo labels and corrections.
+
+Class imbalance (lesions are a few per cent of the pixels) is handled by per-class weights from the targets' pixel
+frequencies and by the Dice term; a correction's pixels count ``correction_weight`` times a pseudo label's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from oct_wsss.checkpoint import Checkpoint
+from oct_wsss.models.config import strict_from_dict
+from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.propose.device import resolve_device
+from oct_wsss.propose.student import StudentProposer
+from oct_wsss.training.data import Sample
+from oct_wsss.training.errors import TrainingCancelled
+from oct_wsss.training.loader import Augment
+from oct_wsss.training.runlog import MetricLog, seed_everything
+from oct_wsss.training.state import load_state, save_state
+from oct_wsss.training.student_data import StudentDataset, Target
+
+STATE_FILE = "student-state.safetensors"
+
+
+@dataclass
+class StudentTrainConfig:
+    """Schedule and loss of student training (a recipe's ``student`` block, minus ``config``: the architecture)."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    correction_weight: float = 4.0  # given to correction targets when they are made (see student_recipe)
+    dice_weight: float = 1.0
+    class_weights: str | list[float] | None = "auto"  # "auto": (median frequency / frequency) ** 0.5, clipped
+    soft: bool = False  # train on the proposer's score maps (scores.npy) rather than its labels
+    augment: bool | dict[str, float] = field(default_factory=lambda: {"rotation": 5.0})
+    select: str = "last"  # or "val_miou": keep the epoch with the best validation mIoU (needs validation masks)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs >= 0, batch_size >= 1 and lr > 0 are required")
+        if self.correction_weight <= 0 or self.dice_weight < 0:
+            raise ValueError("correction_weight must be > 0 and dice_weight >= 0")
+        if self.select not in ("last", "val_miou"):
+            raise ValueError(f"select must be 'last' or 'val_miou', got {self.select!r}")
+        if isinstance(self.class_weights, str) and self.class_weights != "auto":
+            raise ValueError(f"class_weights must be 'auto', null or a list, got {self.class_weights!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentTrainConfig:
+        return strict_from_dict(cls, data, "student training")
+
+    def augmentation(self) -> Augment | None:
+        if self.augment is False:
+            return None
+        return Augment(rotation=5.0) if self.augment is True else Augment(**self.augment)
+
+
+def student_loss(logits: Tensor, target: Tensor, weight: Tensor, class_weights: Tensor,
+                 dice_weight: float = 1.0) -> Tensor:
+    """Per-sample-weighted soft cross-entropy (class-weighted) + ``dice_weight`` × (1 − mean lesion soft Dice)."""
+    w = weight / weight.sum().clamp_min(1e-8)
+    ce = -(target * F.log_softmax(logits, 1) * class_weights[None, :, None, None]).sum(1).mean((1, 2))
+    loss = (ce * w).sum()
+    if dice_weight > 0:
+        p = torch.softmax(logits, 1)[:, 1:]
+        t = target[:, 1:]
+        wb = w[:, None, None, None]
+        inter = (wb * p * t).sum((0, 2, 3))
+        denom = (wb * (p + t)).sum((0, 2, 3))
+        dice = (2 * inter + 1e-4) / (denom + 1e-4)
+        loss = loss + dice_weight * (1.0 - dice.mean())
+    return loss
+
+
+def auto_class_weights(dataset: StudentDataset) -> np.ndarray:
+    """(median frequency / class frequency) ** 0.5 over the classes the targets hold, clipped to [0.1, 10], mean 1.
+
+    Classes no target holds get weight 1 (they never appear in a target, so the weight only matters once they do).
+    """
+    freq = np.zeros(len(dataset.classes) + 1)
+    for i in range(len(dataset)):
+        freq += dataset.prepared(i)[1].sum((1, 2)).numpy()
+    weights = np.ones_like(freq)
+    seen = freq > 0
+    if seen.any():
+        f = freq[seen] / freq.sum()
+        w = np.clip((np.median(f) / f) ** 0.5, 0.1, 10.0)
+        weights[seen] = w / w.mean()
+    return weights.astype(np.float32)
+
+
+def val_miou(proposer: StudentProposer, samples: Sequence[Sample]) -> float | None:
+    """Pooled mIoU (background included) of the student's labels on samples with pixel masks, at native size."""
+    from oct_wsss.evaluate import confusion_per_image, segmentation_scores
+
+    cms = []
+    for s in samples:
+        truth = s.load_mask()
+        if truth is None:
+            continue
+        pred = proposer.labels(proposer.probabilities([s.load_image()]))[0]
+        cms.append(confusion_per_image(truth[None], pred[None]))
+    return segmentation_scores(np.concatenate(cms), proposer.classes).miou if cms else None
+
+
+def train_student(targets: Sequence[Target], classes: Sequence[int], input_size: tuple[int, int],
+                  architecture: StudentConfig | dict[str, Any], config: StudentTrainConfig, run_dir: str | Path, *,
+                  val: Sequence[Sample] = (), init: StudentNet | None = None, device: str = "auto", seed: int = 0,
+                  resume: bool = True, log: Callable[[str], None] = print,
+                  cancel: Callable[[], bool] | None = None) -> tuple[StudentNet, dict[str, Any]]:
+    """Train (or continue ``init``) on ``targets``; returns the network and a summary (losses, val mIoU, weights).
+
+    Each epoch saves a resumable state in ``run_dir``; a rerun with ``resume`` continues from it.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    classes = tuple(classes)
+    if isinstance(architecture, dict):
+        architecture = StudentConfig.from_dict({"n_outputs": len(classes) + 1, **architecture})
+    net = (init or StudentNet(architecture)).to(dev)
+    dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed)
+    if config.class_weights == "auto":
+        cw = auto_class_weights(dataset)
+    elif config.class_weights is None:
+        cw = np.ones(len(classes) + 1, np.float32)
+    else:
+        cw = np.asarray(config.class_weights, np.float32)
+    class_weights = torch.from_numpy(cw).to(dev)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
+                        generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = max(1, config.epochs * len(loader))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.1)
+    state_path = run_dir / STATE_FILE
+    start, best = 0, {"epoch": -1, "val_miou": None}
+    if resume and state_path.is_file():
+        extra = load_state(state_path, {"net": net}, {"opt": opt}, {"sched": sched})
+        start, best = int(extra["epoch"]) + 1, extra["best"]
+        log(f"student: resuming after epoch {start - 1}")
+    metrics = MetricLog(run_dir / "student-metrics.csv", resume=resume, start_epoch=start, tensorboard=False)
+    proposer = StudentProposer(net, classes, input_size, device=dev, batch_size=4)
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    losses: list[float] = []
+    for epoch in range(start, config.epochs):
+        net.train()
+        dataset.set_epoch(epoch)
+        total, n = 0.0, 0
+        for batch in loader:
+            if cancel is not None and cancel():
+                raise TrainingCancelled(f"student training cancelled in epoch {epoch}; the last state is kept")
+            loss = student_loss(net(batch["image"].to(dev)), batch["target"].to(dev), batch["weight"].to(dev),
+                                class_weights, config.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + float(loss.detach()) * len(batch["image"]), n + len(batch["image"])
+        losses.append(total / max(n, 1))
+        net.eval()
+        miou = val_miou(proposer, val) if val else None
+        if config.select == "last" or (miou is not None and (best["val_miou"] is None or miou > best["val_miou"])):
+            best = {"epoch": epoch, "val_miou": miou}
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        metrics.log({"epoch": epoch, "loss": round(losses[-1], 5), "val_miou": miou, "lr": sched.get_last_lr()[0]})
+        log(f"student epoch {epoch}: loss {losses[-1]:.4f}" + ("" if miou is None else f", val mIoU {miou:.4f}"))
+        save_state(state_path, {"net": net}, {"opt": opt}, {"epoch": epoch, "best": best}, {"sched": sched})
+    metrics.close()
+    if config.epochs > start:
+        net.load_state_dict(best_state)
+    net.eval()
+    return net, {"losses": losses, "best_epoch": best["epoch"], "val_miou": best["val_miou"],
+                 "class_weights": [round(float(w), 4) for w in cw], "targets": _count(dataset.targets)}
+
+
+def _count(targets: Sequence[Target]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in targets:
+        out[t.origin] = out.get(t.origin, 0) + 1
+    return out
+
+
+def student_checkpoint(net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
+                       training: dict[str, Any], metrics: dict[str, Any] | None = None,
+                       lineage: dict[str, Any] | None = None, threshold: float | None = None) -> Checkpoint:
+    """A ``student`` checkpoint: weights, architecture, classes, input size, what it learnt from, its lineage."""
+    ckpt = Checkpoint.new(net.state_dict(), method="student", architecture={"student": net.config.to_dict()},
+                          classes=list(classes), input_size=list(input_size), normalisation={"input": "unit"},
+                          training=training, metrics=metrics or {}, params={"threshold": threshold})
+    ckpt.meta["lineage"] = lineage or {"parent": None}
+    return ckpt

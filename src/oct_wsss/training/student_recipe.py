@@ -1,0 +1,153 @@
+"""Running a ``student`` recipe: pseudo labels from a teacher (or a folder of proposals), corrections, training, and
+the held-out comparison of the student with its teacher (the DFP paper's Table 2 question: does it exceed it?).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.classes import ONTOLOGY
+from oct_wsss.evaluate import confusion_per_image, segmentation_scores, write_json
+from oct_wsss.io import read_labels
+from oct_wsss.propose import load_proposer, propose
+from oct_wsss.propose.registry import write_proposal
+from oct_wsss.propose.student import StudentProposer
+from oct_wsss.store import CorrectionStore
+from oct_wsss.training.data import Sample
+from oct_wsss.training.errors import TrainingError
+from oct_wsss.training.recipe import Recipe, split_summary
+from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
+from oct_wsss.training.student_data import Target, correction_targets, pseudo_targets
+from oct_wsss.volume import OctVolume
+
+
+def samples_volume(samples: Sequence[Sample]) -> OctVolume:
+    """The B-scans of one volume's samples as an OctVolume (pages at their ``bscan`` index; gaps left black)."""
+    images = {s.bscan: s.load_image() for s in samples}
+    shapes = {im.shape for im in images.values()}
+    if len(shapes) != 1:
+        raise TrainingError(f"volume {samples[0].volume!r} mixes B-scan sizes {sorted(shapes)}")
+    first = next(iter(images.values()))
+    data = np.zeros((max(images) + 1, *first.shape), first.dtype)
+    for i, im in images.items():
+        data[i] = im
+    return OctVolume(data)
+
+
+def teacher_proposals(samples: Sequence[Sample], method: str, checkpoint: str | Path, out: Path, *, device: str,
+                      keep_scores: bool, log: Callable[[str], None]) -> Path:
+    """``out/<volume>/`` as ``oct-wsss propose`` writes it, for every volume of ``samples`` not already there."""
+    by_volume: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_volume.setdefault(s.volume, []).append(s)
+    proposer = None
+    for volume, items in sorted(by_volume.items()):
+        folder = out / volume
+        if (folder / "labels.tif").is_file() and (not keep_scores or (folder / "scores.npy").is_file()):
+            continue
+        proposer = proposer or load_proposer(method, checkpoint, device=device)
+        result = propose(samples_volume(items), proposer=proposer, bscans=sorted(s.bscan for s in items),
+                         keep_scores=keep_scores)
+        write_proposal(result, folder)
+        log(f"teacher {method}: proposed {len(items)} B-scans of {volume}")
+    return out
+
+
+def _scores(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], classes: Sequence[int]) -> dict[str, Any]:
+    cms = np.concatenate([confusion_per_image(t[None], p[None]) for t, p in zip(truths, preds, strict=True)])
+    return {"all_bscans": segmentation_scores(cms, classes).to_dict(),
+            "lesion_bscans": segmentation_scores(cms, classes, lesion_images_only=True).to_dict()}
+
+
+def compare_on_test(student: StudentProposer, test: Sequence[Sample], teacher_root: Path | None,
+                    classes: Sequence[int]) -> dict[str, Any]:
+    """Student labels and (when present) the teacher's proposals vs ground truth on the held-out samples."""
+    with_mask = [s for s in test if s.mask is not None]
+    if not with_mask:
+        return {}
+    truths = [s.load_mask() for s in with_mask]
+    preds = [student.labels(student.probabilities([s.load_image()]))[0] for s in with_mask]
+    out = {"student": _scores(truths, preds, classes)}
+    if teacher_root is not None and all((teacher_root / s.volume / "labels.tif").is_file() for s in with_mask):
+        pages: dict[str, np.ndarray] = {}
+        teacher = [pages.setdefault(s.volume, read_labels(teacher_root / s.volume / "labels.tif"))[s.bscan]
+                   for s in with_mask]
+        out["teacher"] = _scores(truths, teacher, classes)
+    return out
+
+
+def comparison_table(report: dict[str, Any], classes: Sequence[int]) -> str:
+    """Markdown: IoU per class, mIoU and lesion DSC per image for teacher and student, on all / lesion B-scans."""
+    keys = [ONTOLOGY[c].key for c in classes]
+    lines = ["| model | B-scans | " + " | ".join(f"IoU {k.upper()}" for k in keys) + " | mIoU | mIoU lesions |"
+             " DSC/image lesions |", "|---" * (len(keys) + 5) + "|"]
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    for model in ("teacher", "student"):
+        for part in ("all_bscans", "lesion_bscans"):
+            r = report.get(model, {}).get(part)
+            if r is None:
+                continue
+            cells = [pct(r["classes"][k]["iou"]) for k in keys]
+            lines.append(f"| {model} | {part.split('_')[0]} ({r['n_images_scored']}) | " + " | ".join(cells) +
+                         f" | {pct(r['miou'])} | {pct(r['miou_lesions'])} | {pct(r['dice_per_image_mean_lesions'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: str, soft: bool,
+            log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """Where the pseudo labels are (running the teacher first when the recipe names one) and what made them."""
+    spec = dict(recipe.raw.get("pseudo") or {})
+    if "teacher" in spec:
+        ckpt = Path(spec["teacher"])
+        ckpt = ckpt if ckpt.is_absolute() else recipe.base / ckpt
+        root = teacher_proposals(samples, spec.get("method", "agm"), ckpt, run_dir / "pseudo", device=device,
+                                 keep_scores=soft, log=log)
+        return root, {"teacher": spec.get("method", "agm"), "checkpoint": ckpt.name}
+    if "root" in spec:
+        root = Path(spec["root"])
+        return (root if root.is_absolute() else recipe.base / root), {"root": str(spec["root"])}
+    raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf} or pseudo: {root: DIR}")
+
+
+def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
+                cancel: Callable[[], bool] | None) -> Path:
+    """Train the student the recipe describes; writes ``run_dir/student.safetensors`` and the test comparison."""
+    train, val, test = recipe.splits()
+    summary = split_summary(train, val, test)
+    (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
+    spec = dict(recipe.raw.get("student") or {})
+    architecture = dict(spec.pop("config", {}))
+    try:
+        config = StudentTrainConfig.from_dict(spec)
+    except (TypeError, ValueError) as err:
+        raise TrainingError(f"{recipe.path or 'recipe'}: student: {err}") from err
+    classes = recipe.classes
+    root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log)
+    targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft)
+    if recipe.raw.get("corrections"):
+        store_dir = Path(recipe.raw["corrections"]["store"])
+        store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)
+        targets += correction_targets(store.corrections(), config.correction_weight)
+    log(f"student: {len(targets)} training B-scans ({source})")
+    net, info = train_student(targets, classes, recipe.input_size, architecture, config, run_dir, val=val,
+                              device=device, seed=recipe.seed, log=log, cancel=cancel)
+    proposer = StudentProposer(net, classes, recipe.input_size, device=device)
+    report = compare_on_test(proposer, test, root, classes)
+    if report:
+        write_json(report, run_dir / "test-comparison.json")
+        (run_dir / "comparison.md").write_text(comparison_table(report, classes))
+    metrics = {m: {p: {"miou": r[p]["miou"], "miou_lesions": r[p]["miou_lesions"]} for p in r}
+               for m, r in report.items()}
+    ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics,
+                              training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
+                                        "pseudo_labels": source, "soft": config.soft, **info,
+                                        "split": {k: v["bscans"] for k, v in summary.items()}})
+    return ckpt.save(run_dir / "student.safetensors")

@@ -1,0 +1,192 @@
+"""The student: model, mixed-supervision training, proposer, and fine-tuning from a CorrectionStore with lineage."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from oct_wsss.checkpoint import Checkpoint, CheckpointError
+from oct_wsss.cli import main
+from oct_wsss.io import read_labels, write_volume
+from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.propose import ProposalCancelled, propose
+from oct_wsss.propose.student import StudentProposer
+from oct_wsss.store import CorrectionStore
+from oct_wsss.synth import make_volume
+from oct_wsss.training.errors import TrainingError
+from oct_wsss.training.finetune import finetune
+from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, student_loss, train_student
+from oct_wsss.training.student_data import CORRECTION, PSEUDO, Target, one_hot
+
+CLASSES = (1, 2, 3)
+
+
+def _net(seed: int = 0, arch: str = "unet") -> StudentNet:
+    torch.manual_seed(seed)
+    return StudentNet(StudentConfig(n_outputs=len(CLASSES) + 1, arch=arch, width=4, depth=3))
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory: pytest.TempPathFactory):
+    ckpt = student_checkpoint(_net(), CLASSES, (64, 64), training={"what": "random weights for tests"})
+    return ckpt.save(tmp_path_factory.mktemp("ckpt") / "student.safetensors")
+
+
+def _phantom(seed: int, n: int = 4):
+    return make_volume(seed, n_bscans=n, height=80, width=72, prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0})
+
+
+def test_architectures_give_logits_at_the_input_size() -> None:
+    x = torch.rand(2, 1, 70, 45)  # sizes that are not multiples of 2^depth
+    assert _net()(x).shape == (2, 4, 70, 45)
+    assert _net(arch="deeplabv3_resnet50")(x).shape == (2, 4, 70, 45)
+    with pytest.raises(ValueError, match="unknown student architecture"):
+        StudentConfig(n_outputs=4, arch="segformer")
+
+
+def test_loss_weights_samples_and_the_soft_target_is_a_distribution() -> None:
+    logits = torch.zeros(2, 4, 8, 8, requires_grad=True)
+    target = torch.from_numpy(np.stack([one_hot(np.full((8, 8), 1, np.uint8), CLASSES),
+                                        one_hot(np.zeros((8, 8), np.uint8), CLASSES)]))
+    assert torch.allclose(target.sum(1), torch.ones(2, 8, 8))
+    cw = torch.ones(4)
+    # all weight on the second sample: its gradient pushes background up, the first sample's pushes SRF up
+    student_loss(logits, target, torch.tensor([0.0, 1.0]), cw, dice_weight=0.0).backward()
+    assert logits.grad[1, 0].mean() < 0 and float(logits.grad[0].abs().sum()) == 0.0
+
+
+def _targets(volumes, origin: str, weight: float, labels_of=None) -> list[Target]:
+    out = []
+    for v, vol in enumerate(volumes):
+        for i in range(vol.volume.n_bscans):
+            lab = vol.labels[i] if labels_of is None else labels_of(vol.labels[i])
+            out.append(Target(partial(np.asarray, vol.volume.data[i]), partial(np.asarray, lab), weight, origin,
+                              (f"v{v}", i)))
+    return out
+
+
+def test_student_trains_on_synthetic_masks_and_its_loss_falls(tmp_path) -> None:
+    targets = _targets([_phantom(1), _phantom(2)], PSEUDO, 1.0)
+    config = StudentTrainConfig(epochs=10, batch_size=4, lr=1e-2, augment=False)
+    net, info = train_student(targets, CLASSES, (64, 64), {"width": 4, "depth": 3}, config, tmp_path, device="cpu")
+    assert info["losses"][-1] < 0.8 * info["losses"][0]
+    assert info["targets"] == {PSEUDO: 8}
+    assert (tmp_path / "student-metrics.csv").is_file() and (tmp_path / "student-state.safetensors").is_file()
+
+
+def test_corrections_outweigh_conflicting_pseudo_labels(tmp_path) -> None:
+    """Same B-scans: pseudo labels call every lesion SRF (2 copies each), corrections call it PED (1 copy).
+
+    The cross-entropy alone decides such a conflict by weighted vote, so equal weights let the pseudo labels win
+    and the correction weight turns it; the Dice term balances classes by design, so with it only the weighted
+    case is asserted.
+    """
+    vols = [_phantom(3, n=3)]
+    lesion_as = lambda c: (lambda lab: np.where(lab > 0, c, 0).astype(np.uint8))  # noqa: E731
+    pseudo = [t for _ in range(2) for t in _targets(vols, PSEUDO, 1.0, lesion_as(1))]
+    lesion = vols[0].labels[0] > 0
+
+    def vote(weight: float, dice: float) -> tuple[float, float]:
+        corrections = _targets(vols, CORRECTION, weight, lesion_as(3))[:2]
+        config = StudentTrainConfig(epochs=30, batch_size=3, lr=1e-2, augment=False, class_weights=None,
+                                    dice_weight=dice)
+        net, _ = train_student(pseudo + corrections, CLASSES, (64, 64), {"width": 4, "depth": 3}, config,
+                               tmp_path / f"{weight}-{dice}", device="cpu", resume=False, log=lambda _: None)
+        probs = StudentProposer(net, CLASSES, (64, 64), device="cpu").probabilities([vols[0].volume.data[0]])[0]
+        return float(probs[1][lesion].mean()), float(probs[3][lesion].mean())
+
+    srf, ped = vote(1.0, dice=0.0)
+    assert srf > ped  # two pseudo labels outvote one equal-weight correction
+    srf, ped = vote(8.0, dice=0.0)
+    assert ped > srf  # weighted, the correction wins
+    srf, ped = vote(8.0, dice=1.0)
+    assert ped > srf
+
+
+def test_proposer_native_size_streams_and_cancels(student_ckpt) -> None:
+    vol = _phantom(4, n=3).volume
+    vol.patient.update({"name": "Doe^Jane"})
+    result = propose(vol, "student", student_ckpt, device="cpu", keep_scores=True)
+    assert result.labels.shape == vol.shape and set(np.unique(result.labels)) <= {0, *CLASSES}
+    assert result.scores.shape == (3, 3, *vol.shape[1:])
+    assert result.provenance["method"] == "student" and result.provenance["architecture"] == "unet"
+    low = propose(vol, "student", student_ckpt, device="cpu", threshold=0.0)
+    assert (low.labels > 0).all()  # τ = 0: every pixel takes its best lesion class
+    calls = iter([False, True])
+    with pytest.raises(ProposalCancelled) as info:
+        propose(vol, "student", student_ckpt, device="cpu", batch_size=1, cancel=lambda: next(calls, True))
+    assert info.value.partial.done.tolist() == [True, False, False]
+
+
+def test_bad_student_checkpoints_say_what_is_wrong(student_ckpt, tmp_path) -> None:
+    ckpt = Checkpoint.load(student_ckpt)
+    ckpt.meta["architecture"] = {"student": {"n_outputs": 4, "arch": "segformer"}}
+    ckpt.save(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="invalid student architecture"):
+        StudentProposer.from_checkpoint(tmp_path / "bad.safetensors")
+    other = Checkpoint.new({"w": torch.zeros(1)}, method="dfp", architecture={}, classes=[7], input_size=[8, 8],
+                           normalisation={}).save(tmp_path / "dfp.safetensors")
+    with pytest.raises(CheckpointError, match="expected 'student'"):
+        StudentProposer.from_checkpoint(other)
+
+
+def test_cli_propose_with_the_student(student_ckpt, tmp_path) -> None:
+    vol = _phantom(5, n=2).volume
+    src = write_volume(vol, tmp_path / "scan.tif")
+    assert main(["propose", str(src), "--method", "student", "--checkpoint", str(student_ckpt), "--out",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert read_labels(tmp_path / "out" / "labels.tif").shape == vol.shape
+
+
+def _accept_truth(store: CorrectionStore, phantom, tag: int) -> str:
+    vid = store.volume_id(phantom.volume)
+    for i in range(phantom.volume.n_bscans):
+        store.accept(vid, i, phantom.labels[i], image=phantom.volume.data[i], grader=f"grader{tag}")
+    return vid
+
+
+def test_finetune_writes_a_new_version_with_lineage_and_never_overwrites(student_ckpt, tmp_path) -> None:
+    store = CorrectionStore(tmp_path / "project")
+    for seed in (6, 7, 8):
+        _accept_truth(store, _phantom(seed, n=3), seed)
+    parent_bytes = student_ckpt.read_bytes()
+    config = StudentTrainConfig(epochs=2, batch_size=3, lr=1e-3, augment=False)
+    first, lineage = finetune(store.root, student_ckpt, config=config, device="cpu", log=lambda _: None)
+    assert first.name == "student-ft1.safetensors" and first.parent == store.root / "checkpoints"
+    assert student_ckpt.read_bytes() == parent_bytes
+    meta = Checkpoint.load(first, expect_method="student").meta
+    assert meta["lineage"]["parent"]["sha256"] == Checkpoint.load(student_ckpt).sha256
+    assert len(meta["lineage"]["trained_on"]) + len(meta["lineage"]["held_out"]) == 9
+    assert {c["volume"] for c in meta["lineage"]["held_out"]}.isdisjoint(
+        {c["volume"] for c in meta["lineage"]["trained_on"]})
+    assert lineage["metrics_before"]["n_bscans"] == 3 and lineage["metrics_after"] is not None
+    second, _ = finetune(store.root, first, config=config, device="cpu", log=lambda _: None)
+    assert second.name == "student-ft2.safetensors" and first.is_file()
+    assert Checkpoint.load(second).meta["lineage"]["parent"]["file"] == "student-ft1.safetensors"
+    assert not list((store.root / "checkpoints").glob(".*"))  # no work folders left behind
+    proposal = propose(_phantom(9, n=1).volume, "student", second, device="cpu")
+    assert proposal.provenance["checkpoint"]["parent"]["file"] == "student-ft1.safetensors"
+
+
+def test_cli_finetune_and_its_errors(student_ckpt, tmp_path, capsys) -> None:
+    project = tmp_path / "project"
+    assert main(["finetune", "--store", str(project), "--from", str(student_ckpt), "--device", "cpu"]) == 2
+    assert "no accepted corrections" in capsys.readouterr().err
+    _accept_truth(CorrectionStore(project), _phantom(10, n=4), 1)
+    assert main(["finetune", "--store", str(project), "--from", str(student_ckpt), "--device", "cpu",
+                 "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out corrections (1 B-scans)" in out and "student-ft1.safetensors" in out
+    assert main(["finetune", "--store", str(project), "--from", str(tmp_path / "none.safetensors")]) == 2
+
+
+def test_corrections_without_a_stored_image_are_refused(student_ckpt, tmp_path) -> None:
+    store = CorrectionStore(tmp_path / "p")
+    store.accept("v", 0, np.zeros((8, 8), np.uint8))
+    with pytest.raises(TrainingError, match="no stored image"):
+        finetune(store.root, student_ckpt, device="cpu", held_out=0.0, log=lambda _: None)
+    assert json.loads(json.dumps(store.corrections()[0].changes)) == {}
