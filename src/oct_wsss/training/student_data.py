@@ -69,9 +69,26 @@ def _soft(scores: Path, labels: Path, index: int, columns: tuple[int, ...], clas
     return out
 
 
+def _only(loader: Callable[[], np.ndarray], keep: frozenset[int], classes: tuple[int, ...]) -> np.ndarray:
+    """A pseudo label with the classes its B-scan's image-level labels deny set to background."""
+    target = np.asarray(loader())
+    if target.ndim == 2:
+        return np.where(np.isin(target, list(keep)), target, 0).astype(np.uint8)
+    target = target.copy()
+    for j, c in enumerate(classes, start=1):
+        if c not in keep:
+            target[0] += target[j]
+            target[j] = 0.0
+    return target
+
+
 def pseudo_targets(samples: Sequence[Sample], root: str | Path, classes: Sequence[int], *,
-                   soft: bool = False) -> list[Target]:
-    """A target per sample from ``root/<volume>/labels.tif`` (and ``scores.npy`` when ``soft``), weight 1."""
+                   soft: bool = False, image_labels: bool = True) -> list[Target]:
+    """A target per sample from ``root/<volume>/labels.tif`` (and ``scores.npy`` when ``soft``), weight 1.
+
+    With ``image_labels`` (weak supervision knows them for every training B-scan) a class the B-scan is not
+    labelled with is removed from its pseudo label, whatever the proposer thought.
+    """
     root = Path(root)
     classes = tuple(classes)
     out = []
@@ -96,7 +113,10 @@ def pseudo_targets(samples: Sequence[Sample], root: str | Path, classes: Sequenc
                 continue
             if not 0 <= s.bscan < pages:
                 raise TrainingError(f"{labels} has {pages} B-scans; sample {s.bscan} of {volume!r} is beyond it")
-            out.append(Target(s.load_image, partial(loader, index=s.bscan), 1.0, PSEUDO, (volume, s.bscan)))
+            target = partial(loader, index=s.bscan)
+            if image_labels:
+                target = partial(_only, target, frozenset(s.labels), classes)
+            out.append(Target(s.load_image, target, 1.0, PSEUDO, (volume, s.bscan)))
     return out
 
 

@@ -110,10 +110,12 @@ def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: st
         ckpt = ckpt if ckpt.is_absolute() else recipe.base / ckpt
         root = teacher_proposals(samples, spec.get("method", "agm"), ckpt, run_dir / "pseudo", device=device,
                                  keep_scores=soft, log=log)
-        return root, {"teacher": spec.get("method", "agm"), "checkpoint": ckpt.name}
+        return root, {"teacher": spec.get("method", "agm"), "checkpoint": ckpt.name,
+                      "image_labels": spec.get("image_labels", True)}
     if "root" in spec:
         root = Path(spec["root"])
-        return (root if root.is_absolute() else recipe.base / root), {"root": str(spec["root"])}
+        return (root if root.is_absolute() else recipe.base / root), {"root": str(spec["root"]),
+                                                                       "image_labels": spec.get("image_labels", True)}
     raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf} or pseudo: {root: DIR}")
 
 
@@ -131,7 +133,8 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
         raise TrainingError(f"{recipe.path or 'recipe'}: student: {err}") from err
     classes = recipe.classes
     root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log)
-    targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft)
+    image_labels = bool((recipe.raw.get("pseudo") or {}).get("image_labels", True))
+    targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels)
     if recipe.raw.get("corrections"):
         store_dir = Path(recipe.raw["corrections"]["store"])
         store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)

@@ -1,0 +1,95 @@
+"""``oct-wsss train`` with a student recipe: a teacher proposes, image labels filter, the student trains, both are
+scored on the held-out split; and the shipped student recipes parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from oct_wsss.checkpoint import Checkpoint
+from oct_wsss.cli import main
+from oct_wsss.io import read_labels
+from oct_wsss.models.agm import AgmConfig, AgmNet
+from oct_wsss.models.ganomaly import GanomalyConfig, Generator
+from oct_wsss.propose.agm import bundle_state
+from oct_wsss.training import Recipe
+from oct_wsss.training.datasets import load_dataset
+from oct_wsss.training.student import StudentTrainConfig
+from oct_wsss.training.student_data import pseudo_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _teacher(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = AgmNet(AgmConfig(n_classes=2, backbone="resnet18", image_channels=1, encoder_width=4))
+    gen = Generator(GanomalyConfig(image_size=32, nc=1, nz=8, ngf=4, ndf=4))
+    ckpt = Checkpoint.new(bundle_state(net, gen), method="agm",
+                          architecture={"agm": net.config.to_dict(), "ganomaly": gen.config.to_dict()},
+                          classes=[1, 2], input_size=[64, 64], normalisation={"input": "unit"},
+                          params={"threshold": 0.3})
+    return ckpt.save(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("student")
+    raw = {
+        "method": "student", "seed": 0, "out": str(tmp / "run"), "device": "cpu",
+        "data": {"layout": "synth", "root": str(tmp / "synth"),
+                 "generate": {"volumes": 4, "n_bscans": 3, "height": 64, "width": 64, "healthy_fraction": 0.25,
+                              "seed": 0, "prevalence": {"srf": 0.9, "irf": 0.9}}},
+        "classes": ["srf", "irf"], "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
+        "input_size": [64, 64],
+        "pseudo": {"teacher": str(_teacher(tmp / "agm.safetensors")), "method": "agm"},
+        "student": {"config": {"arch": "unet", "width": 4, "depth": 3}, "epochs": 2, "batch_size": 3},
+    }
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp / "recipe.yaml")]) == 0
+    return tmp
+
+
+def test_teacher_proposals_are_written_like_propose_does(run: Path) -> None:
+    split = json.loads((run / "run" / "split.json").read_text())
+    folders = sorted((run / "run" / "pseudo").iterdir())
+    assert len(folders) == 3  # the train and test volumes (validation needs none)
+    assert split["train"]["bscans"] + split["test"]["bscans"] == 3 * len(folders)
+    for folder in folders:
+        assert read_labels(folder / "labels.tif").shape == (3, 64, 64)
+        assert json.loads((folder / "provenance.json").read_text())["method"] == "agm"
+
+
+def test_student_checkpoint_and_comparison(run: Path) -> None:
+    ckpt = Checkpoint.load(run / "run" / "student.safetensors", expect_method="student")
+    assert ckpt.meta["training"]["pseudo_labels"]["teacher"] == "agm"
+    assert ckpt.meta["lineage"] == {"parent": None}
+    report = json.loads((run / "run" / "test-comparison.json").read_text())
+    assert set(report) == {"student", "teacher"}
+    assert "| teacher | all" in (run / "run" / "comparison.md").read_text()
+    assert main(["propose", str(run / "synth" / "synth_0000" / "bscans"), "--method", "student", "--checkpoint",
+                 str(run / "run" / "student.safetensors"), "--out", str(run / "p"), "--device", "cpu"]) == 0
+
+
+def test_image_labels_remove_classes_the_bscan_does_not_have(run: Path) -> None:
+    data = load_dataset({"layout": "synth", "root": str(run / "synth")}).restrict([1, 2])
+    samples = [s for s in data.samples if (run / "run" / "pseudo" / s.volume).is_dir()]
+    kept = pseudo_targets(samples, run / "run" / "pseudo", (1, 2), image_labels=True)
+    raw = pseudo_targets(samples, run / "run" / "pseudo", (1, 2), image_labels=False)
+    for s, k, r in zip(samples, kept, raw, strict=True):
+        allowed = {0, *s.labels}
+        assert set(np.unique(k.target())) <= allowed
+        np.testing.assert_array_equal(k.target(), np.where(np.isin(r.target(), list(allowed)), r.target(), 0))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "training").glob("student-*.yaml")), ids=lambda p: p.name)
+def test_shipped_student_recipes_parse(path: Path) -> None:
+    recipe = Recipe.load(path)
+    spec = dict(recipe.raw["student"])
+    spec.pop("config")
+    StudentTrainConfig.from_dict(spec)
+    assert recipe.classes and recipe.input_size and ("teacher" in recipe.raw["pseudo"] or "root" in recipe.raw["pseudo"])
