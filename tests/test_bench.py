@@ -1,4 +1,4 @@
-"""``oct-wsss bench``: every stage timed with repeats, figures consistent, JSON written (a benchmark, not a timed test)."""
+"""``oct-wsss bench``: every stage timed with repeats, consistent figures, JSON written (a benchmark, not a test)."""
 
 from __future__ import annotations
 

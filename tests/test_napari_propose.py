@@ -1,0 +1,102 @@
+"""The Propose lesions dock widget in a real viewer: streams into the proposed layer, cancels, protects, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.napari import _propose
+from oct_wsss.napari._propose import PROPOSED, ProposeWidget
+from oct_wsss.propose import propose
+from oct_wsss.synth import make_volume
+from oct_wsss.training.student import student_checkpoint
+
+PLUGIN = "napari-oct-wsss"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    net = StudentNet(StudentConfig(n_outputs=4, width=4, depth=3))
+    return student_checkpoint(net, (1, 2, 3), (64, 64), training={}).save(
+        tmp_path_factory.mktemp("w") / "student.safetensors")
+
+
+@pytest.fixture
+def widget(make_napari_viewer, ckpt, monkeypatch):
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    viewer = make_napari_viewer()
+    volume = make_volume(1, n_bscans=4, height=64, width=56).volume
+    viewer.add_image(volume.data, name="oct", scale=volume.spacing_mm)
+    w = ProposeWidget(viewer)
+    w.method.value, w.checkpoint.value, w.device.value = "student", str(ckpt), "cpu"
+    return w, volume
+
+
+class _Settings(dict):
+    def value(self, key, default=None):
+        return self.get(key, default)
+
+    def setValue(self, key, value):  # noqa: N802 - QSettings' name
+        self[key] = value
+
+
+def test_manifest_offers_the_widget(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Propose lesions")
+    assert isinstance(widget, ProposeWidget) and widget.image.value is None
+
+
+def test_propose_streams_the_library_result_into_the_proposed_layer(widget, ckpt, qtbot) -> None:
+    w, volume = widget
+    worker = w.propose()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    layer = w.viewer.layers[PROPOSED]
+    expected = propose(volume, "student", ckpt, device="cpu").labels
+    np.testing.assert_array_equal(layer.data, expected)
+    assert layer.scale.tolist() == list(volume.spacing_mm) and w.status.value == "done"
+    assert w.settings.value("checkpoint/student") == str(ckpt)
+
+
+def test_accepted_bscans_are_never_overwritten_and_ranges_are_honoured(widget, qtbot) -> None:
+    w, volume = widget
+    w.range.value, w.first.value, w.last.value = "from-to", 1, 3
+    w.protected = lambda: {2}
+    assert w.bscans(volume.n_bscans) == [1, 3]
+    layer = w.proposed_layer(volume.shape, volume.spacing_mm)
+    layer.data[2] = 5  # the grader's accepted work
+    with qtbot.waitSignal(w.propose().finished, timeout=60_000):
+        pass
+    assert (layer.data[2] == 5).all() and (layer.data[0] == 0).all()
+
+
+def test_cancel_keeps_finished_bscans_and_leaves_the_rest_empty(widget, ckpt, qtbot) -> None:
+    w, volume = widget
+    worker = w.propose()
+    worker.yielded.connect(lambda _r: w.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    layer = w.viewer.layers[PROPOSED]
+    expected = propose(volume, "student", ckpt, device="cpu").labels
+    done = [i for i in range(volume.n_bscans) if (layer.data[i] == expected[i]).all() and layer.data[i].any()]
+    assert w.status.value == "cancelled" and len(done) < volume.n_bscans
+    for i in range(volume.n_bscans):
+        assert (layer.data[i] == expected[i]).all() or not layer.data[i].any()
+
+
+def test_errors_become_notifications_with_a_fix(widget, tmp_path, qtbot, monkeypatch) -> None:
+    w, _ = widget
+    shown: list[str] = []
+    monkeypatch.setattr(_propose, "show_error", shown.append)
+    w.checkpoint.value = ""
+    assert w.propose() is None and "choose a student checkpoint" in shown[-1]
+    wrong = tmp_path / "x.safetensors"
+    wrong.write_bytes(b"not a checkpoint")
+    w.checkpoint.value = str(wrong)
+    with qtbot.waitSignal(w.propose().finished, timeout=60_000):
+        pass
+    assert "Propose failed" in shown[-1] and "checkpoint" in shown[-1]
+    assert w.run_button.enabled
