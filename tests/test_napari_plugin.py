@@ -32,7 +32,8 @@ def test_manifest_validates_and_lists_every_contribution() -> None:
         "Synthetic OCT volume (lesions)",
         "Synthetic OCT volume (healthy)",
     }
-    assert [w.display_name for w in contributions.widgets] == ["Synthetic OCT phantom"]
+    assert [w.display_name for w in contributions.widgets] == ["Synthetic OCT phantom", "Propose lesions",
+                                                               "Review and accept"]
 
 
 def test_top_level_manifest_is_the_packaged_one() -> None:

@@ -39,7 +39,7 @@ class _Settings(dict):
     def value(self, key, default=None):
         return self.get(key, default)
 
-    def setValue(self, key, value):  # noqa: N802 - QSettings' name
+    def setValue(self, key, value):
         self[key] = value
 
 

@@ -13,6 +13,10 @@ from oct_wsss.volume import OctVolume
 
 LayerData = tuple[Any, dict[str, Any], str]
 AXES = ("B-scan", "depth", "lateral")
+#: Labels-layer metadata shared by the widgets: B-scans the grader accepted (never overwritten by a proposal),
+#: and B-scan -> the labels as first proposed (what the edit effort is measured against).
+ACCEPTED_KEY = "oct_wsss_accepted"
+PROPOSED_KEY = "oct_wsss_proposed"
 
 
 def display_name(volume: OctVolume) -> str:

@@ -20,7 +20,7 @@ from qtpy.QtCore import QSettings
 
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.napari._layers import labels_layer
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, labels_layer
 from oct_wsss.propose.registry import METHODS, load_proposer, stream
 from oct_wsss.volume import OctVolume
 
@@ -74,7 +74,7 @@ class ProposeWidget(Container):
         self.legend = Label(value=legend_html())
         self.extend([self.image, self.method, self.checkpoint, self.device, self.range, self.first, self.last,
                      self.threshold, self.run_button, self.cancel_button, self.status, self.legend])
-        self.protected: Callable[[], set[int]] = set  # B-scans never overwritten (the review widget sets this)
+        self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
         self._cancel = False
         self.method.changed.connect(self._restore_checkpoint)
@@ -83,6 +83,12 @@ class ProposeWidget(Container):
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
         self._restore_checkpoint()
+
+    def _accepted(self) -> set[int]:
+        """B-scans the Review widget marked accepted on the proposed layer."""
+        if PROPOSED not in self.viewer.layers:
+            return set()
+        return set(self.viewer.layers[PROPOSED].metadata.get(ACCEPTED_KEY, set()))
 
     def _restore_checkpoint(self, *_: Any) -> None:
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
@@ -133,6 +139,7 @@ class ProposeWidget(Container):
             return None
         self.settings.setValue(f"checkpoint/{self.method.value}", ckpt)
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
+        target.metadata["oct_wsss_provenance"] = {"method": self.method.value, "checkpoint": Path(ckpt).name}
         options = {"device": self.device.value, "threshold": self.threshold.value or None}
         self._cancel = False
         bar = progress(total=len(todo), desc=f"Proposing ({self.method.value})")
@@ -149,6 +156,7 @@ class ProposeWidget(Container):
         if result.index in self.protected():
             return
         target.data[result.index] = result.labels
+        target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
         target.refresh()
         bar.update(1)
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)
@@ -168,6 +176,6 @@ class ProposeWidget(Container):
 
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
 def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volume: OctVolume, todo: list[int],
-                    cancelled: Callable[[], bool]):  # noqa: ANN202 - a generator worker
+                    cancelled: Callable[[], bool]):
     proposer = load_proposer(method, checkpoint, **options)
     yield from stream(proposer, volume, todo, cancel=cancelled)
