@@ -109,3 +109,26 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path) -> None:
     assert len(got) == 50 and {c.volume for c in got} == {"a", "b"}
     for c in got:
         assert int(c.arrays()["mask"][0, 0]) == c.bscan % 4
+
+
+KILLED = """
+import os, signal, sys, numpy as np
+from oct_wsss.store import CorrectionStore, store
+store_ = CorrectionStore(sys.argv[1])
+store_.accept("v", 0, np.ones((8, 8), np.uint8), image=np.zeros((8, 8), np.uint8))
+def die(*_a, **_k):
+    os.kill(os.getpid(), signal.SIGKILL)  # between the mask file's rename and the row's commit
+store.CorrectionStore._insert = staticmethod(die)
+store_.accept("v", 1, np.full((8, 8), 2, np.uint8), image=np.zeros((8, 8), np.uint8))
+"""
+
+
+def test_a_process_killed_mid_accept_leaves_a_consistent_store(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], timeout=120)
+    assert proc.returncode == -9
+    store = CorrectionStore(tmp_path)
+    (kept,) = store.corrections()
+    assert kept.bscan == 0 and (kept.arrays()["mask"] == 1).all()
+    assert store.status("v") == {0: "accepted"}  # the unacknowledged accept left no row
+    again = store.accept("v", 1, np.full((8, 8), 2, np.uint8))  # and the grader can simply accept again
+    assert again.version == 1 and (again.arrays()["mask"] == 2).all()
