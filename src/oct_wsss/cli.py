@@ -76,6 +76,37 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from oct_wsss.evaluate.measure import measure_labels, write_measurements
+    from oct_wsss.io import read_labels, read_volume
+    from oct_wsss.io.label_export import export_labels, safe_name
+
+    labels = read_labels(args.labels)
+    spacing = None
+    if args.volume is not None:
+        volume = read_volume(args.volume)
+        if volume.shape != labels.shape:
+            raise CliError(f"the labels are {labels.shape}, the volume {volume.shape}: not the same scan")
+        spacing = volume.spacing_mm
+    elif args.spacing:
+        try:
+            spacing = tuple(float(v) for v in args.spacing.split(","))
+        except ValueError as err:
+            raise CliError(f"--spacing takes Z,Y,X in mm, e.g. 0.12,0.0039,0.0114; got {args.spacing!r}") from err
+        if len(spacing) != 3:
+            raise CliError("--spacing takes three numbers: Z,Y,X in mm")
+    name = safe_name(args.name or Path(args.labels).stem)
+    try:
+        paths = export_labels(labels, args.out, name, tuple(f.strip() for f in args.formats.split(",")), spacing)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    if spacing is not None:
+        paths += write_measurements(measure_labels(labels, spacing), args.out, f"{name}_measurements")
+    else:
+        print("note: no spacing (give --volume or --spacing), so no measurements in mm were written")
+    print(f"wrote {len(paths)} files to {args.out}")
+
+
 def _finetune(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -211,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="run folder (default: the recipe's 'out')")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="device (default: the recipe's, else auto)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export labels as TIFF/NPY/PNG and measurements (areas, volumes, HRF) as CSV")
+    p.add_argument("labels", type=Path, help="labels.tif or a mask folder (ontology ids)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--name", help="file-name stem (default: the labels' stem; sanitised, never a path)")
+    p.add_argument("--formats", default="tiff,npy,png", help="comma-separated: tiff, npy, png (all)")
+    p.add_argument("--volume", type=Path, help="the OCT the labels belong to (for spacing)")
+    p.add_argument("--spacing", help="Z,Y,X spacing in mm when no --volume is given")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("finetune", help="continue a student on a project's accepted corrections (new checkpoint)")
     p.add_argument("--store", required=True, type=Path, help="project folder of the CorrectionStore")
