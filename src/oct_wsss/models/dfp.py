@@ -1,0 +1,147 @@
+"""DFP networks (deep feature propagation, paper Sec. 2.1-2.2; METHODS.md §2): prediction module and encoder.
+
+Prediction module [F]: the ResNet input conv and stages 1-3 with no max-pool after the input conv (stride 8,
+1024 channels on ResNet-50), global max pooling per channel f_c = max F_c, r = sigmoid(Σ_c f_c), saliency
+M = Σ_c F_c. Feature-propagation encoder [F]: a full ResNet sharing the input conv, trained on the same labels;
+its five stages (input conv, layer1..layer4) give the reference maps R_1..R_5.
+
+Reconstructed details [I]: stage outputs end in a ReLU, so Σ_c f_c >= 0 and sigmoid(Σ_c f_c) could never say
+"normal"; the logit is Σ_c f_c / C + b with one learnable offset b (the 1/C keeps the initial logit near 1
+instead of near C). The multi-class variant replaces the sum by GMP → Linear, and its saliency per class is the CAM
+Σ_c w_kc F_c. The encoder keeps no max-pool either by default (``encoder_maxpool=False``), so R_4 lies on M's
+stride-8 grid and S_4 = M meets its first reference at its own scale; ``True`` gives the torchvision layout.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .config import strict_from_dict
+
+#: backbone -> (builder, channels of layer3, channels of layer4)
+BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], int, int]] = {
+    "resnet18": (tvm.resnet18, 256, 512),
+    "resnet34": (tvm.resnet34, 256, 512),
+    "resnet50": (tvm.resnet50, 1024, 2048),
+}
+
+
+@dataclass
+class DfpConfig:
+    """Architecture of :class:`DfpNet`; JSON-safe through ``to_dict``/``from_dict``."""
+
+    backbone: str = "resnet50"
+    n_classes: int = 1  # 1: binary normal/abnormal with the paper's parameter-free head; >1: GMP → Linear
+    image_channels: int = 1
+    encoder_maxpool: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate choices early, with the allowed values in the message."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"DfpConfig.backbone must be one of {tuple(BACKBONES)}, got {self.backbone!r}")
+        if self.n_classes < 1:
+            raise ValueError(f"DfpConfig.n_classes must be >= 1, got {self.n_classes}")
+        if self.image_channels < 1:
+            raise ValueError(f"DfpConfig.image_channels must be >= 1, got {self.image_channels}")
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels C of the prediction module's feature map F (layer3)."""
+        return BACKBONES[self.backbone][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of JSON types."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DfpConfig:
+        """Inverse of ``to_dict``; unknown keys are an error, missing keys take defaults."""
+        return strict_from_dict(cls, data, "DfpConfig")
+
+
+class DfpOutput(NamedTuple):
+    """One forward pass: logits (B, K) of both classifiers, F (B, C, H/8, W/8), the five encoder stage outputs."""
+
+    logits: torch.Tensor
+    encoder_logits: torch.Tensor
+    features: torch.Tensor
+    stages: list[torch.Tensor]
+
+
+class GmpHead(nn.Module):
+    """Global max pooling per channel, then Σ_c f_c / C + b (binary, the paper's head) or a Linear layer."""
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.linear = nn.Linear(channels, n_classes) if n_classes > 1 else None
+        self.offset = nn.Parameter(torch.zeros(1)) if n_classes == 1 else None
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> logits (B, K)."""
+        pooled = feats.amax(dim=(2, 3))
+        if self.linear is not None:
+            return self.linear(pooled)
+        assert self.offset is not None
+        return pooled.sum(dim=1, keepdim=True) / self.channels + self.offset
+
+    def saliency(self, feats: torch.Tensor) -> torch.Tensor:
+        """Saliency (B, K, h, w): M = Σ_c F_c (binary) or the CAM Σ_c w_kc F_c (multi-class)."""
+        if self.linear is None:
+            return feats.sum(dim=1, keepdim=True)
+        return torch.einsum("kc,bchw->bkhw", self.linear.weight, feats)
+
+
+def _resnet(config: DfpConfig) -> tvm.ResNet:
+    """A torchvision ResNet with random weights (nothing is downloaded)."""
+    return BACKBONES[config.backbone][0](weights=None)
+
+
+class DfpNet(nn.Module):
+    """Prediction module + feature-propagation encoder sharing the input conv; ``forward(x) -> DfpOutput``."""
+
+    def __init__(self, config: DfpConfig) -> None:
+        super().__init__()
+        self.config = config
+        pred, enc = _resnet(config), _resnet(config)
+        conv1 = nn.Conv2d(config.image_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.stem = nn.Sequential(OrderedDict([("conv1", conv1), ("bn1", pred.bn1), ("relu", pred.relu)]))
+        self.predictor = nn.Sequential(OrderedDict([("layer1", pred.layer1), ("layer2", pred.layer2),
+                                                    ("layer3", pred.layer3)]))
+        self.pool = nn.MaxPool2d(3, 2, 1) if config.encoder_maxpool else nn.Identity()
+        self.encoder = nn.ModuleList([enc.layer1, enc.layer2, enc.layer3, enc.layer4])
+        self.head = GmpHead(config.feature_channels, config.n_classes)
+        self.encoder_head = GmpHead(BACKBONES[config.backbone][2], config.n_classes)
+
+    def forward(self, x: torch.Tensor) -> DfpOutput:
+        """x (B, image_channels, H, W) in [0, 1] -> both classifiers' logits, F and the encoder stages R_1..R_5."""
+        stem = self.stem(x)
+        feats = self.predictor(stem)
+        stages, h = [stem], self.pool(stem)
+        for layer in self.encoder:
+            h = layer(h)
+            stages.append(h)
+        return DfpOutput(self.head(feats), self.encoder_head(stages[-1]), feats, stages)
+
+    def saliency(self, out: DfpOutput) -> torch.Tensor:
+        """The prediction module's saliency maps (B, K, H/8, W/8) of one forward pass."""
+        return self.head.saliency(out.features)
+
+
+def reference_maps(stages: list[torch.Tensor]) -> list[torch.Tensor]:
+    """R_i (B, h_i, w_i) for each stage output: channel sum, min-max normalised per image to [0, 1]."""
+    maps = []
+    for stage in stages:
+        s = stage.float().sum(dim=1)
+        lo = s.amin(dim=(1, 2), keepdim=True)
+        hi = s.amax(dim=(1, 2), keepdim=True)
+        maps.append((s - lo) / (hi - lo).clamp_min(1e-8))
+    return maps

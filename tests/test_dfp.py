@@ -1,0 +1,111 @@
+"""DFP: networks (shapes, stride), the parameter-free decoder on hand-made maps, the proposer, the CLI, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from oct_wsss.explain.propagation import PropagationParams, binarise, expand, propagate, step
+from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
+
+
+@pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 256), ("resnet50", 1024)])
+def test_prediction_module_has_stride_8_and_encoder_five_stages(backbone: str, channels: int) -> None:
+    net = DfpNet(DfpConfig(backbone=backbone)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 64, 96))
+    assert out.logits.shape == (2, 1) and out.encoder_logits.shape == (2, 1)
+    assert out.features.shape == (2, channels, 8, 12)  # no max-pool after the input conv: stride 8
+    assert net.saliency(out).shape == (2, 1, 8, 12)
+    torch.testing.assert_close(net.saliency(out)[:, 0], out.features.sum(dim=1))  # M = Σ_c F_c
+    assert [tuple(s.shape[-2:]) for s in out.stages] == [(32, 48), (32, 48), (16, 24), (8, 12), (4, 6)]
+    # binary head: r = sigmoid(Σ_c max F_c / C + b)
+    head = net.head
+    expected = out.features.amax(dim=(2, 3)).sum(dim=1, keepdim=True) / channels + head.offset
+    torch.testing.assert_close(out.logits, expected)
+    refs = reference_maps(out.stages)
+    assert all(float(r.min()) == 0.0 and float(r.max()) == pytest.approx(1.0) for r in refs)
+
+
+def test_input_conv_is_shared_and_variants_build() -> None:
+    net = DfpNet(DfpConfig(backbone="resnet18"))
+    assert sum(1 for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1) == 1
+    multi = DfpNet(DfpConfig(backbone="resnet18", n_classes=2, encoder_maxpool=True)).eval()
+    with torch.no_grad():
+        out = multi(torch.rand(1, 1, 64, 64))
+    assert out.logits.shape == (1, 2) and multi.saliency(out).shape == (1, 2, 8, 8)
+    assert tuple(out.stages[1].shape[-2:]) == (16, 16)  # torchvision layout: max-pool before layer1
+    assert DfpConfig.from_dict(multi.config.to_dict()) == multi.config
+    with pytest.raises(ValueError, match="unknown DfpConfig keys"):
+        DfpConfig.from_dict({"backbone": "resnet18", "width": 3})
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        DfpConfig(backbone="vgg")
+
+
+def _step_example() -> tuple[np.ndarray, np.ndarray]:
+    s = np.zeros((12, 12), np.float32)
+    s[1:5, 1:5] = 0.8  # A: half confirmed by the reference; its unconfirmed half has the same values -> kept
+    s[8:11, 1:4] = 0.55  # B: saliency only, values unlike the intersection -> dropped
+    s[8:11, 8:11] = 0.75  # C: saliency only, values like the intersection (|0.75 - 0.8| <= δ) -> kept
+    s[0, 10:12] = 0.3  # below the threshold -> never foreground
+    r = np.zeros((12, 12), np.float32)
+    r[1:5, 1:3] = 1.0
+    r[6, 6:8] = 1.0  # D: reference only, no saliency -> not in the result
+    return s, r
+
+
+def test_propagation_step_keeps_similar_and_drops_dissimilar_regions() -> None:
+    s, r = _step_example()
+    out = step(s, r, PropagationParams(kernel=1, threshold=0.5, delta=0.1))
+    inter = np.zeros((12, 12), bool)
+    inter[1:5, 1:3] = True
+    np.testing.assert_array_equal(out["intersection"], inter)
+    expected = np.zeros((12, 12), np.float32)
+    expected[1:5, 1:5] = 0.8
+    expected[8:11, 8:11] = 0.75
+    np.testing.assert_allclose(out["soft"], expected)
+    dropped = np.zeros((12, 12), bool)
+    dropped[8:11, 1:4] = True
+    np.testing.assert_array_equal(out["dropped"], dropped)
+    # a wider δ keeps B too; δ = 0 keeps only A's unconfirmed half (same values as I exactly)
+    assert step(s, r, PropagationParams(kernel=1, delta=0.3))["soft"][9, 2] == pytest.approx(0.55)
+    strict = step(s, r, PropagationParams(kernel=1, delta=0.0))["soft"]
+    assert strict[2, 4] == pytest.approx(0.8) and strict[9, 9] == 0.0
+    # with no reference support anywhere nothing survives
+    assert not step(s, np.zeros_like(r), PropagationParams(kernel=1))["soft"].any()
+
+
+def test_expand_upsamples_then_dilates() -> None:
+    s = np.zeros((4, 4), np.float32)
+    s[1, 1] = 1.0
+    e = expand(s, (8, 8), 1)
+    assert e.shape == (8, 8) and e.max() < 1.0 and e[2:4, 2:4].min() > 0.3  # bilinear
+    d = expand(s, (4, 4), 3)
+    np.testing.assert_array_equal(d > 0, np.pad(np.ones((3, 3), bool), ((0, 1), (0, 1))))
+    assert binarise(np.array([[0.1, 0.2, 0.9, 1.0]]), "otsu").tolist() == [[False, False, True, True]]
+    with pytest.raises(ValueError, match="odd"):
+        PropagationParams(kernel=4)
+    with pytest.raises(ValueError, match="otsu"):
+        PropagationParams(threshold="mean")
+
+
+def test_propagation_grows_into_confirmed_pixels_across_scales() -> None:
+    # M (4x4) marks a lesion at the top left and a spurious blob at the bottom right; R_4..R_1 (8, 8, 16, 16 px)
+    # confirm a lesion slightly larger than M's blob and nothing at the bottom right.
+    m = np.zeros((4, 4), np.float32)
+    m[0:2, 0:2] = 1.0
+    m[3, 3] = 0.5  # spurious: weaker than the lesion and never confirmed
+    lesion8 = np.zeros((8, 8), np.float32)
+    lesion8[0:5, 0:5] = 1.0
+    lesion16 = np.kron(lesion8, np.ones((2, 2), np.float32))
+    refs = [lesion16, lesion16, lesion8, lesion8]
+    s0 = propagate(m, refs, PropagationParams(kernel=3, threshold=0.5, delta=0.1))
+    assert s0.shape == (16, 16)
+    region = s0 > 0
+    assert region[:8, :8].all()  # M's blob at full resolution, grown by the dilations
+    assert not region[lesion16 == 0].any()  # never outside the confirmed lesion
+    assert not region[12:, 12:].any()  # the unconfirmed blob is gone
+    assert region.sum() > 64  # it grew beyond M's own footprint (8x8 px at this scale)
+    with pytest.raises(ValueError, match="R_1..R_4"):
+        propagate(m, refs[:3])
