@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from oct_wsss.checkpoint import Checkpoint, CheckpointError
+from oct_wsss.cli import main
 from oct_wsss.explain.propagation import PropagationParams, binarise, expand, propagate, step
+from oct_wsss.io import read_labels, write_volume
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
+from oct_wsss.propose import ProposalCancelled, ProposalError, propose
+from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
+from oct_wsss.synth import make_volume
+from oct_wsss.volume import OctVolume
 
 
 @pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 256), ("resnet50", 1024)])
@@ -109,3 +118,85 @@ def test_propagation_grows_into_confirmed_pixels_across_scales() -> None:
     assert region.sum() > 64  # it grew beyond M's own footprint (8x8 px at this scale)
     with pytest.raises(ValueError, match="R_1..R_4"):
         propagate(m, refs[:3])
+
+
+@pytest.fixture(scope="module")
+def dfp_ckpt(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    net = DfpNet(DfpConfig(backbone="resnet18"))
+    with torch.no_grad():
+        net.head.offset.fill_(5.0)  # every B-scan "abnormal", so the decoder runs on random weights
+    ckpt = dfp_checkpoint(net, [7], (64, 64), threshold=0.3, propagation=PropagationParams(kernel=3, delta=0.2))
+    return ckpt.save(tmp_path_factory.mktemp("ckpt") / "dfp.safetensors")
+
+
+def _volume(n: int = 3) -> OctVolume:
+    vol = make_volume(3, n_bscans=n, height=96, width=80).volume
+    vol.patient.update({"name": "Doe^Jane", "birth_date": "1950-01-31"})
+    return vol
+
+
+def test_proposal_at_native_size_with_soft_labels(dfp_ckpt) -> None:
+    vol = _volume(2)
+    result = propose(vol, "dfp", dfp_ckpt, device="cpu", keep_scores=True)
+    assert result.labels.shape == vol.shape and result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels)) <= {0, 7}
+    assert result.scores is not None and result.scores.shape == (2, 1, 96, 80)
+    scores = result.scores.astype(np.float32)[:, 0]
+    assert 0.0 <= scores.min() and scores.max() <= 1.0 and scores.max() > 0  # the decoder produced something
+    clear = np.abs(scores - 0.3) > 1e-3  # scores are stored as float16
+    np.testing.assert_array_equal((result.labels == 7)[clear], (scores > 0.3)[clear])  # mask = S_0 above 0.3
+    assert (result.probabilities > 0.5).all()
+    prov = result.provenance
+    assert prov["method"] == "dfp" and prov["params"]["propagation"] == {"kernel": 3, "threshold": 0.5, "delta": 0.2}
+    assert prov["checkpoint"]["sha256"] == Checkpoint.load(dfp_ckpt).sha256
+    again = propose(vol, proposer=DfpProposer.from_checkpoint(Checkpoint.load(dfp_ckpt)))
+    np.testing.assert_array_equal(again.labels, result.labels)
+    # a B-scan the classifier calls normal gets an empty mask and a zero score
+    normal = propose(vol, "dfp", dfp_ckpt, device="cpu", present_threshold=1.0, keep_scores=True)
+    assert not normal.labels.any() and not normal.scores.any()
+    # options reach the decoder: no reference support at threshold 1.0 except the maxima -> at most a few pixels
+    tight = propose(vol, "dfp", dfp_ckpt, device="cpu", propagation_threshold=1.0)
+    assert (tight.labels > 0).sum() < (result.labels > 0).sum()
+
+
+def test_cancel_keeps_finished_bscans(dfp_ckpt) -> None:
+    calls = iter([False, True])
+    with pytest.raises(ProposalCancelled) as info:
+        propose(_volume(4), "dfp", dfp_ckpt, device="cpu", batch_size=2, cancel=lambda: next(calls, True))
+    assert info.value.partial.done.tolist() == [True, True, False, False]
+
+
+def test_bad_checkpoints_and_options_are_clear(dfp_ckpt, tmp_path) -> None:
+    ckpt = Checkpoint.load(dfp_ckpt)
+    agm_like = Checkpoint(ckpt.state_dict, {**ckpt.meta, "method": "agm"}).save(tmp_path / "agm.safetensors")
+    with pytest.raises(CheckpointError, match="expected 'dfp'"):
+        DfpProposer.from_checkpoint(agm_like)
+    bad_arch = {**ckpt.meta, "architecture": {"dfp": {"backbone": "vgg"}}}
+    with pytest.raises(CheckpointError, match="invalid DFP architecture"):
+        DfpProposer.from_checkpoint(Checkpoint(ckpt.state_dict, bad_arch))
+    wrong = {**ckpt.meta, "architecture": {"dfp": {"backbone": "resnet34"}}}
+    with pytest.raises(CheckpointError):
+        DfpProposer.from_checkpoint(Checkpoint(ckpt.state_dict, wrong))
+    with pytest.raises(ProposalError, match="bad DFP option"):
+        DfpProposer.from_checkpoint(ckpt, kernel=4)
+    with pytest.raises(ProposalError, match="bad DFP option"):
+        DfpProposer.from_checkpoint(ckpt, threshold=2.0)
+
+
+def test_cli_propose_writes_labels_provenance_and_scores(dfp_ckpt, tmp_path, capsys) -> None:
+    vol = _volume(2)
+    write_volume(vol, tmp_path / "vol.tif")
+    out = tmp_path / "out"
+    code = main(["propose", str(tmp_path / "vol.tif"), "--method", "dfp", "--checkpoint", str(dfp_ckpt),
+                 "--out", str(out), "--device", "cpu", "--keep-scores"])
+    assert code == 0
+    labels = read_labels(out / "labels.tif")
+    assert labels.shape == vol.shape and set(np.unique(labels)) <= {0, 7}
+    scores = np.load(out / "scores.npy")
+    assert scores.dtype == np.float16 and scores.shape == (2, 1, 96, 80)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["method"] == "dfp" and prov["image_level"]["classes"] == [7]
+    assert "Doe" not in (out / "provenance.json").read_text()
+    assert main(["propose", str(tmp_path / "vol.tif"), "--method", "dfp", "--checkpoint", str(tmp_path / "x.pt"),
+                 "--out", str(out)]) == 2

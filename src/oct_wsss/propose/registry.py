@@ -28,9 +28,15 @@ def _agm(checkpoint: str | Path, **options: Any) -> Proposer:
     return AgmProposer.from_checkpoint(checkpoint, **options)
 
 
+def _dfp(checkpoint: str | Path, **options: Any) -> Proposer:
+    from oct_wsss.propose.dfp import DfpProposer
+
+    return DfpProposer.from_checkpoint(checkpoint, **options)
+
+
 #: method name -> loader(checkpoint, **options) -> Proposer
-METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm}
-PLANNED = ("student", "dfp", "hrf")
+METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "dfp": _dfp}
+PLANNED = ("student", "hrf")
 
 
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
