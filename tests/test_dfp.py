@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.cli import main
@@ -16,7 +19,12 @@ from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.propose import ProposalCancelled, ProposalError, propose
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
 from oct_wsss.synth import make_volume
+from oct_wsss.training import Recipe, TrainingError, train_recipe
+from oct_wsss.training.data import Sample
+from oct_wsss.training.dfp import DfpTrainConfig, merge_classes
 from oct_wsss.volume import OctVolume
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("backbone", "channels"), [("resnet18", 256), ("resnet50", 1024)])
@@ -46,8 +54,12 @@ def test_input_conv_is_shared_and_variants_build() -> None:
     assert out.logits.shape == (1, 2) and multi.saliency(out).shape == (1, 2, 8, 8)
     assert tuple(out.stages[1].shape[-2:]) == (16, 16)  # torchvision layout: max-pool before layer1
     assert DfpConfig.from_dict(multi.config.to_dict()) == multi.config
+    narrow = DfpNet(DfpConfig(backbone="resnet50", width=8)).eval()  # a width-8 ResNet-50: 8 x 4 x 4 = 128 channels
+    with torch.no_grad():
+        out = narrow(torch.rand(1, 1, 32, 32))
+    assert out.features.shape == (1, 128, 4, 4) and [s.shape[1] for s in out.stages] == [8, 32, 64, 128, 256]
     with pytest.raises(ValueError, match="unknown DfpConfig keys"):
-        DfpConfig.from_dict({"backbone": "resnet18", "width": 3})
+        DfpConfig.from_dict({"backbone": "resnet18", "widht": 16})
     with pytest.raises(ValueError, match="backbone must be one of"):
         DfpConfig(backbone="vgg")
 
@@ -123,7 +135,7 @@ def test_propagation_grows_into_confirmed_pixels_across_scales() -> None:
 @pytest.fixture(scope="module")
 def dfp_ckpt(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
-    net = DfpNet(DfpConfig(backbone="resnet18"))
+    net = DfpNet(DfpConfig(backbone="resnet18", width=8))
     with torch.no_grad():
         net.head.offset.fill_(5.0)  # every B-scan "abnormal", so the decoder runs on random weights
     ckpt = dfp_checkpoint(net, [7], (64, 64), threshold=0.3, propagation=PropagationParams(kernel=3, delta=0.2))
@@ -200,3 +212,84 @@ def test_cli_propose_writes_labels_provenance_and_scores(dfp_ckpt, tmp_path, cap
     assert "Doe" not in (out / "provenance.json").read_text()
     assert main(["propose", str(tmp_path / "vol.tif"), "--method", "dfp", "--checkpoint", str(tmp_path / "x.pt"),
                  "--out", str(out)]) == 2
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "method": "dfp", "seed": 0, "out": str(tmp_path / "run"), "device": "cpu",
+        "data": {"layout": "synth", "root": str(tmp_path / "synth"),
+                 "generate": {"volumes": 4, "n_bscans": 4, "height": 64, "width": 64, "healthy_fraction": 0.25,
+                              "seed": 0, "prevalence": {"srf": 0.9, "irf": 0.9}}},
+        "classes": ["srf", "irf"], "target": "fluid",
+        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 2},  # fluid volumes in val and test
+        "input_size": [48, 48],
+        "dfp": {"config": {"backbone": "resnet18", "width": 8}, "epochs": 3, "batch_size": 4, "augment": False,
+                "optimizer": {"name": "adam", "lr": 1e-3}},
+        "propagation": {"kernel": 3, "threshold": 0.5, "delta": 0.1},
+    }
+    raw.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("dfp")
+    assert main(["train", str(_recipe(tmp))]) == 0
+    return tmp
+
+
+def test_recipe_trains_and_its_loss_falls(trained: Path) -> None:
+    run = trained / "run"
+    for name in ("dfp.safetensors", "dfp-metrics.csv", "split.json", "test-report.json", "report.md"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "dfp-metrics.csv").open()))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    ckpt = Checkpoint.load(run / "dfp.safetensors", expect_method="dfp")
+    assert ckpt.meta["classes"] == [7] and ckpt.meta["input_size"] == [48, 48]
+    assert ckpt.meta["params"]["propagation"] == {"kernel": 3, "threshold": 0.5, "delta": 0.1}
+    assert ckpt.meta["training"]["source_classes"] == ["srf", "irf"]
+    report = json.loads((run / "test-report.json").read_text())
+    summary = report["dfp"]["pseudo_labels"]["summary"]
+    assert summary["dsc"]["n"] == 1 and 0.0 <= summary["dsc"]["mean"] <= 1.0  # the one held-out fluid volume
+    assert set(report) == {"dfp", "saliency", "retina"}
+    assert "| DFP S_0 | image labels |" in (run / "report.md").read_text()
+
+
+def test_trained_checkpoint_proposes_and_rerun_resumes(trained: Path) -> None:
+    vol = make_volume(7, n_bscans=2, height=64, width=64).volume
+    result = propose(vol, "dfp", trained / "run" / "dfp.safetensors", device="cpu")
+    assert result.labels.shape == vol.shape and np.isfinite(result.probabilities).all()
+    before = (trained / "run" / "dfp-metrics.csv").read_text()
+    train_recipe(trained / "recipe.yaml", log=lambda _m: None)  # every epoch is in the state file: nothing to train
+    assert (trained / "run" / "dfp-metrics.csv").read_text() == before
+
+
+def test_merge_classes_maps_srf_and_irf_to_fluid(tmp_path: Path) -> None:
+    mask = np.array([[0, 1, 2, 3]], np.uint8)
+    s = Sample(image=lambda: np.zeros((1, 4), np.uint8), labels=frozenset({1, 3}), patient="p",
+               mask=lambda: mask)
+    merged = merge_classes([s, Sample(s.image, frozenset({3}), "p", s.mask)], [1, 2], 7)
+    assert merged[0].labels == {7} and merged[1].labels == frozenset()
+    assert merged[0].load_mask().tolist() == [[0, 7, 7, 0]]
+
+
+def test_bad_dfp_recipes_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="unknown DFP training keys"):
+        train_recipe(_recipe(tmp_path, dfp={"epochz": 1}))
+    with pytest.raises(TrainingError, match="odd"):
+        train_recipe(_recipe(tmp_path, propagation={"kernel": 2}))
+    with pytest.raises(TrainingError, match="target"):
+        train_recipe(_recipe(tmp_path, target="cyst"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "training").glob("dfp-*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse(path: Path) -> None:
+    recipe = Recipe.load(path)
+    spec = dict(recipe.raw["dfp"])
+    DfpConfig.from_dict(spec.pop("config"))
+    DfpTrainConfig.from_dict(spec)
+    PropagationParams(**recipe.raw.get("propagation", {}))

@@ -15,7 +15,6 @@ stride-8 grid and S_4 = M meets its first reference at its own scale; ``True`` g
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -25,11 +24,11 @@ from torchvision import models as tvm
 
 from .config import strict_from_dict
 
-#: backbone -> (builder, channels of layer3, channels of layer4)
-BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], int, int]] = {
-    "resnet18": (tvm.resnet18, 256, 512),
-    "resnet34": (tvm.resnet34, 256, 512),
-    "resnet50": (tvm.resnet50, 1024, 2048),
+#: backbone -> (torchvision block type, blocks per stage)
+BACKBONES: dict[str, tuple[type[tvm.resnet.BasicBlock | tvm.resnet.Bottleneck], list[int]]] = {
+    "resnet18": (tvm.resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (tvm.resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (tvm.resnet.Bottleneck, [3, 4, 6, 3]),
 }
 
 
@@ -41,6 +40,7 @@ class DfpConfig:
     n_classes: int = 1  # 1: binary normal/abnormal with the paper's parameter-free head; >1: GMP → Linear
     image_channels: int = 1
     encoder_maxpool: bool = False
+    width: int = 64  # channels of the input conv and of layer1's blocks (torchvision: 64); smaller for CPU runs
 
     def __post_init__(self) -> None:
         """Validate choices early, with the allowed values in the message."""
@@ -50,11 +50,17 @@ class DfpConfig:
             raise ValueError(f"DfpConfig.n_classes must be >= 1, got {self.n_classes}")
         if self.image_channels < 1:
             raise ValueError(f"DfpConfig.image_channels must be >= 1, got {self.image_channels}")
+        if self.width < 4:
+            raise ValueError(f"DfpConfig.width must be >= 4, got {self.width}")
+
+    def stage_channels(self, stage: int) -> int:
+        """Output channels of layer ``stage`` (1..4): width x 2^(stage-1) x the block's expansion."""
+        return self.width * 2 ** (stage - 1) * BACKBONES[self.backbone][0].expansion
 
     @property
     def feature_channels(self) -> int:
-        """Channels C of the prediction module's feature map F (layer3)."""
-        return BACKBONES[self.backbone][1]
+        """Channels C of the prediction module's feature map F (layer3; 1024 for ResNet-50 at width 64)."""
+        return self.stage_channels(3)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of JSON types."""
@@ -99,9 +105,22 @@ class GmpHead(nn.Module):
         return torch.einsum("kc,bchw->bkhw", self.linear.weight, feats)
 
 
-def _resnet(config: DfpConfig) -> tvm.ResNet:
-    """A torchvision ResNet with random weights (nothing is downloaded)."""
-    return BACKBONES[config.backbone][0](weights=None)
+def _resnet(config: DfpConfig) -> tuple[tvm.ResNet, list[nn.Sequential]]:
+    """A torchvision ResNet (random weights, nothing downloaded) and its four stages at ``config.width``.
+
+    At width 64 the stages are torchvision's own; otherwise they are rebuilt with torchvision's ``_make_layer``
+    at widths w, 2w, 4w, 8w, which is how ResNet.__init__ builds them (with torchvision's initialisation rules).
+    """
+    block, layers = BACKBONES[config.backbone]
+    net = tvm.ResNet(block, layers)
+    if config.width == 64:
+        return net, [net.layer1, net.layer2, net.layer3, net.layer4]
+    net.inplanes = config.width
+    stages = [net._make_layer(block, config.width * 2**i, n, stride=1 if i == 0 else 2) for i, n in enumerate(layers)]
+    for m in nn.ModuleList(stages).modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net, stages
 
 
 class DfpNet(nn.Module):
@@ -110,16 +129,17 @@ class DfpNet(nn.Module):
     def __init__(self, config: DfpConfig) -> None:
         super().__init__()
         self.config = config
-        pred, enc = _resnet(config), _resnet(config)
-        conv1 = nn.Conv2d(config.image_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        _, pred = _resnet(config)
+        _, enc = _resnet(config)
+        conv1 = nn.Conv2d(config.image_channels, config.width, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.stem = nn.Sequential(OrderedDict([("conv1", conv1), ("bn1", pred.bn1), ("relu", pred.relu)]))
-        self.predictor = nn.Sequential(OrderedDict([("layer1", pred.layer1), ("layer2", pred.layer2),
-                                                    ("layer3", pred.layer3)]))
+        stem = [("conv1", conv1), ("bn1", nn.BatchNorm2d(config.width)), ("relu", nn.ReLU(inplace=True))]
+        self.stem = nn.Sequential(OrderedDict(stem))
+        self.predictor = nn.Sequential(OrderedDict([("layer1", pred[0]), ("layer2", pred[1]), ("layer3", pred[2])]))
         self.pool = nn.MaxPool2d(3, 2, 1) if config.encoder_maxpool else nn.Identity()
-        self.encoder = nn.ModuleList([enc.layer1, enc.layer2, enc.layer3, enc.layer4])
+        self.encoder = nn.ModuleList(enc)
         self.head = GmpHead(config.feature_channels, config.n_classes)
-        self.encoder_head = GmpHead(BACKBONES[config.backbone][2], config.n_classes)
+        self.encoder_head = GmpHead(config.stage_channels(4), config.n_classes)
 
     def forward(self, x: torch.Tensor) -> DfpOutput:
         """x (B, image_channels, H, W) in [0, 1] -> both classifiers' logits, F and the encoder stages R_1..R_5."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
-from oct_wsss.explain.propagation import PropagationParams, propagate
+from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.device import resolve_device
@@ -37,8 +37,9 @@ class DfpProposer:
 
     def __init__(self, net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float = DEFAULT_THRESHOLD, propagation: PropagationParams | None = None,
-                 present_threshold: float = 0.5, retina: bool = True, device: str | torch.device = "auto",
-                 batch_size: int | None = None, checkpoint: Checkpoint | None = None) -> None:
+                 present_threshold: float = 0.5, retina: bool = True, propagate: bool = True,
+                 device: str | torch.device = "auto", batch_size: int | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.classes = tuple(int(c) for c in classes)
@@ -49,7 +50,7 @@ class DfpProposer:
             raise ValueError(f"thresholds must be in [0, 1]; got {threshold} and {present_threshold}")
         self.threshold, self.present_threshold = float(threshold), float(present_threshold)
         self.propagation = propagation or PropagationParams()
-        self.retina = bool(retina)
+        self.retina, self.propagate = bool(retina), bool(propagate)
         self.batch_size = batch_size or default_batch_size(self.device)
         self.checkpoint = checkpoint
 
@@ -87,7 +88,8 @@ class DfpProposer:
         return {"method": self.method, "checkpoint": None if ckpt is None else {"id": ckpt.id, "sha256": ckpt.sha256},
                 "classes": list(self.classes), "input_size": list(self.input_size),
                 "params": {"threshold": self.threshold, "present_threshold": self.present_threshold,
-                           "propagation": self.propagation.to_dict(), "retina": self.retina,
+                           "propagation": self.propagation.to_dict(), "propagate": self.propagate,
+                           "retina": self.retina,
                            "batch_size": self.batch_size},
                 "device": str(self.device)}
 
@@ -103,7 +105,8 @@ class DfpProposer:
         """Soft labels S_0 (n, K, H, W) at native size and probabilities (n, K) for same-sized B-scans.
 
         Classes are skipped (score 0) where ``present`` (n, K) is False; by default where r < ``present_threshold``
-        (a trainer making pseudo labels passes the image-level labels instead, as the paper does).
+        (a trainer making pseudo labels passes the image-level labels instead, as the paper does). With
+        ``propagate=False`` S_0 is the min-max saliency M itself (the ablation without feature propagation).
         """
         native = tuple(bscans[0].shape)
         x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
@@ -116,7 +119,8 @@ class DfpProposer:
                 continue
             inside = resize(retina_mask(x[j, 0].numpy()), native, order=0) if self.retina else None
             for k in np.flatnonzero(keep[j]):
-                s0 = propagate(saliency[j, k], [r[j] for r in refs], self.propagation)
+                s0 = (propagate(saliency[j, k], [r[j] for r in refs], self.propagation) if self.propagate
+                      else minmax(saliency[j, k]))
                 s0 = np.clip(resize(s0, native), 0.0, 1.0)
                 out[j, k] = s0 if inside is None else s0 * inside
         return out, probs
