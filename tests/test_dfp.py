@@ -37,10 +37,15 @@ def test_prediction_module_has_stride_8_and_encoder_five_stages(backbone: str, c
     assert net.saliency(out).shape == (2, 1, 8, 12)
     torch.testing.assert_close(net.saliency(out)[:, 0], out.features.sum(dim=1))  # M = Σ_c F_c
     assert [tuple(s.shape[-2:]) for s in out.stages] == [(32, 48), (32, 48), (16, 24), (8, 12), (4, 6)]
-    # binary head: r = sigmoid(Σ_c max F_c / C + b)
+    # binary head: r = sigmoid(a · norm(Σ_c max F_c) + b), a monotone map of the paper's sum of channel maxima
     head = net.head
-    expected = out.features.amax(dim=(2, 3)).sum(dim=1, keepdim=True) / channels + head.offset
-    torch.testing.assert_close(out.logits, expected)
+    with torch.no_grad():
+        head.log_scale.fill_(np.log(2.0))
+        head.offset.fill_(0.5)
+        total = out.features.amax(dim=(2, 3)).sum(dim=1, keepdim=True)
+        rm, rv = head.norm.running_mean, head.norm.running_var
+        expected = 2.0 * (total - rm) / torch.sqrt(rv + head.norm.eps) + 0.5
+        torch.testing.assert_close(head(out.features), expected)
     refs = reference_maps(out.stages)
     assert all(float(r.min()) == 0.0 and float(r.max()) == pytest.approx(1.0) for r in refs)
 
@@ -137,7 +142,8 @@ def dfp_ckpt(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     net = DfpNet(DfpConfig(backbone="resnet18", width=8))
     with torch.no_grad():
-        net.head.offset.fill_(5.0)  # every B-scan "abnormal", so the decoder runs on random weights
+        net.head.log_scale.fill_(-10.0)  # r ≈ sigmoid(5) < 1: every B-scan "abnormal", so the decoder runs
+        net.head.offset.fill_(5.0)
     ckpt = dfp_checkpoint(net, [7], (64, 64), threshold=0.3, propagation=PropagationParams(kernel=3, delta=0.2))
     return ckpt.save(tmp_path_factory.mktemp("ckpt") / "dfp.safetensors")
 

@@ -6,10 +6,14 @@ M = Σ_c F_c. Feature-propagation encoder [F]: a full ResNet sharing the input c
 its five stages (input conv, layer1..layer4) give the reference maps R_1..R_5.
 
 Reconstructed details [I]: stage outputs end in a ReLU, so Σ_c f_c >= 0 and sigmoid(Σ_c f_c) could never say
-"normal"; the logit is Σ_c f_c / C + b with one learnable offset b (the 1/C keeps the initial logit near 1
-instead of near C). The multi-class variant replaces the sum by GMP → Linear, and its saliency per class is the CAM
-Σ_c w_kc F_c. The encoder keeps no max-pool either by default (``encoder_maxpool=False``), so R_4 lies on M's
-stride-8 grid and S_4 = M meets its first reference at its own scale; ``True`` gives the torchvision layout.
+"normal", and at initialisation Σ_c f_c is in the thousands (saturated sigmoid). The logit is therefore a
+monotone affine map of the same sum, a·norm(Σ_c f_c) + b: ``norm`` standardises the sum over the batch (a
+BatchNorm1d without affine, running statistics at inference), a = exp(log_scale) > 0 and b are the only two
+parameters. Monotone, so larger channel maxima still mean "abnormal" and M = Σ_c F_c keeps its meaning (a first
+try with Σ_c f_c / C + b never left "all abnormal" in 12 epochs; docs/results.md). The multi-class variant
+replaces the sum by GMP → Linear, and its saliency per class is the CAM Σ_c w_kc F_c. The encoder keeps no
+max-pool either by default (``encoder_maxpool=False``), so R_4 lies on M's stride-8 grid and S_4 = M meets its
+first reference at its own scale; ``True`` gives the torchvision layout.
 """
 
 from __future__ import annotations
@@ -82,21 +86,24 @@ class DfpOutput(NamedTuple):
 
 
 class GmpHead(nn.Module):
-    """Global max pooling per channel, then Σ_c f_c / C + b (binary, the paper's head) or a Linear layer."""
+    """Global max pooling per channel, then exp(a)·norm(Σ_c f_c) + b (binary, the paper's sum) or a Linear layer."""
 
     def __init__(self, channels: int, n_classes: int) -> None:
         super().__init__()
         self.channels = channels
-        self.linear = nn.Linear(channels, n_classes) if n_classes > 1 else None
-        self.offset = nn.Parameter(torch.zeros(1)) if n_classes == 1 else None
+        binary = n_classes == 1
+        self.linear = None if binary else nn.Linear(channels, n_classes)
+        self.norm = nn.BatchNorm1d(1, affine=False) if binary else None
+        self.log_scale = nn.Parameter(torch.zeros(1)) if binary else None
+        self.offset = nn.Parameter(torch.zeros(1)) if binary else None
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> logits (B, K)."""
         pooled = feats.amax(dim=(2, 3))
         if self.linear is not None:
             return self.linear(pooled)
-        assert self.offset is not None
-        return pooled.sum(dim=1, keepdim=True) / self.channels + self.offset
+        assert self.norm is not None and self.log_scale is not None and self.offset is not None
+        return self.norm(pooled.sum(dim=1, keepdim=True).float()) * self.log_scale.exp() + self.offset
 
     def saliency(self, feats: torch.Tensor) -> torch.Tensor:
         """Saliency (B, K, h, w): M = Σ_c F_c (binary) or the CAM Σ_c w_kc F_c (multi-class)."""
