@@ -176,6 +176,11 @@ def test_proposal_at_native_size_with_soft_labels(dfp_ckpt) -> None:
     # options reach the decoder: no reference support at threshold 1.0 except the maxima -> at most a few pixels
     tight = propose(vol, "dfp", dfp_ckpt, device="cpu", propagation_threshold=1.0)
     assert (tight.labels > 0).sum() < (result.labels > 0).sum()
+    # GradCAM reference maps instead of channel sums: same shapes, recorded in the provenance
+    cam = propose(vol, "dfp", dfp_ckpt, device="cpu", reference="gradcam", keep_scores=True)
+    assert cam.scores.shape == result.scores.shape and cam.provenance["params"]["reference"] == "gradcam"
+    with pytest.raises(ProposalError, match="reference must be one of"):
+        DfpProposer.from_checkpoint(dfp_ckpt, reference="cams")
 
 
 def test_cancel_keeps_finished_bscans(dfp_ckpt) -> None:

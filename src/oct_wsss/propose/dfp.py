@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
+from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
@@ -28,6 +29,8 @@ from oct_wsss.volume import OctVolume
 
 DEFAULT_THRESHOLD = 0.5
 PROPAGATION_OPTIONS = ("kernel", "propagation_threshold", "delta")
+#: how R_i is made from encoder stage i: channel sum (METHODS.md's default) or GradCAM of the encoder's logit
+REFERENCES = ("sum", "gradcam")
 
 
 class DfpProposer:
@@ -38,7 +41,7 @@ class DfpProposer:
     def __init__(self, net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float = DEFAULT_THRESHOLD, propagation: PropagationParams | None = None,
                  present_threshold: float = 0.5, retina: bool = True, propagate: bool = True,
-                 device: str | torch.device = "auto", batch_size: int | None = None,
+                 reference: str = "sum", device: str | torch.device = "auto", batch_size: int | None = None,
                  checkpoint: Checkpoint | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
@@ -51,6 +54,9 @@ class DfpProposer:
         self.threshold, self.present_threshold = float(threshold), float(present_threshold)
         self.propagation = propagation or PropagationParams()
         self.retina, self.propagate = bool(retina), bool(propagate)
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
+        self.reference = reference
         self.batch_size = batch_size or default_batch_size(self.device)
         self.checkpoint = checkpoint
 
@@ -74,6 +80,7 @@ class DfpProposer:
             if key in options:
                 prop[key.removeprefix("propagation_")] = options.pop(key)
         settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
+                    "reference": params.get("reference", "sum"),
                     "present_threshold": params.get("present_threshold", 0.5), "retina": params.get("retina", True)}
         settings.update(options)
         try:
@@ -89,7 +96,7 @@ class DfpProposer:
                 "classes": list(self.classes), "input_size": list(self.input_size),
                 "params": {"threshold": self.threshold, "present_threshold": self.present_threshold,
                            "propagation": self.propagation.to_dict(), "propagate": self.propagate,
-                           "retina": self.retina,
+                           "reference": self.reference, "retina": self.retina,
                            "batch_size": self.batch_size},
                 "device": str(self.device)}
 
@@ -98,8 +105,21 @@ class DfpProposer:
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             out = self.net(x.to(self.device))
             saliency = self.net.saliency(out).float()
-        refs = [r.cpu().numpy() for r in reference_maps(out.stages)]
+        if self.reference == "gradcam":
+            refs = self._gradcam_references(x, out.stages)
+        else:
+            refs = [r.cpu().numpy() for r in reference_maps(out.stages)]
         return saliency.cpu().numpy(), refs, torch.sigmoid(out.logits.float()).cpu().numpy()
+
+    def _gradcam_references(self, x: torch.Tensor, stages: list[torch.Tensor]) -> list[np.ndarray]:
+        """R_1..R_4 as GradCAM of the encoder's first logit at each stage, each at its stage's own size."""
+        layers = [self.net.stem, *self.net.encoder[:3]]
+        refs = []
+        for layer, stage in zip(layers, stages, strict=False):
+            cam = GradCam(self.net, {"stage": layer}, forward_fn=lambda xs: self.net(xs[0]).encoder_logits,
+                          autocast=self.device.type == "cuda")
+            refs.append(cam(x.to(self.device), [0], output_size=tuple(stage.shape[-2:]))[:, 0].cpu().numpy())
+        return refs
 
     def scores(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Soft labels S_0 (n, K, H, W) at native size and probabilities (n, K) for same-sized B-scans.
@@ -142,10 +162,12 @@ class DfpProposer:
 
 def dfp_checkpoint(net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *, threshold: float,
                    propagation: PropagationParams, present_threshold: float = 0.5, retina: bool = True,
+                   reference: str = "sum",
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Checkpoint:
     """One ``dfp`` checkpoint: both networks' weights, classes, input size, soft-label threshold and decoder params."""
     return Checkpoint.new(net.state_dict(), method="dfp", architecture={"dfp": net.config.to_dict()},
                           classes=list(classes), input_size=list(input_size), normalisation={"input": "unit"},
                           training=training, metrics=metrics,
                           params={"threshold": float(threshold), "present_threshold": float(present_threshold),
-                                  "propagation": propagation.to_dict(), "retina": bool(retina)})
+                                  "propagation": propagation.to_dict(), "retina": bool(retina),
+                                  "reference": reference})
