@@ -95,7 +95,7 @@ def test_bad_recipes_are_clear(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="missing required key 'classes'"):
         Recipe.from_dict({"method": "agm", "data": {}, "input_size": 64})
     with pytest.raises(TrainingError, match="no trainer"):
-        Recipe.from_dict({"method": "dfp", "data": {}, "classes": [], "input_size": 64})
+        Recipe.from_dict({"method": "nonesuch", "data": {}, "classes": [], "input_size": 64})
     with pytest.raises(TrainingError, match="unknown lesion class"):
         _ = Recipe.from_dict({"method": "agm", "data": {}, "classes": ["cyst"], "input_size": 64}).classes
     assert main(["train", str(tmp_path / "none.yaml")]) == 2

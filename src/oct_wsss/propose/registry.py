@@ -34,9 +34,15 @@ def _student(checkpoint: str | Path, **options: Any) -> Proposer:
     return StudentProposer.from_checkpoint(checkpoint, **options)
 
 
+def _dfp(checkpoint: str | Path, **options: Any) -> Proposer:
+    from oct_wsss.propose.dfp import DfpProposer
+
+    return DfpProposer.from_checkpoint(checkpoint, **options)
+
+
 #: method name -> loader(checkpoint, **options) -> Proposer
-METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "student": _student}
-PLANNED = ("dfp", "hrf")
+METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "student": _student, "dfp": _dfp}
+PLANNED = ("hrf",)
 
 
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
