@@ -307,6 +307,8 @@ def test_shipped_recipes_parse(path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: propagated S_0 (8.7 % DSC) is below the whole-retina baseline "
+                   "(9.8 %) on the phantom; docs/results.md. strict: a fix makes this fail until the mark goes")
 def test_cpu_recipe_soft_labels_beat_the_trivial_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """training/dfp-synth.yaml as shipped (about 6 min on 2 cores with OMP_NUM_THREADS=1): on the held-out fluid
     volumes DFP's soft labels have a higher mean DSC than the whole retina on every abnormal B-scan.
