@@ -1,6 +1,7 @@
 """Regenerate the napari screenshots in docs/images/ (run under xvfb-run; real viewer, real plugin).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --workflow STUDENT.safetensors
 """
 
 from __future__ import annotations
@@ -28,8 +29,32 @@ def _shoot(viewer: napari.Viewer, name: str, zoom: float = 1.0) -> None:
     print("wrote", OUT / name)
 
 
+def workflow(student: Path) -> None:
+    """The grader's view: Propose lesions run with a student checkpoint on the phantom, Review docked beside it."""
+    from oct_wsss.napari._propose import PROPOSED
+
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    viewer.open_sample("napari-oct-wsss", "synthetic_lesions")
+    _, propose = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Propose lesions")
+    _, review = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Review and accept")
+    propose.method.value, propose.checkpoint.value, propose.device.value = "student", str(student), "cpu"
+    worker = propose.propose()
+    while worker.is_running or not propose.run_button.enabled:
+        napari.qt.get_qapp().processEvents()
+    viewer.layers["ground truth"].visible = False
+    busiest = int(np.argmax([(b > 0).sum() for b in viewer.layers[PROPOSED].data]))
+    viewer.dims.set_current_step(0, busiest)
+    review.labels.value = viewer.layers[PROPOSED]
+    review.status.value = "open a project folder to accept B-scans"
+    _shoot(viewer, "napari_propose_review.png", zoom=1.3)
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    if len(sys.argv) > 2 and sys.argv[1] == "--workflow":
+        workflow(Path(sys.argv[2]))
+        return 0
     viewer = napari.Viewer(title="napari-oct-wsss")
     populate_demo(viewer)
     truth = viewer.layers["ground truth"].data

@@ -43,6 +43,12 @@ class _Settings(dict):
         self[key] = value
 
 
+def _wait(w: ProposeWidget, qtbot) -> None:
+    """Until the run has finished and the widget is ready again (a run that fails at once may finish before a
+    signal waiter could connect, so wait on the state rather than the signal)."""
+    qtbot.waitUntil(lambda: w.run_button.enabled and not w.worker.is_running, timeout=120_000)
+
+
 def test_manifest_offers_the_widget(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Propose lesions")
@@ -51,9 +57,8 @@ def test_manifest_offers_the_widget(make_napari_viewer) -> None:
 
 def test_propose_streams_the_library_result_into_the_proposed_layer(widget, ckpt, qtbot) -> None:
     w, volume = widget
-    worker = w.propose()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    assert w.propose() is not None
+    _wait(w, qtbot)
     layer = w.viewer.layers[PROPOSED]
     expected = propose(volume, "student", ckpt, device="cpu").labels
     np.testing.assert_array_equal(layer.data, expected)
@@ -68,17 +73,22 @@ def test_accepted_bscans_are_never_overwritten_and_ranges_are_honoured(widget, q
     assert w.bscans(volume.n_bscans) == [1, 3]
     layer = w.proposed_layer(volume.shape, volume.spacing_mm)
     layer.data[2] = 5  # the grader's accepted work
-    with qtbot.waitSignal(w.propose().finished, timeout=60_000):
-        pass
+    assert w.propose() is not None
+    _wait(w, qtbot)
     assert (layer.data[2] == 5).all() and (layer.data[0] == 0).all()
 
 
 def test_cancel_keeps_finished_bscans_and_leaves_the_rest_empty(widget, ckpt, qtbot) -> None:
     w, volume = widget
-    worker = w.propose()
-    worker.yielded.connect(lambda _r: w.cancel())
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    show = w._show
+
+    def show_then_cancel(*args) -> None:  # the grader presses Cancel as the first B-scan arrives
+        show(*args)
+        w.cancel()
+
+    w._show = show_then_cancel
+    assert w.propose() is not None
+    _wait(w, qtbot)
     layer = w.viewer.layers[PROPOSED]
     expected = propose(volume, "student", ckpt, device="cpu").labels
     done = [i for i in range(volume.n_bscans) if (layer.data[i] == expected[i]).all() and layer.data[i].any()]
@@ -96,7 +106,7 @@ def test_errors_become_notifications_with_a_fix(widget, tmp_path, qtbot, monkeyp
     wrong = tmp_path / "x.safetensors"
     wrong.write_bytes(b"not a checkpoint")
     w.checkpoint.value = str(wrong)
-    with qtbot.waitSignal(w.propose().finished, timeout=60_000):
-        pass
+    assert w.propose() is not None
+    _wait(w, qtbot)
     assert "Propose failed" in shown[-1] and "checkpoint" in shown[-1]
     assert w.run_button.enabled
