@@ -33,15 +33,19 @@ def workflow(student: Path) -> None:
     """The grader's view: Propose lesions run with a student checkpoint on the phantom, Review docked beside it."""
     from oct_wsss.napari._propose import PROPOSED
 
+    from oct_wsss.synth import make_volume
+
     viewer = napari.Viewer(title="napari-oct-wsss")
-    viewer.open_sample("napari-oct-wsss", "synthetic_lesions")
+    # a phantom at the size training/student-synth.yaml trains on (248 x 256), from a seed outside its dataset
+    phantom = make_volume(100, n_bscans=20, height=248, width=256, prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0})
+    viewer.add_image(phantom.volume.data, name="synthetic OCT (seed 100)", scale=phantom.volume.spacing_mm)
+    viewer.add_labels(phantom.labels, name="ground truth", scale=phantom.volume.spacing_mm, visible=False)
     _, propose = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Propose lesions")
     _, review = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Review and accept")
     propose.method.value, propose.checkpoint.value, propose.device.value = "student", str(student), "cpu"
     worker = propose.propose()
     while worker.is_running or not propose.run_button.enabled:
         napari.qt.get_qapp().processEvents()
-    viewer.layers["ground truth"].visible = False
     busiest = int(np.argmax([(b > 0).sum() for b in viewer.layers[PROPOSED].data]))
     viewer.dims.set_current_step(0, busiest)
     review.labels.value = viewer.layers[PROPOSED]

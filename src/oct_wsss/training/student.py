@@ -143,8 +143,9 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
                         generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = max(1, config.epochs * len(loader))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps, pct_start=0.1)
+    steps = max(3, config.epochs * len(loader))  # OneCycleLR needs a warm-up of more than one step
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps,
+                                                pct_start=min(0.3, max(0.1, 1.5 / steps)))
     state_path = run_dir / STATE_FILE
     start, best = 0, {"epoch": -1, "val_miou": None}
     if resume and state_path.is_file():
