@@ -190,3 +190,13 @@ def test_corrections_without_a_stored_image_are_refused(student_ckpt, tmp_path) 
     with pytest.raises(TrainingError, match="no stored image"):
         finetune(store.root, student_ckpt, device="cpu", held_out=0.0, log=lambda _: None)
     assert json.loads(json.dumps(store.corrections()[0].changes)) == {}
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 10])
+def test_schedules_with_one_batch_per_epoch(tmp_path, epochs: int) -> None:
+    """A fine-tune on a handful of corrections has one batch per epoch; the LR schedule must cope."""
+    targets = _targets([_phantom(11, n=2)], CORRECTION, 1.0)
+    config = StudentTrainConfig(epochs=epochs, batch_size=8, augment=False)
+    _, info = train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, device="cpu",
+                            log=lambda _m: None)
+    assert len(info["losses"]) == epochs
