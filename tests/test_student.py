@@ -200,3 +200,19 @@ def test_schedules_with_one_batch_per_epoch(tmp_path, epochs: int) -> None:
     _, info = train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, device="cpu",
                             log=lambda _m: None)
     assert len(info["losses"]) == epochs
+
+
+def test_a_cancelled_run_resumes_where_it_stopped(tmp_path) -> None:
+    from oct_wsss.training.errors import TrainingCancelled
+
+    targets = _targets([_phantom(12, n=2)], PSEUDO, 1.0)
+    config = StudentTrainConfig(epochs=3, batch_size=1, augment=False)
+    steps = iter(range(100))
+    with pytest.raises(TrainingCancelled):  # cancelled in the second epoch, after one saved epoch
+        train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, device="cpu",
+                      log=lambda _m: None, cancel=lambda: next(steps) >= 3)
+    seen: list[str] = []
+    _, info = train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, device="cpu",
+                            log=seen.append)
+    assert seen[0] == "student: resuming after epoch 0" and len(info["losses"]) == 2
+    assert [int(r.split(",")[0]) for r in (tmp_path / "student-metrics.csv").read_text().splitlines()[1:]] == [0, 1, 2]

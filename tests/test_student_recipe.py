@@ -121,3 +121,20 @@ def test_cpu_recipes_student_and_finetune_curve(tmp_path: Path, monkeypatch: pyt
     rows = (run / "finetune-curve.csv").read_text().splitlines()[1:]
     before, after = (float(r.split(",")[1]) for r in rows)
     assert after > before
+
+
+def test_soft_labels_from_scores_are_distributions_over_labelled_classes(run: Path) -> None:
+    from oct_wsss.training.student_recipe import teacher_proposals
+
+    data = load_dataset({"layout": "synth", "root": str(run / "synth")}).restrict([1, 2])
+    samples = [s for s in data.samples if s.volume == "synth_0000"]
+    root = teacher_proposals(samples, "agm", run / "agm.safetensors", run / "soft", device="cpu", keep_scores=True,
+                             log=lambda _m: None)
+    scores = np.load(root / "synth_0000" / "scores.npy")
+    assert scores.dtype == np.float16 and scores.shape == (3, 2, 64, 64)
+    for s, t in zip(samples, pseudo_targets(samples, root, (1, 2), soft=True), strict=True):
+        y = t.target()
+        assert y.shape == (3, 64, 64) and np.allclose(y.sum(0), 1.0, atol=1e-5) and y.min() >= 0
+        for j, c in enumerate((1, 2), start=1):
+            if c not in s.labels:
+                assert not y[j].any()  # a class the image labels deny carries no soft mass
