@@ -21,11 +21,11 @@ from oct_wsss.explain.augment import IDENTITY, SMOOTHING
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
-from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.inputs import resize, retina_mask, soft_mask, to_unit
 from oct_wsss.propose.proposal import BscanResult, Cancel
-from oct_wsss.propose.pseudo import class_scores, pseudo_labels
+from oct_wsss.propose.pseudo import class_scores, run_scored
 from oct_wsss.volume import OctVolume
 
 DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)
@@ -132,16 +132,7 @@ class AgmProposer:
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
         """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
-        def work(batch: Sequence[int]) -> list[BscanResult]:
-            scores, probs = self.scores([volume.data[i] for i in batch])
-            labels = pseudo_labels(scores, self.classes, self.threshold)
-            return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None)
-                    for j, i in enumerate(batch)]
-
-        def halved(size: int) -> None:
-            self.batch_size = size
-
-        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
+        yield from run_scored(self, volume, bscans, cancel, keep_scores)
 
 
 def _split_state(state: dict[str, Tensor], prefixes: Sequence[str]) -> dict[str, dict[str, Tensor]]:

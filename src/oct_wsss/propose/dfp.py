@@ -20,11 +20,11 @@ from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
-from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.inputs import resize, retina_mask, to_unit
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
-from oct_wsss.propose.pseudo import pseudo_labels
+from oct_wsss.propose.pseudo import run_scored
 from oct_wsss.volume import OctVolume
 
 DEFAULT_THRESHOLD = 0.5
@@ -148,16 +148,7 @@ class DfpProposer:
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
         """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
-        def work(batch: Sequence[int]) -> list[BscanResult]:
-            scores, probs = self.scores([volume.data[i] for i in batch])
-            labels = pseudo_labels(scores, self.classes, self.threshold)
-            return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None)
-                    for j, i in enumerate(batch)]
-
-        def halved(size: int) -> None:
-            self.batch_size = size
-
-        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
+        yield from run_scored(self, volume, bscans, cancel, keep_scores)
 
 
 def dfp_checkpoint(net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *, threshold: float,

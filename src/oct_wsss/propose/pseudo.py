@@ -6,9 +6,14 @@ judged absent are zeroed → argmax over [α, score_1..score_K] → ontology ids
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
+
+from oct_wsss.propose.batching import run_in_batches
+from oct_wsss.propose.proposal import BscanResult, Cancel
+from oct_wsss.volume import OctVolume
 
 
 def class_scores(cams: np.ndarray, soft: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
@@ -40,3 +45,18 @@ def pseudo_labels(scores: np.ndarray, class_ids: Sequence[int], alpha: float) ->
     top = np.take_along_axis(scores, best[:, None], axis=1)[:, 0]
     ids = np.asarray(class_ids, dtype=np.uint8)
     return np.where(top > alpha, ids[best], 0).astype(np.uint8)
+
+
+def run_scored(proposer: Any, volume: OctVolume, bscans: Sequence[int], cancel: Cancel | None = None,
+               keep_scores: bool = False) -> Iterator[BscanResult]:
+    """The ``run`` of every score-map proposer (AGM, DFP): ``proposer.scores`` per batch, then :func:`pseudo_labels`
+    at ``proposer.threshold``; on GPU out of memory the batch halves (and ``proposer.batch_size`` with it)."""
+    def work(batch: Sequence[int]) -> list[BscanResult]:
+        scores, probs = proposer.scores([volume.data[i] for i in batch])
+        labels = pseudo_labels(scores, proposer.classes, proposer.threshold)
+        return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None) for j, i in enumerate(batch)]
+
+    def halved(size: int) -> None:
+        proposer.batch_size = size
+
+    yield from run_in_batches(list(bscans), proposer.batch_size, work, cancel, on_retry=halved)
