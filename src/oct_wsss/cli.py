@@ -101,6 +101,9 @@ def _propose(args: argparse.Namespace) -> None:
     volume = read_volume(args.volume)
     bscans = parse_bscans(args.bscans, volume.n_bscans)
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
+    if args.method == "hrf":
+        options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
+                       iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
 
     def progress(done: int, total: int) -> None:
@@ -181,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    hrf = p.add_argument_group("hrf", "options of --method hrf (docs/hrf.md)")
+    hrf.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it a classical step")
+    hrf.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")
+    hrf.add_argument("--iterations", type=int, help="most foci per B-scan, i.e. classifier reruns (default 6)")
+    hrf.add_argument("--crop-size", type=int, help="crop side around the relevance peak, px (default 72)")
+    hrf.add_argument("--box-size", type=int, help="box prompt side at native scale, px (default 4)")
     p.add_argument("--keep-scores", action="store_true",
                    help="also write scores.npy: per-class score maps (soft labels a student can train on)")
     p.set_defaults(func=_propose)
