@@ -26,6 +26,7 @@ COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data
 #: method -> (module:function that runs its recipe, the recipe keys only that method reads)
 TRAINERS: dict[str, tuple[str, set[str]]] = {
     "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
+    "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
 }
 
 
