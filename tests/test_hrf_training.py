@@ -93,3 +93,17 @@ def test_grid_search_cli(tmp_path: Path, capsys) -> None:
     assert lines[0] == "crop,box,dice,foci" and len(lines) == 5
     assert all(0 <= float(row.split(",")[2]) <= 1 for row in lines[1:])
     assert main(["hrf-grid", str(tmp_path / "d"), "--crops", "a"]) == 2
+
+
+@pytest.mark.slow
+def test_more_iterations_only_add_foci_on_a_trained_mil(tmp_path: Path) -> None:
+    """A real (small) training run: the N-iteration masks contain the 1-iteration ones, so recall cannot drop."""
+    path = tmp_path / "r.yaml"
+    config = "{width: 8, features: 32, attention: 16, rows: 1}"
+    path.write_text(RECIPE.format(model="mil", label="binary", config=config)
+                    .replace("epochs: 1", "epochs: 4").replace("volumes: 5", "volumes: 8"))
+    report = json.loads((train_recipe(path, log=lambda s: None).parent / "hrf-test.json").read_text())
+    one, two = report["iterations_1"], report["iterations_2"]
+    if one["recall"] is not None:
+        assert two["recall"] >= one["recall"]
+    assert report["relevance_threshold"]["oracle"]["dice"] >= report["relevance_threshold"]["global"]["dice"] - 1e-9
