@@ -20,11 +20,11 @@ from oct_wsss.training.recipe import train_recipe
 RECIPE = """
 method: hrf
 seed: 0
-out: run
+out: {tmp}/run
 device: cpu
 data:
   layout: synth
-  root: data
+  root: {tmp}/data
   generate: {{volumes: 5, n_bscans: 4, height: 96, width: 128, healthy_fraction: 0.2, seed: 1,
              prevalence: {{hrf: 1.0}}}}
 classes: [hrf]
@@ -66,7 +66,7 @@ def test_counts_skip_small_annotations_and_augment_keeps_shape() -> None:
 def test_recipe_trains_evaluates_and_the_proposer_loads_it(tmp_path: Path, model: str, label: str,
                                                            config: str) -> None:
     path = tmp_path / "r.yaml"
-    path.write_text(RECIPE.format(model=model, label=label, config=config))
+    path.write_text(RECIPE.format(model=model, label=label, config=config, tmp=tmp_path))
     ckpt_path = train_recipe(path, log=lambda s: None)
     assert ckpt_path.name == f"hrf-{model}.safetensors"
     ckpt = Checkpoint.load(ckpt_path, expect_method=f"hrf-{model}")
@@ -100,7 +100,7 @@ def test_more_iterations_only_add_foci_on_a_trained_mil(tmp_path: Path) -> None:
     """A real (small) training run: the N-iteration masks contain the 1-iteration ones, so recall cannot drop."""
     path = tmp_path / "r.yaml"
     config = "{width: 8, features: 32, attention: 16, rows: 1}"
-    path.write_text(RECIPE.format(model="mil", label="binary", config=config)
+    path.write_text(RECIPE.format(model="mil", label="binary", config=config, tmp=tmp_path)
                     .replace("epochs: 1", "epochs: 4").replace("volumes: 5", "volumes: 8"))
     report = json.loads((train_recipe(path, log=lambda s: None).parent / "hrf-test.json").read_text())
     one, two = report["iterations_1"], report["iterations_2"]
