@@ -20,6 +20,9 @@ fi
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# sam2 (an sdist) builds against torch; its CUDA extension is optional.
-SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q -e ".[test]"
+# sam2 (an sdist) builds against the venv's torch: torch first, then sam2 without build isolation
+# (else pip pulls a second torch into the build env) and without its optional CUDA extension.
+.venv/bin/python -m pip install -q "torch>=2.5.1" "torchvision>=0.20" setuptools wheel
+SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation "sam2>=1.1"
+.venv/bin/python -m pip install -q -e ".[test]"
 echo "setup: ready ($(.venv/bin/python --version), .venv)"

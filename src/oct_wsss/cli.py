@@ -146,6 +146,9 @@ def _propose(args: argparse.Namespace) -> None:
     volume = read_volume(args.volume)
     bscans = parse_bscans(args.bscans, volume.n_bscans)
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
+    if args.method == "hrf":
+        options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
+                       iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
 
     def progress(done: int, total: int) -> None:
@@ -187,6 +190,41 @@ def _bench(args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
+
+
+def _hrf_grid(args: argparse.Namespace) -> None:
+    import csv
+
+    from oct_wsss.training.datasets import load_dataset
+    from oct_wsss.training.hrf_grid import grid_search
+
+    sam2 = None
+    if args.sam2_checkpoint is not None:
+        from oct_wsss.propose.device import resolve_device
+        from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
+
+        sam2 = Sam2Backend(args.sam2_config or DEFAULT_CONFIG, args.sam2_checkpoint, device=resolve_device(args.device))
+    try:
+        samples = load_dataset({"layout": args.layout, "root": str(args.data)}).samples
+        rows = grid_search(samples, _ints(args.crops), _ints(args.boxes), sam2=sam2, max_foci=args.max_foci)
+    except (ValueError, KeyError) as err:
+        raise CliError(str(err)) from err
+    best = max(rows, key=lambda r: r["dice"])
+    print(f"refiner {'sam2' if sam2 else 'classical'}; best: crop {best['crop']} px, box {best['box']} px, "
+          f"mean Dice {best['dice']:.3f}")
+    if args.csv:
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.csv}")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise CliError(f"expected comma-separated integers, got {text!r}") from err
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -272,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    hrf = p.add_argument_group("hrf", "options of --method hrf (docs/hrf.md)")
+    hrf.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it a classical step")
+    hrf.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")
+    hrf.add_argument("--iterations", type=int, help="most foci per B-scan, i.e. classifier reruns (default 6)")
+    hrf.add_argument("--crop-size", type=int, help="crop side around the relevance peak, px (default 72)")
+    hrf.add_argument("--box-size", type=int, help="box prompt side at native scale, px (default 4)")
     p.add_argument("--keep-scores", action="store_true",
                    help="also write scores.npy: per-class score maps (soft labels a student can train on)")
     p.set_defaults(func=_propose)
@@ -286,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="timed repeats per stage after one warm-up")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("hrf-grid", help="calibrate the HRF prompt: mean Dice per (crop, box) at ground-truth centres")
+    p.add_argument("data", type=Path, help="data set folder with HRF masks (e.g. `oct-wsss synth` output)")
+    p.add_argument("--layout", default="synth", help="data set layout (default synth)")
+    p.add_argument("--crops", default="32,50,64,72,100", help="crop sides in px (default 32,50,64,72,100)")
+    p.add_argument("--boxes", default="2,4,6,8", help="box prompt sides in px (default 2,4,6,8)")
+    p.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it the classical step")
+    p.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")
+    p.add_argument("--device", default="auto", help="device for SAM 2 (auto, cpu, cuda)")
+    p.add_argument("--max-foci", type=int, help="use at most this many foci (faster)")
+    p.add_argument("--csv", type=Path, help="write the grid as CSV here")
+    p.set_defaults(func=_hrf_grid)
 
     p = sub.add_parser("demo", help="open napari with the plugin and a synthetic OCT volume with lesions")
     p.set_defaults(func=_demo)

@@ -40,16 +40,20 @@ def _dfp(checkpoint: str | Path, **options: Any) -> Proposer:
     return DfpProposer.from_checkpoint(checkpoint, **options)
 
 
+def _hrf(checkpoint: str | Path, **options: Any) -> Proposer:
+    from oct_wsss.propose.hrf import HrfProposer
+
+    return HrfProposer.from_checkpoint(checkpoint, **options)
+
+
 #: method name -> loader(checkpoint, **options) -> Proposer
-METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "student": _student, "dfp": _dfp}
-PLANNED = ("hrf",)
+METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "student": _student, "dfp": _dfp, "hrf": _hrf}
 
 
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
     """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size, ...) pass on."""
     if method not in METHODS:
-        hint = " (not implemented yet)" if method in PLANNED else ""
-        raise ValueError(f"unknown method {method!r}{hint}; available: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     from oct_wsss.propose.device import resolve_device
 
     try:
@@ -106,7 +110,8 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
 
 
 def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:
-    """``out/labels.tif``, ``out/provenance.json`` (PHI-free) and, when scores were kept, ``out/scores.npy``.
+    """``out/labels.tif``, ``out/provenance.json`` (PHI-free), ``out/scores.npy`` when scores were kept, and
+    ``out/instances.csv`` when the provenance holds instance records (HRF).
 
     ``scores.npy`` is float16 (n_bscans, K, H, W), columns in ``provenance.json``'s ``image_level.classes``: the
     soft labels a student can train on. Each file is written atomically.
@@ -130,4 +135,22 @@ def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:
         files["scores"] = out / "scores.npy"
         scores = proposal.scores.astype(np.float16, copy=False)
         atomic_write(files["scores"], lambda tmp: np.save(tmp, scores, allow_pickle=False), ".npy")
+    if "instance_fields" in proposal.provenance:
+        files["instances"] = out / "instances.csv"
+        write_instances(files["instances"], proposal.provenance["instances"], proposal.provenance["instance_fields"])
     return files
+
+
+def write_instances(path: Path, records: Sequence[dict[str, Any]], fields: Sequence[str]) -> Path:
+    """One CSV row per instance record (empty cells for None), written atomically."""
+    import csv
+    import io
+
+    from oct_wsss.io import atomic_write
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()), ".csv")
+    return path

@@ -28,6 +28,7 @@ TRAINERS: dict[str, tuple[str, set[str]]] = {
     "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
     "student": ("oct_wsss.training.student_recipe:run_student", {"student", "pseudo", "corrections"}),
     "dfp": ("oct_wsss.training.dfp_recipe:run_dfp", {"target", "dfp", "propagation", "threshold"}),
+    "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
 }
 
 

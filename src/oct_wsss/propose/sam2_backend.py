@@ -1,0 +1,137 @@
+"""SAM 2 on in-memory crops (package ``sam2``; METHODS.md section 4): build a packaged config, load a user checkpoint,
+prompt with boxes, and cache image embeddings so repeated prompts on the same crop pay ``set_image`` once.
+
+Nothing is downloaded: ``build_sam2(config, ckpt_path=None)`` builds the model and the checkpoint (a pickle with a
+``"model"`` state dict) is read with ``torch.load(weights_only=True)``. Without a checkpoint the weights are random,
+which only tests use (``allow_random=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from oct_wsss.checkpoint import CheckpointError
+from oct_wsss.propose.inputs import to_unit
+from oct_wsss.propose.proposal import ProposalError
+
+DEFAULT_CONFIG = "sam2.1_hiera_t"
+CONFIGS: tuple[str, ...] = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
+                            "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l")
+
+
+def sam2_available() -> bool:
+    """True when the ``sam2`` package imports (it is optional: ``pip install napari-oct-wsss[sam2]``)."""
+    try:
+        import sam2.build_sam  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def config_file(name: str) -> str:
+    """Packaged hydra config path of ``name``: ``sam2.1_hiera_t`` -> ``configs/sam2.1/sam2.1_hiera_t.yaml``."""
+    stem = name.removesuffix(".yaml").split("/")[-1]
+    if stem not in CONFIGS:
+        raise ProposalError(f"unknown SAM 2 config {name!r}; choose one of {', '.join(CONFIGS)}")
+    folder = "sam2.1" if stem.startswith("sam2.1") else "sam2"
+    return f"configs/{folder}/{stem}.yaml"
+
+
+def to_rgb8(crop: np.ndarray) -> np.ndarray:
+    """Grey (H, W) float in [0, 1] or uint8 (or already H x W x 3 uint8) -> contiguous uint8 RGB, as SAM 2 wants."""
+    a = np.asarray(crop)
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"SAM 2 crops are grey (H, W) or RGB uint8 (H, W, 3); got shape {a.shape}")
+    grey = a if a.dtype == np.uint8 else np.round(to_unit(a) * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+@dataclass
+class SamMask:
+    """The best of SAM 2's multimask outputs for one prompt: mask at the crop's size, predicted IoU score."""
+
+    mask: np.ndarray
+    score: float
+
+
+class Sam2Backend:
+    """A SAM 2 image predictor with an LRU cache of image embeddings keyed by content (or a caller's key)."""
+
+    def __init__(self, config: str = DEFAULT_CONFIG, checkpoint: str | Path | None = None,
+                 device: str | torch.device = "cpu", cache_size: int = 8, allow_random: bool = False) -> None:
+        if not sam2_available():
+            raise ProposalError("the sam2 package is not installed; install it with "
+                                "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2 (after torch), "
+                                "or run the HRF proposer without --sam2-checkpoint (classical refinement)")
+        if checkpoint is None and not allow_random:
+            raise ProposalError("SAM 2 needs a checkpoint file (e.g. sam2.1_hiera_tiny.pt from the SAM 2 release); "
+                                "give its path with --sam2-checkpoint")
+        from sam2.build_sam import build_sam2
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        self.config, self.device = config.removesuffix(".yaml").split("/")[-1], torch.device(device)
+        model = build_sam2(config_file(config), ckpt_path=None, device=str(self.device), mode="eval")
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        if checkpoint is not None:
+            model.load_state_dict(_read_checkpoint(Path(checkpoint)), strict=True)
+        self.predictor = SAM2ImagePredictor(model)
+        self.cache: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()
+        self.cache_size, self.embeddings_computed = int(cache_size), 0
+
+    def set_image(self, crop: np.ndarray, key: Hashable | None = None) -> None:
+        """Make ``crop`` the predictor's image, from the cache when its key (default: content hash) was seen."""
+        rgb = to_rgb8(crop)
+        key = key if key is not None else hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
+        p = self.predictor
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            p._features, p._orig_hw = self.cache[key]
+            p._is_image_set = True
+            return
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            p.set_image(rgb)
+        self.embeddings_computed += 1
+        self.cache[key] = (p._features, p._orig_hw)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def box(self, crop: np.ndarray, box: tuple[float, float, float, float], key: Hashable | None = None) -> SamMask:
+        """Highest-scoring mask (crop size, bool) for a box ``(x0, y0, x1, y1)`` in crop pixel coordinates."""
+        self.set_image(crop, key)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.device.type == "cuda"):
+            masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32), multimask_output=True)
+        best = int(np.argmax(scores))
+        return SamMask(mask=np.asarray(masks[best]) > 0, score=float(scores[best]))
+
+    def provenance(self) -> dict[str, Any]:
+        """Config and checkpoint (path and SHA-256) of the model, for the proposal's provenance."""
+        sha = None
+        if self.checkpoint is not None:
+            sha = hashlib.sha256(Path(self.checkpoint).read_bytes()).hexdigest()
+        return {"config": self.config, "checkpoint": self.checkpoint, "sha256": sha, "device": str(self.device)}
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The ``"model"`` state dict of a SAM 2 release checkpoint, read without unpickling code."""
+    if not path.is_file():
+        raise CheckpointError(path, "SAM 2 checkpoint file not found; give the path of a downloaded sam2.1_*.pt")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for non-checkpoints
+        raise CheckpointError(path, f"not a SAM 2 checkpoint torch can read safely ({type(err).__name__})") from err
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, "a SAM 2 checkpoint holds a dict with a 'model' state dict")
+    return state
