@@ -36,3 +36,23 @@ def run_torchrun(script: Path, *args: str, timeout: int) -> subprocess.Completed
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def tiny_agm_checkpoint(path: Path, classes: tuple[int, ...] = (1, 2, 3), *, gan_size: int = 64,
+                        input_size: int = 64, threshold: float = 0.4) -> Path:
+    """An ``agm`` checkpoint with random weights, small enough for fast tests (ResNet-18, narrow ASAM, tiny G)."""
+    import torch
+
+    from oct_wsss.checkpoint import Checkpoint
+    from oct_wsss.models.agm import AgmConfig, AgmNet
+    from oct_wsss.models.ganomaly import GanomalyConfig, Generator
+    from oct_wsss.propose.agm import bundle_state
+
+    torch.manual_seed(0)
+    net = AgmNet(AgmConfig(n_classes=len(classes), backbone="resnet18", image_channels=1, encoder_width=4))
+    gen = Generator(GanomalyConfig(image_size=gan_size, nc=1, nz=16, ngf=4, ndf=4))
+    ckpt = Checkpoint.new(bundle_state(net, gen), method="agm",
+                          architecture={"agm": net.config.to_dict(), "ganomaly": gen.config.to_dict()},
+                          classes=list(classes), input_size=[input_size, input_size], normalisation={"input": "unit"},
+                          params={"threshold": threshold, "cam_layers": ["backbone", "asam"]})
+    return ckpt.save(path)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_agm_checkpoint
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.cli import main
@@ -14,10 +15,8 @@ from oct_wsss.evaluate import sweep_threshold
 from oct_wsss.evaluate.metrics import evaluate_labels
 from oct_wsss.explain.refine import enhance, roi_map
 from oct_wsss.io import read_labels, write_volume
-from oct_wsss.models.agm import AgmConfig, AgmNet
-from oct_wsss.models.ganomaly import GanomalyConfig, Generator
 from oct_wsss.propose import ProposalCancelled, propose
-from oct_wsss.propose.agm import AgmProposer, bundle_state
+from oct_wsss.propose.agm import AgmProposer
 from oct_wsss.propose.inputs import retina_mask, soft_mask, to_unit
 from oct_wsss.propose.pseudo import class_scores, pseudo_labels
 from oct_wsss.synth import make_volume
@@ -94,14 +93,7 @@ def test_retina_mask_covers_the_phantom_retina_not_the_vitreous() -> None:
 
 @pytest.fixture(scope="module")
 def agm_ckpt(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    net = AgmNet(AgmConfig(n_classes=3, backbone="resnet18", image_channels=1, encoder_width=4))
-    gen = Generator(GanomalyConfig(image_size=64, nc=1, nz=16, ngf=4, ndf=4))
-    ckpt = Checkpoint.new(bundle_state(net, gen), method="agm",
-                          architecture={"agm": net.config.to_dict(), "ganomaly": gen.config.to_dict()},
-                          classes=[1, 2, 3], input_size=[64, 64], normalisation={"input": "unit"},
-                          params={"threshold": 0.4, "cam_layers": ["backbone", "asam"]})
-    return ckpt.save(tmp_path_factory.mktemp("ckpt") / "agm.safetensors")
+    return tiny_agm_checkpoint(tmp_path_factory.mktemp("ckpt") / "agm.safetensors")
 
 
 def _volume(n: int = 3) -> OctVolume:

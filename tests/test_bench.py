@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from conftest import tiny_agm_checkpoint
 
-from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
-from oct_wsss.models.agm import AgmConfig, AgmNet
-from oct_wsss.models.ganomaly import GanomalyConfig, Generator
-from oct_wsss.propose.agm import bundle_state
 from oct_wsss.propose.bench import run_bench, table, timed
 from oct_wsss.synth import make_volume
 
@@ -23,13 +19,7 @@ def test_timed_counts_repeats_after_warmup() -> None:
 
 
 def test_bench_times_every_stage_of_student_and_agm(tmp_path) -> None:
-    torch.manual_seed(0)
-    net = AgmNet(AgmConfig(n_classes=3, backbone="resnet18", image_channels=1, encoder_width=4))
-    gen = Generator(GanomalyConfig(image_size=64, nc=1, nz=16, ngf=4, ndf=4))
-    agm = Checkpoint.new(bundle_state(net, gen), method="agm",
-                         architecture={"agm": net.config.to_dict(), "ganomaly": gen.config.to_dict()},
-                         classes=[1, 2, 3], input_size=[64, 64], normalisation={"input": "unit"},
-                         params={"threshold": 0.4}).save(tmp_path / "agm.safetensors")
+    agm = tiny_agm_checkpoint(tmp_path / "agm.safetensors")
     volume = make_volume(0, n_bscans=3, height=96, width=80).volume
     report = run_bench(volume, device="cpu", repeats=2, checkpoints={"agm": agm}, log=lambda _m: None)
     names = [(s["method"], s["name"].split(" (")[0]) for s in report["stages"]]

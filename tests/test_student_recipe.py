@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from conftest import tiny_agm_checkpoint
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
 from oct_wsss.io import read_labels
-from oct_wsss.models.agm import AgmConfig, AgmNet
-from oct_wsss.models.ganomaly import GanomalyConfig, Generator
-from oct_wsss.propose.agm import bundle_state
 from oct_wsss.training import Recipe
 from oct_wsss.training.datasets import load_dataset
 from oct_wsss.training.student import StudentTrainConfig
@@ -26,14 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _teacher(path: Path) -> Path:
-    torch.manual_seed(0)
-    net = AgmNet(AgmConfig(n_classes=2, backbone="resnet18", image_channels=1, encoder_width=4))
-    gen = Generator(GanomalyConfig(image_size=32, nc=1, nz=8, ngf=4, ndf=4))
-    ckpt = Checkpoint.new(bundle_state(net, gen), method="agm",
-                          architecture={"agm": net.config.to_dict(), "ganomaly": gen.config.to_dict()},
-                          classes=[1, 2], input_size=[64, 64], normalisation={"input": "unit"},
-                          params={"threshold": 0.3})
-    return ckpt.save(path)
+    return tiny_agm_checkpoint(path, (1, 2), gan_size=32, threshold=0.3)
 
 
 @pytest.fixture(scope="module")
