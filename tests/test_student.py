@@ -216,3 +216,27 @@ def test_a_cancelled_run_resumes_where_it_stopped(tmp_path) -> None:
                             log=seen.append)
     assert seen[0] == "student: resuming after epoch 0" and len(info["losses"]) == 2
     assert [int(r.split(",")[0]) for r in (tmp_path / "student-metrics.csv").read_text().splitlines()[1:]] == [0, 1, 2]
+
+
+def test_val_miou_selection_keeps_the_best_epoch_across_a_resume(tmp_path) -> None:
+    from oct_wsss.training.data import Sample
+    from oct_wsss.training.errors import TrainingCancelled
+
+    ph = _phantom(13, n=2)
+    val = [Sample(partial(np.asarray, ph.volume.data[i]), frozenset(), "p", partial(np.asarray, ph.labels[i]), "v", i)
+           for i in range(2)]
+    targets = _targets([ph], PSEUDO, 1.0)
+    config = StudentTrainConfig(epochs=3, batch_size=1, augment=False, select="val_miou")
+    steps = iter(range(100))
+    with pytest.raises(TrainingCancelled):
+        train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, val=val, device="cpu",
+                      log=lambda _m: None, cancel=lambda: next(steps) >= 3)
+    net, info = train_student(targets, CLASSES, (32, 32), {"width": 2, "depth": 2}, config, tmp_path, val=val,
+                              device="cpu", log=lambda _m: None)
+    rows = (tmp_path / "student-metrics.csv").read_text().splitlines()[1:]
+    scores = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows}
+    assert info["best_epoch"] == max(scores, key=scores.get) and info["val_miou"] == pytest.approx(max(scores.values()))
+    proposer = StudentProposer(net, CLASSES, (32, 32), device="cpu")
+    from oct_wsss.training.student import val_miou
+
+    assert val_miou(proposer, val) == pytest.approx(info["val_miou"], abs=1e-6)  # the returned net is that epoch's

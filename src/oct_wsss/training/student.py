@@ -147,14 +147,14 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps,
                                                 pct_start=min(0.3, max(0.1, 1.5 / steps)))
     state_path = run_dir / STATE_FILE
-    start, best = 0, {"epoch": -1, "val_miou": None}
+    keep_best = config.select == "val_miou"  # then the best epoch's weights travel in the state file too
+    start, best, best_state = 0, {"epoch": -1, "val_miou": None}, None
     if resume and state_path.is_file():
         extra = load_state(state_path, {"net": net}, {"opt": opt}, {"sched": sched})
-        start, best = int(extra["epoch"]) + 1, extra["best"]
+        start, best, best_state = int(extra["epoch"]) + 1, extra["best"], extra.get("best_state")
         log(f"student: resuming after epoch {start - 1}")
     metrics = MetricLog(run_dir / "student-metrics.csv", resume=resume, start_epoch=start, tensorboard=False)
     proposer = StudentProposer(net, classes, input_size, device=dev, batch_size=4)
-    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     losses: list[float] = []
     for epoch in range(start, config.epochs):
         net.train()
@@ -174,14 +174,17 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
         net.eval()
         scored = config.select == "val_miou" or epoch == config.epochs - 1  # scoring costs a pass over val
         miou = val_miou(proposer, val) if val and scored else None
-        if config.select == "last" or (miou is not None and (best["val_miou"] is None or miou > best["val_miou"])):
+        if not keep_best:
+            best = {"epoch": epoch, "val_miou": miou}
+        elif miou is not None and (best["val_miou"] is None or miou > best["val_miou"]):
             best = {"epoch": epoch, "val_miou": miou}
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         metrics.log({"epoch": epoch, "loss": round(losses[-1], 5), "val_miou": miou, "lr": sched.get_last_lr()[0]})
         log(f"student epoch {epoch}: loss {losses[-1]:.4f}" + ("" if miou is None else f", val mIoU {miou:.4f}"))
-        save_state(state_path, {"net": net}, {"opt": opt}, {"epoch": epoch, "best": best}, {"sched": sched})
+        extra = {"epoch": epoch, "best": best, **({"best_state": best_state} if best_state is not None else {})}
+        save_state(state_path, {"net": net}, {"opt": opt}, extra, {"sched": sched})
     metrics.close()
-    if config.epochs > start:
+    if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
     return net, {"losses": losses, "best_epoch": best["epoch"], "val_miou": best["val_miou"],
