@@ -78,7 +78,8 @@ class AgmProposer:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=self.device.type == "cuda")
         self.checkpoint = checkpoint
-        self._lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
+        #: logit columns of the lesion classes (after the background logit, when the network has one)
+        self.lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> AgmProposer:
@@ -122,9 +123,9 @@ class AgmProposer:
         retina = np.stack([retina_mask(xi[0]) for xi in x.numpy()])
         inputs = network_inputs(self.generator, x.to(self.device), torch.from_numpy(retina)[:, None].to(self.device),
                                 self.net.config.image_channels)
-        cams, logits = self.gradcam(inputs, self._lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
+        cams, logits = self.gradcam(inputs, self.lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
                                     output_size=native, return_logits=True)
-        probs = torch.sigmoid(logits[:, self._lesion_outputs]).cpu().numpy()
+        probs = torch.sigmoid(logits[:, self.lesion_outputs]).cpu().numpy()
         soft = soft_mask(resize(retina, native, order=0))
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
         return class_scores(cams.cpu().numpy(), soft, keep), probs

@@ -103,7 +103,7 @@ def agm_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint
                                         size=p.input_size, mode="bilinear", antialias=True).to(device)
     retina = torch.from_numpy(np.stack([retina_mask(xi[0]) for xi in x.cpu().numpy()]))[:, None].float().to(device)
     inputs = network_inputs(p.generator, x, retina, p.net.config.image_channels)
-    outputs = p._lesion_outputs
+    outputs = p.lesion_outputs
     native = volume.shape[1:]
 
     def classify() -> None:
