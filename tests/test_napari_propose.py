@@ -112,3 +112,34 @@ def test_errors_become_notifications_with_a_fix(widget, tmp_path, qtbot, monkeyp
     _wait(w, qtbot)
     assert "Propose failed" in shown[-1] and "checkpoint" in shown[-1]
     assert w.run_button.enabled
+
+
+def test_hrf_gets_its_own_layer_options_and_the_fallback_notice(make_napari_viewer, tmp_path, qtbot,
+                                                                  monkeypatch) -> None:
+    from oct_wsss.checkpoint import Checkpoint
+    from oct_wsss.classes import HRF
+    from oct_wsss.models.cct import Cct, CctConfig
+
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    warned: list[str] = []
+    monkeypatch.setattr(_propose, "show_warning", warned.append)
+    torch.manual_seed(0)
+    net = Cct(CctConfig.variant("cct_2", dim=16, heads=2, conv_channels=8, input_size=[96, 128]))
+    with torch.no_grad():
+        net.head.bias.fill_(-20.0)  # never sure of an HRF: the loop stops at once
+    ckpt = Checkpoint.new(net.state_dict(), method="hrf-cct", architecture={"cct": net.config.to_dict()},
+                          classes=[HRF], input_size=[96, 128], normalisation={"mean": 0.2, "std": 0.2}
+                          ).save(tmp_path / "hrf.safetensors")
+    viewer = make_napari_viewer()
+    volume = make_volume(3, n_bscans=2, height=96, width=128, prevalence={"hrf": 1.0}).volume
+    viewer.add_image(volume.data, name="oct")
+    w = ProposeWidget(viewer)
+    assert w.iterations.native.isHidden()  # shown only for HRF
+    w.method.value, w.checkpoint.value, w.device.value, w.iterations.value = "hrf", str(ckpt), "cpu", 3
+    assert not w.iterations.native.isHidden() and w.options() == {"device": "cpu", "threshold": None, "iterations": 3,
+                                                    "sam2_checkpoint": None}
+    assert w.propose() is not None
+    _wait(w, qtbot)
+    assert _propose.HRF_PROPOSED in viewer.layers and PROPOSED not in viewer.layers
+    assert viewer.layers[_propose.HRF_PROPOSED].data.shape == volume.shape
+    assert any("classical" in m for m in warned)  # without SAM 2 weights the grader is told

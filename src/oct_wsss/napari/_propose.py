@@ -15,16 +15,17 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QSettings
 
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, labels_layer
-from oct_wsss.propose.registry import METHODS, load_proposer, stream
+from oct_wsss.propose.registry import METHODS, load_proposer, preload, stream
 from oct_wsss.volume import OctVolume
 
 PROPOSED = "lesions (proposed)"
+HRF_PROPOSED = "HRF (proposed)"
 RANGES = ("all", "current", "from-to")
 
 
@@ -67,13 +68,18 @@ class ProposeWidget(Container):
         self.first = SpinBox(label="from", min=0, max=10**6)
         self.last = SpinBox(label="to", min=0, max=10**6)
         self.threshold = FloatSpinBox(label="threshold τ", min=0.0, max=1.0, step=0.05, value=0.0,
-                                      tooltip="0 keeps the checkpoint's own threshold")
+                                      tooltip="0 keeps the checkpoint's own threshold (HRF: the stop probability)")
+        self.iterations = SpinBox(label="HRF iterations", min=0, max=50, value=0,
+                                  tooltip="most foci per B-scan; 0 keeps the checkpoint's (6)")
+        self.sam2 = FileEdit(label="SAM 2 checkpoint", mode="r", filter="*.pt",
+                             tooltip="a sam2.1 checkpoint file; without one HRF uses the classical region step")
         self.run_button = PushButton(text="Propose")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.legend = Label(value=legend_html())
         self.extend([self.image, self.method, self.checkpoint, self.device, self.range, self.first, self.last,
-                     self.threshold, self.run_button, self.cancel_button, self.status, self.legend])
+                     self.threshold, self.iterations, self.sam2, self.run_button, self.cancel_button, self.status,
+                     self.legend])
         self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
         self._cancel = False
@@ -85,15 +91,33 @@ class ProposeWidget(Container):
         self._restore_checkpoint()
 
     def _accepted(self) -> set[int]:
-        """B-scans the Review widget marked accepted on the proposed layer."""
-        if PROPOSED not in self.viewer.layers:
+        """B-scans the Review widget marked accepted on this method's proposal layer."""
+        if self.target_name not in self.viewer.layers:
             return set()
-        return set(self.viewer.layers[PROPOSED].metadata.get(ACCEPTED_KEY, set()))
+        return set(self.viewer.layers[self.target_name].metadata.get(ACCEPTED_KEY, set()))
 
     def _restore_checkpoint(self, *_: Any) -> None:
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
         if saved:
             self.checkpoint.value = saved
+        hrf = self.method.value == "hrf"
+        self.iterations.visible = self.sam2.visible = hrf
+        if hrf and self.settings.value("sam2", ""):
+            self.sam2.value = self.settings.value("sam2", "")
+
+    def options(self) -> dict[str, Any]:
+        """The proposer options the controls set (what ``oct-wsss propose`` takes as flags)."""
+        options: dict[str, Any] = {"device": self.device.value, "threshold": self.threshold.value or None}
+        if self.method.value == "hrf":
+            sam2 = Path(str(self.sam2.value or ""))
+            options.update(iterations=self.iterations.value or None,
+                           sam2_checkpoint=sam2 if sam2.is_file() else None)
+        return options
+
+    @property
+    def target_name(self) -> str:
+        """HRF proposals get their own layer; every other method fills "lesions (proposed)"."""
+        return HRF_PROPOSED if self.method.value == "hrf" else PROPOSED
 
     def bscans(self, n_bscans: int) -> list[int]:
         """The B-scans the range control names, in range, minus the protected ones."""
@@ -107,12 +131,13 @@ class ProposeWidget(Container):
         return [i for i in todo if 0 <= i < n_bscans and i not in keep]
 
     def proposed_layer(self, shape: tuple[int, ...], scale: tuple[float, ...]) -> Any:
-        """The "lesions (proposed)" Labels layer for ``shape``, created (empty) on first use."""
-        if PROPOSED in self.viewer.layers and self.viewer.layers[PROPOSED].data.shape == shape:
-            return self.viewer.layers[PROPOSED]
-        if PROPOSED in self.viewer.layers:
-            self.viewer.layers.remove(PROPOSED)
-        data, kwargs, _ = labels_layer(np.zeros(shape, np.uint8), tuple(scale), PROPOSED)
+        """The method's proposal Labels layer for ``shape``, created (empty) on first use."""
+        name = self.target_name
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
+            return self.viewer.layers[name]
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        data, kwargs, _ = labels_layer(np.zeros(shape, np.uint8), tuple(scale), name)
         return self.viewer.add_labels(data, **kwargs)
 
     def propose(self, *_: Any) -> Any:
@@ -138,14 +163,19 @@ class ProposeWidget(Container):
             show_info("Propose: every B-scan in that range is already accepted")
             return None
         self.settings.setValue(f"checkpoint/{self.method.value}", ckpt)
+        options = self.options()
+        if options.get("sam2_checkpoint") is not None:
+            self.settings.setValue("sam2", str(options["sam2_checkpoint"]))
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
         target.metadata["oct_wsss_provenance"] = {"method": self.method.value, "checkpoint": Path(ckpt).name}
-        options = {"device": self.device.value, "threshold": self.threshold.value or None}
         self._cancel = False
+        preload(self.method.value)  # on the main thread: some first imports crash in a worker thread
         bar = progress(total=len(todo), desc=f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel)
         self.worker.yielded.connect(lambda result: self._show(target, result, bar))
         self.worker.errored.connect(lambda err: show_error(f"Propose failed: {err} — {fix_for(err)}"))
+        self.worker.warned.connect(
+            lambda info: show_warning(f"Propose: {info[0] if isinstance(info, tuple) else info}"))
         self.worker.finished.connect(lambda: self._done(bar))
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"proposing {len(todo)} B-scans ..."

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,46 +22,44 @@ from oct_wsss.propose.proposal import (
 )
 from oct_wsss.volume import OctVolume
 
-
-def _agm(checkpoint: str | Path, **options: Any) -> Proposer:
-    from oct_wsss.propose.agm import AgmProposer
-
-    return AgmProposer.from_checkpoint(checkpoint, **options)
-
-
-def _student(checkpoint: str | Path, **options: Any) -> Proposer:
-    from oct_wsss.propose.student import StudentProposer
-
-    return StudentProposer.from_checkpoint(checkpoint, **options)
+#: method name -> "module:Proposer class"; imported on first use, so torch loads only when a method is used
+METHODS: dict[str, str] = {
+    "agm": "oct_wsss.propose.agm:AgmProposer",
+    "student": "oct_wsss.propose.student:StudentProposer",
+    "dfp": "oct_wsss.propose.dfp:DfpProposer",
+    "hrf": "oct_wsss.propose.hrf:HrfProposer",
+}
 
 
-def _dfp(checkpoint: str | Path, **options: Any) -> Proposer:
-    from oct_wsss.propose.dfp import DfpProposer
-
-    return DfpProposer.from_checkpoint(checkpoint, **options)
-
-
-def _hrf(checkpoint: str | Path, **options: Any) -> Proposer:
-    from oct_wsss.propose.hrf import HrfProposer
-
-    return HrfProposer.from_checkpoint(checkpoint, **options)
+def proposer_class(method: str) -> type:
+    """The Proposer class of ``method`` (its module imported now)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    module, _, name = METHODS[method].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-#: method name -> loader(checkpoint, **options) -> Proposer
-METHODS: dict[str, Callable[..., Proposer]] = {"agm": _agm, "student": _student, "dfp": _dfp, "hrf": _hrf}
+def preload(method: str) -> None:
+    """Import ``method``'s proposer and torchvision on the calling thread, before a worker thread runs it.
+
+    A first import of torchvision (torch._dynamo, then triton) from a Qt worker thread crashed the process in a
+    test; GUIs call this on their main thread.
+    """
+    import torchvision  # noqa: F401
+
+    proposer_class(method)
 
 
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
     """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size, ...) pass on."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    cls = proposer_class(method)
     from oct_wsss.propose.device import resolve_device
 
     try:
         options["device"] = resolve_device(options.get("device") or "auto")
     except ValueError as err:
         raise ProposalError(str(err)) from err
-    return METHODS[method](checkpoint, **options)
+    return cls.from_checkpoint(checkpoint, **options)
 
 
 def _check_volume(volume: OctVolume) -> None:
