@@ -14,6 +14,7 @@ from oct_wsss.evaluate.metrics import (
     confusion_matrix,
     confusion_per_image,
     evaluate_labels,
+    image_confusions,
     mean_sd,
     restrict,
     segmentation_scores,
@@ -26,7 +27,7 @@ from oct_wsss.evaluate.sweep import SweepResult, plot_sweep, sweep_threshold, wr
 __all__ = [
     "BinaryScores", "ClassScores", "EvaluationInputError", "SegmentationScores", "SweepResult", "binary_scores",
     "binary_volume_scores", "classification_scores", "confusion_matrix", "confusion_per_image", "console_table",
-    "evaluate_labels", "evaluate_paths", "f1_score", "markdown_table", "mean_sd", "plot_sweep",
+    "evaluate_labels", "evaluate_paths", "f1_score", "image_confusions", "markdown_table", "mean_sd", "plot_sweep",
     "presence_from_labels", "restrict", "roc_auc", "segmentation_scores", "summarise_volumes", "sweep_threshold",
     "write_json", "write_markdown", "write_sweep_csv",
 ]

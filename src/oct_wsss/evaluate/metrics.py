@@ -46,6 +46,11 @@ def confusion_per_image(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return out
 
 
+def image_confusions(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, 8, 8) per-image confusion matrices of (truth, prediction) pairs whose B-scans may differ in size."""
+    return np.concatenate([confusion_per_image(t[None], p[None]) for t, p in zip(truths, preds, strict=True)])
+
+
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """(8, 8) int64 confusion matrix pooled over all pixels (rows truth id, columns predicted id)."""
     return confusion_per_image(truth, pred).sum(axis=0)

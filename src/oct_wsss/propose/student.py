@@ -101,6 +101,10 @@ class StudentProposer:
             best = np.where(lesion >= self.threshold, probs[:, 1:].argmax(1) + 1, 0)
         return self._ids[best]
 
+    def predict(self, bscan: np.ndarray) -> np.ndarray:
+        """Ontology ids (H, W) of one B-scan (what ``run`` yields as labels, without the streaming)."""
+        return self.labels(self.probabilities([bscan]))[0]
+
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
         """Stream results per B-scan in batches; image-level probability = the class's highest pixel probability."""

@@ -131,10 +131,9 @@ def _score_test(proposer: AgmProposer, test: list[Sample], run_dir: Path) -> dic
 
 def _evaluate_list(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], classes: Sequence[int]) -> dict:
     """Segmentation scores over B-scans of possibly different sizes (per-image confusion matrices summed)."""
-    from oct_wsss.evaluate import confusion_per_image, segmentation_scores
+    from oct_wsss.evaluate import image_confusions, segmentation_scores
 
-    cms = np.concatenate([confusion_per_image(t[None], p[None]) for t, p in zip(truths, preds, strict=True)])
-    return segmentation_scores(cms, classes).to_dict()
+    return segmentation_scores(image_confusions(truths, preds), classes).to_dict()
 
 
 def _fmt(report: dict) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss.classes import ONTOLOGY, by_key
-from oct_wsss.evaluate import binary_scores, confusion_per_image, mean_sd, sweep_threshold, write_json
+from oct_wsss.evaluate import binary_scores, image_confusions, mean_sd, sweep_threshold, write_json
 from oct_wsss.explain.propagation import PropagationParams
 from oct_wsss.models.dfp import DfpConfig
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
@@ -133,9 +133,7 @@ def evaluate_test(proposers: dict[str, DfpProposer], test: Sequence[Sample]) -> 
             per_volume = {}
             for vid, group in groups.items():
                 preds = _predict(variant, proposers, group, given, classes)
-                cms = np.concatenate([confusion_per_image(t[None], p[None])
-                                      for t, p in zip(truths[vid], preds, strict=True)])
-                per_volume[vid] = binary_scores(cms, classes)
+                per_volume[vid] = binary_scores(image_confusions(truths[vid], preds), classes)
             fluid = {v: s for v, s in per_volume.items() if s.tp + s.fn > 0}
             report[variant][mode] = {
                 "summary": {m: mean_sd(getattr(s, m) for s in fluid.values()) for m in ("dsc", "tpvf", "ppv")},

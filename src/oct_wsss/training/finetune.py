@@ -12,10 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from oct_wsss.checkpoint import Checkpoint
-from oct_wsss.evaluate import confusion_per_image, segmentation_scores
+from oct_wsss.evaluate import image_confusions, segmentation_scores
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.store import Correction, CorrectionStore
 from oct_wsss.training.errors import TrainingError
@@ -46,12 +44,9 @@ def score(proposer: StudentProposer, corrections: Sequence[Correction]) -> dict[
     """mIoU (background included), lesion mIoU and per-class IoU of a student against corrections' masks."""
     if not corrections:
         return None
-    cms = []
-    for c in corrections:
-        arrays = c.arrays()
-        pred = proposer.labels(proposer.probabilities([arrays["image"]]))[0]
-        cms.append(confusion_per_image(arrays["mask"][None], pred[None]))
-    s = segmentation_scores(np.concatenate(cms), proposer.classes)
+    arrays = [c.arrays() for c in corrections]
+    preds = [proposer.predict(a["image"]) for a in arrays]
+    s = segmentation_scores(image_confusions([a["mask"] for a in arrays], preds), proposer.classes)
     return {"miou": s.miou, "miou_lesions": s.miou_lesions, "n_bscans": len(corrections),
             "iou": {k: v.iou for k, v in s.classes.items() if v.truth_pixels or v.pred_pixels}}
 

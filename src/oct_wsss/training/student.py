@@ -103,16 +103,13 @@ def auto_class_weights(dataset: StudentDataset) -> np.ndarray:
 
 def val_miou(proposer: StudentProposer, samples: Sequence[Sample]) -> float | None:
     """Pooled mIoU (background included) of the student's labels on samples with pixel masks, at native size."""
-    from oct_wsss.evaluate import confusion_per_image, segmentation_scores
+    from oct_wsss.evaluate import image_confusions, segmentation_scores
 
-    cms = []
-    for s in samples:
-        truth = s.load_mask()
-        if truth is None:
-            continue
-        pred = proposer.labels(proposer.probabilities([s.load_image()]))[0]
-        cms.append(confusion_per_image(truth[None], pred[None]))
-    return segmentation_scores(np.concatenate(cms), proposer.classes).miou if cms else None
+    scored = [s for s in samples if s.mask is not None]
+    if not scored:
+        return None
+    cms = image_confusions([s.load_mask() for s in scored], [proposer.predict(s.load_image()) for s in scored])
+    return segmentation_scores(cms, proposer.classes).miou
 
 
 def train_student(targets: Sequence[Target], classes: Sequence[int], input_size: tuple[int, int],

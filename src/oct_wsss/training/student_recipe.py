@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.evaluate import confusion_per_image, segmentation_scores, write_json
+from oct_wsss.evaluate import image_confusions, segmentation_scores, write_json
 from oct_wsss.io import read_labels
 from oct_wsss.propose import load_proposer, propose
 from oct_wsss.propose.registry import write_proposal
@@ -59,7 +59,7 @@ def teacher_proposals(samples: Sequence[Sample], method: str, checkpoint: str | 
 
 
 def _scores(truths: Sequence[np.ndarray], preds: Sequence[np.ndarray], classes: Sequence[int]) -> dict[str, Any]:
-    cms = np.concatenate([confusion_per_image(t[None], p[None]) for t, p in zip(truths, preds, strict=True)])
+    cms = image_confusions(truths, preds)
     return {"all_bscans": segmentation_scores(cms, classes).to_dict(),
             "lesion_bscans": segmentation_scores(cms, classes, lesion_images_only=True).to_dict()}
 
@@ -71,7 +71,7 @@ def compare_on_test(student: StudentProposer, test: Sequence[Sample], teacher_ro
     if not with_mask:
         return {}
     truths = [s.load_mask() for s in with_mask]
-    preds = [student.labels(student.probabilities([s.load_image()]))[0] for s in with_mask]
+    preds = [student.predict(s.load_image()) for s in with_mask]
     out = {"student": _scores(truths, preds, classes)}
     if teacher_root is not None and all((teacher_root / s.volume / "labels.tif").is_file() for s in with_mask):
         pages: dict[str, np.ndarray] = {}
