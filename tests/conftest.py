@@ -56,3 +56,12 @@ def tiny_agm_checkpoint(path: Path, classes: tuple[int, ...] = (1, 2, 3), *, gan
                           classes=list(classes), input_size=[input_size, input_size], normalisation={"input": "unit"},
                           params={"threshold": threshold, "cam_layers": ["backbone", "asam"]})
     return ckpt.save(path)
+
+
+def write_recipe(folder: Path, raw: dict, **changes: object) -> Path:
+    """``folder/recipe.yaml`` from a recipe mapping with ``changes`` applied on top (the tests' tiny recipes)."""
+    import yaml
+
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**raw, **changes}))
+    return path

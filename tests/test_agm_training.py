@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from conftest import write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
@@ -39,10 +39,7 @@ def _recipe(tmp_path: Path, **changes) -> Path:
                 "refine_batch_size": 4, "max_steps_per_epoch": 2},
         "variants": {"base": {"use_adr": False, "use_asam": False, "pooling": "gap"}},
     }
-    raw.update(changes)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_recipe(tmp_path, raw, **changes)
 
 
 @pytest.fixture(scope="module")

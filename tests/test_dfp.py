@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import write_recipe
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.cli import main
@@ -238,10 +238,7 @@ def _recipe(tmp_path: Path, **changes) -> Path:
                 "optimizer": {"name": "adam", "lr": 1e-3}},
         "propagation": {"kernel": 3, "threshold": 0.5, "delta": 0.1},
     }
-    raw.update(changes)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_recipe(tmp_path, raw, **changes)
 
 
 @pytest.fixture(scope="module")

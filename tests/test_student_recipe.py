@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import tiny_agm_checkpoint
+from conftest import tiny_agm_checkpoint, write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
@@ -39,8 +38,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "pseudo": {"teacher": str(_teacher(tmp / "agm.safetensors")), "method": "agm"},
         "student": {"config": {"arch": "unet", "width": 4, "depth": 3}, "epochs": 2, "batch_size": 3},
     }
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", str(tmp / "recipe.yaml")]) == 0
+    assert main(["train", str(write_recipe(tmp, raw))]) == 0
     return tmp
 
 
