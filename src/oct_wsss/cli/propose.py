@@ -1,0 +1,59 @@
+"""The ``propose`` subcommand: one volume to labels.tif and provenance.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from oct_wsss.cli._common import CliError, parse_bscans
+
+
+def _propose(args: argparse.Namespace) -> None:
+    from oct_wsss.io import read_volume
+    from oct_wsss.propose import ProposalCancelled, load_proposer, propose
+    from oct_wsss.propose.registry import write_proposal
+
+    volume = read_volume(args.volume)
+    bscans = parse_bscans(args.bscans, volume.n_bscans)
+    options = {"threshold": args.threshold, "batch_size": args.batch_size}
+    if args.method == "hrf":
+        options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
+                       iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
+    proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    try:
+        result = propose(volume, proposer=proposer, bscans=bscans, progress=progress, keep_scores=args.keep_scores)
+    except ProposalCancelled as err:
+        raise CliError(str(err)) from err
+    files = write_proposal(result, args.out)
+    timing = result.provenance["timings"]
+    print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
+          f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")
+    for path in files.values():
+        print(f"wrote {path}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the ``oct-wsss`` parser."""
+    p = sub.add_parser("propose", help="propose lesion labels for a volume; writes labels.tif and provenance.json")
+    p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens)")
+    p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf"), help="proposal method")
+    p.add_argument("--checkpoint", required=True, type=Path, help="the method's .safetensors checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
+    p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    hrf = p.add_argument_group("hrf", "options of --method hrf (docs/hrf.md)")
+    hrf.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it a classical step")
+    hrf.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")
+    hrf.add_argument("--iterations", type=int, help="most foci per B-scan, i.e. classifier reruns (default 6)")
+    hrf.add_argument("--crop-size", type=int, help="crop side around the relevance peak, px (default 72)")
+    hrf.add_argument("--box-size", type=int, help="box prompt side at native scale, px (default 4)")
+    p.add_argument("--keep-scores", action="store_true",
+                   help="also write scores.npy: per-class score maps (soft labels a student can train on)")
+    p.set_defaults(func=_propose)
