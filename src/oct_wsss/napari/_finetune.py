@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings, QTimer
 
 from oct_wsss.napari._imports import preload_method
+from oct_wsss.napari._quantify import table_value
 from oct_wsss.store import CorrectionStore, StoreError, edit_effort
 from oct_wsss.weights import bundled
 
@@ -47,7 +48,7 @@ class FinetuneWidget(Container):
         self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
         self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"), value="auto")
         self.count = Label(value="")
-        self.effort = Table(value={"data": [], "columns": EFFORT_HEADER})
+        self.effort = Table(value=table_value([], EFFORT_HEADER))
         self.run_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.repropose_button = PushButton(text="Re-propose unreviewed", enabled=False)
@@ -80,14 +81,14 @@ class FinetuneWidget(Container):
             self.count.value = str(err)
             return
         if store is None:
-            self.count.value, self.effort.value = "choose the project folder", {"data": [], "columns": EFFORT_HEADER}
+            self.count.value, self.effort.value = "choose the project folder", table_value([], EFFORT_HEADER)
             return
         accepted = store.corrections()
         volumes = len({c.volume for c in accepted})
         self.count.value = f"{len(accepted)} accepted B-scans in {volumes} volume(s)"
         rows = [[e.model, e.bscans, f"{e.kept_share:.0%}", f"{e.removed_share:.0%}", f"{e.added_share:.0%}"]
                 for e in edit_effort(accepted)]
-        self.effort.value = {"data": rows, "columns": EFFORT_HEADER}
+        self.effort.value = table_value(rows, EFFORT_HEADER)
 
     def finetune(self, *_: Any) -> Any:
         """Start fine-tuning; returns the worker (tests wait on it)."""

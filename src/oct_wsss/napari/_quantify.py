@@ -20,6 +20,11 @@ from oct_wsss.evaluate.measure import Measurements, measure_labels
 HEADER = ["class", "B-scans", "pixels", "volume (mm³)"]
 
 
+def table_value(rows: list[list[Any]], columns: list[str]) -> dict[str, Any]:
+    """A magicgui Table value (the "split" form: it needs the index to read the rows as rows)."""
+    return {"data": rows, "columns": columns, "index": list(range(len(rows)))}
+
+
 def area_per_bscan(m: Measurements, n_bscans: int) -> dict[str, np.ndarray]:
     """Class key -> area (mm²) in each of the ``n_bscans`` B-scans (0 where absent), from the measurement rows."""
     out: dict[str, np.ndarray] = {}
@@ -36,7 +41,7 @@ class QuantifyWidget(Container):
         self.viewer = viewer
         self.labels = create_widget(annotation="napari.layers.Labels", label="labels")
         self.refresh_button = PushButton(text="Measure now")
-        self.table = Table(value={"data": [], "columns": HEADER})
+        self.table = Table(value=table_value([], HEADER))
         self.summary = Label(value="")
         self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -58,26 +63,29 @@ class QuantifyWidget(Container):
         """Follow edits of the chosen layer (paint, fill, erase, data replaced)."""
         if self._watched is not None:
             for event in (self._watched.events.data, self._watched.events.paint):
-                event.disconnect(self._timer.start)
+                event.disconnect(self._soon)
         self._watched = self.labels.value
         if self._watched is not None:
             for event in (self._watched.events.data, self._watched.events.paint):
-                event.connect(self._timer.start)
+                event.connect(self._soon)
         self.refresh()
+
+    def _soon(self, *_: Any) -> None:
+        self._timer.start()
 
     def refresh(self, *_: Any) -> Measurements | None:
         """Measure the chosen layer now; returns the measurements (None without a 3-D labels layer)."""
         layer = self.labels.value
         data = None if layer is None else np.asarray(layer.data)
         if data is None or data.ndim not in (2, 3):
-            self.measurements, self.table.value = None, {"data": [], "columns": HEADER}
+            self.measurements, self.table.value = None, table_value([], HEADER)
             self.summary.value = "choose a labels layer"
             return None
         data = data[None] if data.ndim == 2 else data
         spacing = tuple(([1.0] * 3 + [float(s) for s in layer.scale[-3:]])[-3:])
         m = self.measurements = measure_labels(data, spacing)
         rows = [[by_key(str(r["class"])).name, r["bscans"], r["pixels"], r["volume_mm3"]] for r in m.volume]
-        self.table.value = {"data": rows, "columns": HEADER}
+        self.table.value = table_value(rows, HEADER)
         self.summary.value = f"{len(m.hrf)} HRF foci · spacing z {spacing[0]:g} mm"
         self._plot(area_per_bscan(m, len(data)))
         return m
