@@ -105,7 +105,7 @@ class FinetuneWidget(Container):
         self.worker = _finetune_worker(str(self.project.value), str(parent), self.epochs.value, self.device.value,
                                        self._log.append, lambda: self._cancel)
         self.worker.returned.connect(self._finished)
-        self.worker.errored.connect(lambda err: show_error(f"Fine-tune failed: {err}"))
+        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(lambda: self._done(bar))
         self._timer.timeout.connect(lambda: self._poll(bar))
         self._timer.start()
@@ -137,6 +137,12 @@ class FinetuneWidget(Container):
         show_info(f"Fine-tune: new checkpoint {path}{scores}; it is now the student's checkpoint in Propose lesions")
         self.repropose_button.enabled = True
         self.summarise()
+
+    def _failed(self, err: BaseException) -> None:
+        if type(err).__name__ == "TrainingCancelled":  # by class name: training/ imports torch
+            show_info(f"Fine-tune: {err}; Fine-tune again resumes from there")
+        else:
+            show_error(f"Fine-tune failed: {err}")
 
     def _done(self, bar: Any) -> None:
         self._timer.stop()
