@@ -66,6 +66,14 @@ def fix_for(err: BaseException) -> str:
     return "check the image layer and the options"
 
 
+class WorkerFailed(Exception):
+    """A RuntimeError (e.g. ProposalError) from the worker, carried to the main thread; superqt would swallow it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class ProposeWidget(Container):
     """Dock widget: Propose runs in a worker thread with a progress bar and a Cancel button."""
 
@@ -143,7 +151,9 @@ class ProposeWidget(Container):
 
     def _restore_checkpoint(self, *_: Any) -> None:
         choices = self.checkpoint_choices()
-        self.known.choices = choices
+        with self.known.changed.blocked():
+            self.known.choices = []  # else magicgui keeps the selected item in front
+            self.known.choices = choices
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
         self.known.value = saved if saved in [p for _, p in choices] else choices[0][1]
         if saved:
@@ -235,6 +245,7 @@ class ProposeWidget(Container):
 
     def _failed(self, err: BaseException) -> None:
         """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU."""
+        err = err.cause if isinstance(err, WorkerFailed) else err
         message = f"Propose failed: {err} — {fix_for(err)}"
         if "out of memory" not in str(err).lower() or self.device.value == "cpu":
             show_error(message)
@@ -277,6 +288,9 @@ class ProposeWidget(Container):
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
 def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volume: OctVolume, todo: list[int],
                     cancelled: Callable[[], bool], keep_scores: bool = False):
-    proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
-    yield ("classes", tuple(proposer.classes))
-    yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
+    try:
+        proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
+        yield ("classes", tuple(proposer.classes))
+        yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
+    except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors (no errored, no finished signal)
+        raise WorkerFailed(err) from err
