@@ -26,7 +26,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import Notification, notification_manager, show_error, show_info, show_warning
-from qtpy.QtCore import QSettings
+from qtpy.QtCore import QSettings, QTimer
 
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
@@ -115,9 +115,11 @@ class ProposeWidget(Container):
         self.checkpoint.changed.connect(self._sync_known)
         self.run_button.changed.connect(self.propose)
         self.cancel_button.changed.connect(self.cancel)
+        self.image.changed.connect(self.prepare_layer)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
         self._restore_checkpoint()
+        self.prepare_layer()
 
     def _accepted(self) -> set[int]:
         """B-scans the Review widget marked accepted on this method's proposal layer."""
@@ -199,6 +201,13 @@ class ProposeWidget(Container):
         data, kwargs, _ = labels_layer(np.zeros(shape, np.uint8), tuple(scale), name)
         return self.viewer.add_labels(data, **kwargs)
 
+    def prepare_layer(self, *_: Any) -> None:
+        """Make the proposal layer as soon as an image is chosen: creating a layer blocks napari for up to a second
+        on a slow machine, which should not happen while a proposal streams in."""
+        layer = self.image.value
+        if layer is not None and np.ndim(layer.data) == 3:
+            self.proposed_layer(tuple(layer.data.shape), tuple(float(s) for s in layer.scale[-3:]))
+
     def propose(self, *_: Any, skip: set[int] | frozenset[int] = frozenset()) -> Any:
         """Start a proposal run (leaving out ``skip``, e.g. the reviewed B-scans); returns the worker."""
         layer = self.image.value
@@ -230,7 +239,7 @@ class ProposeWidget(Container):
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
         self._cancel = False
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
-        bar = progress(total=len(todo), desc=f"Proposing ({self.method.value})")
+        bar = _Progress(len(todo), f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
                                       self.scores is not None)
         self.worker.yielded.connect(lambda result: self._show(target, result, bar))
@@ -269,7 +278,7 @@ class ProposeWidget(Container):
         target.data[result.index] = result.labels
         target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
         target.refresh()
-        bar.update(1)
+        bar.step()
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)
             self.status.value = f"B-scan {result.index} proposed"
 
@@ -283,6 +292,36 @@ class ProposeWidget(Container):
         self._cancel = True
         if self.worker is not None:
             self.worker.quit()
+
+
+class _Progress:
+    """A napari progress bar updated at most every 250 ms, each update its own event (updating it redraws napari)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done, self.shown, self.bar = total, desc, 0, 0, None
+        self.timer = QTimer()
+        self.timer.setInterval(250)
+        self.timer.timeout.connect(self._update)
+        QTimer.singleShot(0, self._create)  # after the click returns, so the click handler stays short
+
+    def _create(self) -> None:
+        if self.bar is None and self.timer is not None:
+            self.bar = progress(total=self.total, desc=self.desc)
+            self.timer.start()
+
+    def step(self) -> None:
+        self.done += 1
+
+    def _update(self) -> None:
+        if self.bar is not None and self.done > self.shown:
+            self.bar.update(self.done - self.shown)
+            self.shown = self.done
+
+    def close(self) -> None:
+        self.timer.stop()
+        self.timer = None
+        if self.bar is not None:
+            self.bar.close()
 
 
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
