@@ -111,6 +111,7 @@ class ProposeWidget(Container):
         self.scores: ConfidenceLayers | None = None
         self._cancel = False
         self.method.changed.connect(self._restore_checkpoint)
+        self.method.changed.connect(self.prepare_layer)
         self.known.changed.connect(self._pick_known)
         self.checkpoint.changed.connect(self._sync_known)
         self.run_button.changed.connect(self.propose)
@@ -307,7 +308,10 @@ class _Progress:
     def _create(self) -> None:
         if self.bar is None and self.timer is not None:
             self.bar = progress(total=self.total, desc=self.desc)
-            self.timer.start()
+            if self.timer is None:  # the run ended while the bar was being made
+                self.bar.close()
+            else:
+                self.timer.start()
 
     def step(self) -> None:
         self.done += 1
