@@ -18,3 +18,14 @@ def preload_method(method: str) -> None:
     from oct_wsss.propose.registry import preload
 
     preload(method)
+
+
+def preload_sam2() -> None:
+    """Import SAM 2 (and torch) on the main thread, with triton hidden, before a worker builds the model."""
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+    import oct_wsss.propose.sam2_assist  # noqa: F401
+    from oct_wsss.propose.sam2_backend import sam2_available
+
+    if sam2_available():
+        import sam2.build_sam  # noqa: F401
