@@ -67,7 +67,7 @@ def test_points_and_box_from_one_cached_embedding(sam2_pt, make_napari_viewer, q
     viewer.layers[POSITIVE].add([1, 60, 80])
     worker = w.segment()
     assert worker is not None
-    qtbot.waitUntil(lambda: not worker.is_running and bool(w.last), timeout=300_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=300_000)
     embed_s = w.assist.last_embed_s
     reference = Sam2Assist(sam2_pt).segment(volume.data[1], Prompt(((60.0, 80.0),), (1,)), key=0).mask
     np.testing.assert_array_equal(labels.data[1] == 2, reference)  # what the library gives, in the chosen class
@@ -83,8 +83,7 @@ def test_points_and_box_from_one_cached_embedding(sam2_pt, make_napari_viewer, q
     for _ in range(3):  # further prompts on the same B-scan reuse the embedding
         worker = w.segment()
         assert worker is not None, w.status.value
-        qtbot.waitUntil(lambda wk=worker: not wk.is_running, timeout=60_000)
-        qtbot.wait(50)
+        qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
         latencies.append(w.last["prompt_ms"])
     assert w.assist.backend.embeddings_computed == 1 and w.last["embed_s"] is None
     assert "embedding cached" in w.status.value

@@ -40,10 +40,12 @@ class Sam2Widget(Container):
         self.segment_button = PushButton(text="Segment current B-scan")
         self.clear_button = PushButton(text="Clear prompts")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
         self.extend([self.checkpoint, self.image, self.labels, self.lesion, self.prompts_button, self.auto,
                      self.segment_button, self.clear_button, self.status])
         self.assist: Any = None
         self.worker: Any = None
+        self.busy = False
         self.last: dict[str, Any] = {}
         self.prompts_button.changed.connect(self.add_prompt_layers)
         self.segment_button.changed.connect(self.segment)
@@ -112,7 +114,7 @@ class Sam2Widget(Container):
         if image is None or labels is None:
             show_error("SAM 2: choose the OCT image and the lesion labels layer")
             return None
-        if self.worker is not None and self.worker.is_running:
+        if self.busy:  # one prompt at a time (a queued worker may not have started yet)
             return None
         from oct_wsss.napari._imports import preload_sam2
 
@@ -128,6 +130,8 @@ class Sam2Widget(Container):
         self.worker = _segment_worker(self, str(ckpt), bscan, prompt, key)
         self.worker.returned.connect(lambda out: self._paint(labels, i, *out))
         self.worker.errored.connect(lambda err: show_error(f"SAM 2 failed: {err}"))
+        self.worker.finished.connect(self._idle)
+        self.busy, self.last = True, {}
         self.status.value = f"B-scan {i}: computing the image embedding (once per B-scan) ..." \
             if self.assist is None or key not in self.assist.backend.cache else f"B-scan {i}: segmenting ..."
         self.worker.start()
@@ -146,6 +150,9 @@ class Sam2Widget(Container):
         embed = f"embedding {a.last_embed_s:.1f} s" if embedded else "embedding cached"
         self.status.value = (f"B-scan {i}: {int(mask.sum())} px → {ONTOLOGY[class_id].key.upper()} (score {score:.2f};"
                              f" {embed}, prompt {1000 * a.last_prompt_s:.0f} ms)")
+
+    def _idle(self) -> None:
+        self.busy = False
 
     def clear(self, *_: Any) -> None:
         """Remove every prompt (points and boxes)."""
