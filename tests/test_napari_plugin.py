@@ -33,7 +33,8 @@ def test_manifest_validates_and_lists_every_contribution() -> None:
         "Synthetic OCT volume (healthy)",
     }
     assert [w.display_name for w in contributions.widgets] == ["Synthetic OCT phantom", "Propose lesions",
-                                                               "Review and accept"]
+                                                               "Review and accept", "Quantify", "Fine-tune",
+                                                               "SAM 2 assist"]
 
 
 def test_top_level_manifest_is_the_packaged_one() -> None:
