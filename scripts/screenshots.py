@@ -2,6 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --workflow STUDENT.safetensors
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --grader
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ def _shoot(viewer: napari.Viewer, name: str, zoom: float = 1.0) -> None:
 def workflow(student: Path) -> None:
     """The grader's view: Propose lesions run with a student checkpoint on the phantom, Review docked beside it."""
     from oct_wsss.napari._propose import PROPOSED
-
     from oct_wsss.synth import make_volume
 
     viewer = napari.Viewer(title="napari-oct-wsss")
@@ -54,8 +54,72 @@ def workflow(student: Path) -> None:
     viewer.close()
 
 
+def grader() -> None:
+    """Review (status strip, image-level labels), Quantify, Fine-tune (edit effort) and SAM 2 assist on a phantom whose
+    ground truth stands in for a proposal the grader edits."""
+    import tempfile
+
+    from oct_wsss.napari._layers import PROPOSED_KEY, labels_layer
+    from oct_wsss.napari._propose import PROPOSED
+    from oct_wsss.synth import make_volume
+
+    app = napari.qt.get_qapp()
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    phantom = make_volume(100, n_bscans=20, height=248, width=256,
+                          prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0, "hrf": 1.0})
+    spacing = phantom.volume.spacing_mm
+    viewer.add_image(phantom.volume.data, name="synthetic OCT (seed 100)", scale=spacing)
+    data, kwargs, _ = labels_layer(phantom.labels.copy(), spacing, PROPOSED)
+    layer = viewer.add_labels(data, **kwargs)
+    layer.metadata[PROPOSED_KEY] = {i: phantom.labels[i].copy() for i in range(len(phantom.labels))}
+    layer.metadata["oct_wsss_provenance"] = {"method": "student", "checkpoint": "demo-student.safetensors"}
+    busiest = int(np.argmax([(b > 0).sum() for b in phantom.labels]))
+
+    dock, review = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Review and accept")
+    review.labels.value = layer
+    review.project.value, review.grader.value = tempfile.mkdtemp(prefix="oct-wsss-project-"), "grader A"
+    review.open()
+    for i in range(busiest - 4, busiest):
+        viewer.dims.set_current_step(0, i)
+        layer.data[i][layer.data[i] == 5] = 0  # the grader erases the proposed HRF in these B-scans
+        review.accept()
+    viewer.dims.set_current_step(0, busiest + 1)
+    review.reject()
+    viewer.dims.set_current_step(0, busiest)
+    review.present[5].value = True  # the grader marks an HRF present that the mask does not outline
+    layer.refresh()
+    app.processEvents()
+    _shoot(viewer, "napari_review_status.png", zoom=1.3)
+    viewer.window.remove_dock_widget(dock)
+
+    dock, quantify = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Quantify")
+    quantify.labels.value = layer
+    quantify.refresh()
+    _shoot(viewer, "napari_quantify.png", zoom=1.3)
+    viewer.window.remove_dock_widget(dock)
+
+    dock, finetune = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Fine-tune")
+    finetune.project.value = review.project.value
+    finetune.parent_ckpt.value = str(REPO / "src" / "oct_wsss" / "weights" / "demo-student.safetensors")
+    finetune.summarise()
+    _shoot(viewer, "napari_finetune.png", zoom=1.3)
+    viewer.window.remove_dock_widget(dock)
+
+    dock, sam2 = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "SAM 2 assist")
+    sam2.checkpoint.value = ""
+    sam2.labels.value = layer
+    sam2.add_prompt_layers()
+    viewer.layers["SAM 2 positive"].add([busiest, 150, 128])
+    viewer.layers["SAM 2 negative"].add([busiest, 100, 150])
+    _shoot(viewer, "napari_sam2.png", zoom=1.3)
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    if len(sys.argv) > 1 and sys.argv[1] == "--grader":
+        grader()
+        return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--workflow":
         workflow(Path(sys.argv[2]))
         return 0

@@ -62,5 +62,5 @@ def test_cli_export_with_measurements(tmp_path, capsys) -> None:
     with open(tmp_path / "out" / "x_measurements_volume.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["class"] for r in rows} == {"srf", "hrf"}
-    assert main(["export", str(tmp_path / "labels.tif"), "--out", str(tmp_path / "o2"), "--formats", "eye"]) == 2
+    assert main(["export", str(tmp_path / "labels.tif"), "--out", str(tmp_path / "o2"), "--formats", "bmp"]) == 2
     assert "unknown export formats" in capsys.readouterr().err

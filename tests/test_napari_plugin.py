@@ -33,7 +33,8 @@ def test_manifest_validates_and_lists_every_contribution() -> None:
         "Synthetic OCT volume (healthy)",
     }
     assert [w.display_name for w in contributions.widgets] == ["Synthetic OCT phantom", "Propose lesions",
-                                                               "Review and accept"]
+                                                               "Review and accept", "Quantify", "Fine-tune",
+                                                               "SAM 2 assist"]
 
 
 def test_top_level_manifest_is_the_packaged_one() -> None:
@@ -150,7 +151,8 @@ def test_phantom_widget_adds_image_and_truth(make_napari_viewer) -> None:
 def test_wheel_ships_the_manifest(tmp_path: Path) -> None:
     """`pip install .` gets the manifest from the wheel, not from the checkout."""
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path)],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr

@@ -65,12 +65,12 @@ def _export(args: argparse.Namespace) -> None:
     from oct_wsss.io.label_export import export_labels, safe_name
 
     labels = read_labels(args.labels)
-    spacing = None
+    spacing, image = None, None
     if args.volume is not None:
         volume = read_volume(args.volume)
         if volume.shape != labels.shape:
             raise CliError(f"the labels are {labels.shape}, the volume {volume.shape}: not the same scan")
-        spacing = volume.spacing_mm
+        spacing, image = volume.spacing_mm, volume.data
     elif args.spacing:
         try:
             spacing = tuple(float(v) for v in args.spacing.split(","))
@@ -80,7 +80,8 @@ def _export(args: argparse.Namespace) -> None:
             raise CliError("--spacing takes three numbers: Z,Y,X in mm")
     name = safe_name(args.name or Path(args.labels).stem)
     try:
-        paths = export_labels(labels, args.out, name, tuple(f.strip() for f in args.formats.split(",")), spacing)
+        paths = export_labels(labels, args.out, name, tuple(f.strip() for f in args.formats.split(",")), spacing,
+                              image)
     except ValueError as err:
         raise CliError(str(err)) from err
     if spacing is not None:
@@ -121,7 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("labels", type=Path, help="labels.tif or a mask folder (ontology ids)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--name", help="file-name stem (default: the labels' stem; sanitised, never a path)")
-    p.add_argument("--formats", default="tiff,npy,png", help="comma-separated: tiff, npy, png (all)")
+    p.add_argument("--formats", default="tiff,npy,png",
+                   help="comma-separated: tiff, npy, png, eye (eyepy; needs --volume) (tiff,npy,png)")
     p.add_argument("--volume", type=Path, help="the OCT the labels belong to (for spacing)")
     p.add_argument("--spacing", help="Z,Y,X spacing in mm when no --volume is given")
     p.set_defaults(func=_export)

@@ -12,21 +12,35 @@ from typing import Any
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QSettings
+from napari.utils.notifications import Notification, notification_manager, show_error, show_info, show_warning
+from qtpy.QtCore import QSettings, QTimer
 
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.napari._confidence import ConfidenceLayers
+from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, labels_layer
-from oct_wsss.propose.registry import METHODS, load_proposer, preload, stream
+from oct_wsss.propose.registry import METHODS, load_proposer, stream
 from oct_wsss.volume import OctVolume
+from oct_wsss.weights import bundled_checkpoints
 
 PROPOSED = "lesions (proposed)"
 HRF_PROPOSED = "HRF (proposed)"
 RANGES = ("all", "current", "from-to")
+OTHER = "other file (below)"
 
 
 def legend_html() -> str:
@@ -52,6 +66,14 @@ def fix_for(err: BaseException) -> str:
     return "check the image layer and the options"
 
 
+class WorkerFailed(Exception):
+    """A RuntimeError (e.g. ProposalError) from the worker, carried to the main thread; superqt would swallow it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class ProposeWidget(Container):
     """Dock widget: Propose runs in a worker thread with a progress bar and a Cancel button."""
 
@@ -62,7 +84,9 @@ class ProposeWidget(Container):
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.method = ComboBox(label="method", choices=sorted(METHODS), value="student" if "student" in METHODS
                                else sorted(METHODS)[0])
-        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors")
+        self.known = ComboBox(label="checkpoint", choices=[OTHER], value=OTHER,
+                              tooltip="bundled demo checkpoints first, then the ones used or fine-tuned recently")
+        self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"), value="auto")
         self.range = ComboBox(label="B-scans", choices=RANGES, value="all")
         self.first = SpinBox(label="from", min=0, max=10**6)
@@ -73,22 +97,30 @@ class ProposeWidget(Container):
                                   tooltip="most foci per B-scan; 0 keeps the checkpoint's (6)")
         self.sam2 = FileEdit(label="SAM 2 checkpoint", mode="r", filter="*.pt",
                              tooltip="a sam2.1 checkpoint file; without one HRF uses the classical region step")
+        self.confidence = CheckBox(label="confidence layers", value=False,
+                                   tooltip="one Image layer per class with the model's per-pixel score")
         self.run_button = PushButton(text="Propose")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.legend = Label(value=legend_html())
-        self.extend([self.image, self.method, self.checkpoint, self.device, self.range, self.first, self.last,
-                     self.threshold, self.iterations, self.sam2, self.run_button, self.cancel_button, self.status,
-                     self.legend])
+        self.extend([self.image, self.method, self.known, self.checkpoint, self.device, self.range, self.first,
+                     self.last, self.threshold, self.iterations, self.sam2, self.confidence, self.run_button,
+                     self.cancel_button, self.status, self.legend])
         self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
+        self.scores: ConfidenceLayers | None = None
         self._cancel = False
         self.method.changed.connect(self._restore_checkpoint)
+        self.method.changed.connect(self.prepare_layer)
+        self.known.changed.connect(self._pick_known)
+        self.checkpoint.changed.connect(self._sync_known)
         self.run_button.changed.connect(self.propose)
         self.cancel_button.changed.connect(self.cancel)
+        self.image.changed.connect(self.prepare_layer)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
         self._restore_checkpoint()
+        self.prepare_layer()
 
     def _accepted(self) -> set[int]:
         """B-scans the Review widget marked accepted on this method's proposal layer."""
@@ -96,10 +128,40 @@ class ProposeWidget(Container):
             return set()
         return set(self.viewer.layers[self.target_name].metadata.get(ACCEPTED_KEY, set()))
 
+    def checkpoint_choices(self) -> list[tuple[str, str]]:
+        """(label, path) of the method's bundled demo checkpoint first, then recent ones, then 'other file'."""
+        method = self.method.value
+        demo = bundled_checkpoints().get(method)
+        choices = [(f"demo: {demo.name}", str(demo))] if demo is not None else []
+        recent = list(self.settings.value(f"recent/{method}", []) or [])
+        saved = self.settings.value(f"checkpoint/{method}", "")
+        for path in ([saved] if saved else []) + recent:
+            if Path(path).is_file() and path not in [p for _, p in choices]:
+                choices.append((Path(path).name, path))
+        return choices + [(OTHER, OTHER)]
+
+    def refresh_checkpoints(self) -> None:
+        """Relist the checkpoints (e.g. after a fine-tune registered a new version) and select the remembered one."""
+        self._restore_checkpoint()
+
+    def _sync_known(self, *_: Any) -> None:
+        path = str(self.checkpoint.value or "")
+        self.known.value = path if path in self.known.choices else OTHER
+
+    def _pick_known(self, *_: Any) -> None:
+        if self.known.value != OTHER:
+            self.checkpoint.value = self.known.value
+
     def _restore_checkpoint(self, *_: Any) -> None:
+        choices = self.checkpoint_choices()
+        with self.known.changed.blocked():
+            self.known.choices = []  # else magicgui keeps the selected item in front
+            self.known.choices = choices
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
+        self.known.value = saved if saved in [p for _, p in choices] else choices[0][1]
         if saved:
             self.checkpoint.value = saved
+        self._pick_known()
         hrf = self.method.value == "hrf"
         self.iterations.visible = self.sam2.visible = hrf
         if hrf and self.settings.value("sam2", ""):
@@ -119,15 +181,15 @@ class ProposeWidget(Container):
         """HRF proposals get their own layer; every other method fills "lesions (proposed)"."""
         return HRF_PROPOSED if self.method.value == "hrf" else PROPOSED
 
-    def bscans(self, n_bscans: int) -> list[int]:
-        """The B-scans the range control names, in range, minus the protected ones."""
+    def bscans(self, n_bscans: int, skip: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """The B-scans the range control names, in range, minus the protected ones (and ``skip``)."""
         if self.range.value == "current":
             todo = [int(self.viewer.dims.current_step[0])]
         elif self.range.value == "from-to":
             todo = list(range(max(0, self.first.value), min(n_bscans - 1, self.last.value) + 1))
         else:
             todo = list(range(n_bscans))
-        keep = self.protected()
+        keep = self.protected() | set(skip)
         return [i for i in todo if 0 <= i < n_bscans and i not in keep]
 
     def proposed_layer(self, shape: tuple[int, ...], scale: tuple[float, ...]) -> Any:
@@ -140,8 +202,15 @@ class ProposeWidget(Container):
         data, kwargs, _ = labels_layer(np.zeros(shape, np.uint8), tuple(scale), name)
         return self.viewer.add_labels(data, **kwargs)
 
-    def propose(self, *_: Any) -> Any:
-        """Start a proposal run; returns the worker (tests wait on it)."""
+    def prepare_layer(self, *_: Any) -> None:
+        """Make the proposal layer as soon as an image is chosen: creating a layer blocks napari for up to a second
+        on a slow machine, which should not happen while a proposal streams in."""
+        layer = self.image.value
+        if layer is not None and np.ndim(layer.data) == 3:
+            self.proposed_layer(tuple(layer.data.shape), tuple(float(s) for s in layer.scale[-3:]))
+
+    def propose(self, *_: Any, skip: set[int] | frozenset[int] = frozenset()) -> Any:
+        """Start a proposal run (leaving out ``skip``, e.g. the reviewed B-scans); returns the worker."""
         layer = self.image.value
         if layer is None:
             show_error("Propose: open an OCT volume first (File > Open, or a sample)")
@@ -158,7 +227,7 @@ class ProposeWidget(Container):
             return None
         scale = [float(s) for s in layer.scale[-3:]]
         volume = OctVolume(data, spacing_mm=tuple(([1.0] * 3 + scale)[-3:]))
-        todo = self.bscans(volume.n_bscans)
+        todo = self.bscans(volume.n_bscans, skip)
         if not todo:
             show_info("Propose: every B-scan in that range is already accepted")
             return None
@@ -168,12 +237,14 @@ class ProposeWidget(Container):
             self.settings.setValue("sam2", str(options["sam2_checkpoint"]))
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
         target.metadata["oct_wsss_provenance"] = {"method": self.method.value, "checkpoint": Path(ckpt).name}
+        self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
         self._cancel = False
-        preload(self.method.value)  # on the main thread: some first imports crash in a worker thread
-        bar = progress(total=len(todo), desc=f"Proposing ({self.method.value})")
-        self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel)
+        preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
+        bar = _Progress(len(todo), f"Proposing ({self.method.value})")
+        self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
+                                      self.scores is not None)
         self.worker.yielded.connect(lambda result: self._show(target, result, bar))
-        self.worker.errored.connect(lambda err: show_error(f"Propose failed: {err} — {fix_for(err)}"))
+        self.worker.errored.connect(self._failed)
         self.worker.warned.connect(
             lambda info: show_warning(f"Propose: {info[0] if isinstance(info, tuple) else info}"))
         self.worker.finished.connect(lambda: self._done(bar))
@@ -182,13 +253,33 @@ class ProposeWidget(Container):
         self.worker.start()
         return self.worker
 
+    def _failed(self, err: BaseException) -> None:
+        """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU."""
+        err = err.cause if isinstance(err, WorkerFailed) else err
+        message = f"Propose failed: {err} — {fix_for(err)}"
+        if "out of memory" not in str(err).lower() or self.device.value == "cpu":
+            show_error(message)
+            return
+        notification_manager.dispatch(Notification(message, "error", actions=[("Run on CPU", self.run_on_cpu)]))
+
+    def run_on_cpu(self, *_: Any) -> Any:
+        """Switch the device to CPU and propose again (the out-of-memory notification's action)."""
+        self.device.value = "cpu"
+        return self.propose()
+
     def _show(self, target: Any, result: Any, bar: Any) -> None:
+        if isinstance(result, tuple):  # ("classes", ids): the model is loaded; its confidence layers can be made
+            if self.scores is not None:
+                self.scores.prepare(result[1])
+            return
         if result.index in self.protected():
             return
+        if self.scores is not None and result.scores is not None:
+            self.scores.put(result.index, result.scores)
         target.data[result.index] = result.labels
         target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
         target.refresh()
-        bar.update(1)
+        bar.step()
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)
             self.status.value = f"B-scan {result.index} proposed"
 
@@ -204,8 +295,45 @@ class ProposeWidget(Container):
             self.worker.quit()
 
 
+class _Progress:
+    """A napari progress bar updated at most every 250 ms, each update its own event (updating it redraws napari)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc, self.done, self.shown, self.bar = total, desc, 0, 0, None
+        self.timer = QTimer()
+        self.timer.setInterval(250)
+        self.timer.timeout.connect(self._update)
+        QTimer.singleShot(0, self._create)  # after the click returns, so the click handler stays short
+
+    def _create(self) -> None:
+        if self.bar is None and self.timer is not None:
+            self.bar = progress(total=self.total, desc=self.desc)
+            if self.timer is None:  # the run ended while the bar was being made
+                self.bar.close()
+            else:
+                self.timer.start()
+
+    def step(self) -> None:
+        self.done += 1
+
+    def _update(self) -> None:
+        if self.bar is not None and self.done > self.shown:
+            self.bar.update(self.done - self.shown)
+            self.shown = self.done
+
+    def close(self) -> None:
+        self.timer.stop()
+        self.timer = None
+        if self.bar is not None:
+            self.bar.close()
+
+
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
 def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volume: OctVolume, todo: list[int],
-                    cancelled: Callable[[], bool]):
-    proposer = load_proposer(method, checkpoint, **options)
-    yield from stream(proposer, volume, todo, cancel=cancelled)
+                    cancelled: Callable[[], bool], keep_scores: bool = False):
+    try:
+        proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
+        yield ("classes", tuple(proposer.classes))
+        yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
+    except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors (no errored, no finished signal)
+        raise WorkerFailed(err) from err

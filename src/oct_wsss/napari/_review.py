@@ -4,7 +4,9 @@ unreviewed B-scans, and restore accepted work when a volume is reopened.
 The grader edits with napari's own label tools; Accept writes the B-scan's mask (with its pixels and the proposal it
 started from) through ``CorrectionStore.accept`` — the same call a script makes. Accepted B-scans are listed in the
 reviewed layer's metadata (``oct_wsss_accepted``), which the Propose widget reads so it never overwrites them.
-Shortcuts: Shift-A accept, Shift-R reject, Shift-N next unreviewed, Shift-P previous.
+Shortcuts: Shift-A accept, Shift-R reject, Shift-N next unreviewed, Shift-P previous. A strip shows every B-scan's
+status (click to jump); per-class checkboxes hold the B-scan's image-level labels, derived from the mask until the
+grader toggles one, and are stored with the accept.
 """
 
 from pathlib import Path
@@ -12,12 +14,14 @@ from typing import Any
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, LineEdit, PushButton, create_widget
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, PushButton, create_widget
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
+from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
-from oct_wsss.store import ACCEPTED, REJECTED, CorrectionStore, StoreError
+from oct_wsss.napari._status_strip import StatusStrip
+from oct_wsss.store import ACCEPTED, REJECTED, CorrectionStore, StoreError, derived_labels
 from oct_wsss.store.store import DB_FILE
 
 
@@ -36,10 +40,23 @@ class ReviewWidget(Container):
         buttons = [PushButton(text=t) for t in ("Accept (⇧A)", "Reject (⇧R)", "Next unreviewed (⇧N)",
                                                 "Previous (⇧P)")]
         self.status = Label(value="no project open")
-        self.extend([self.image, self.labels, self.project, self.grader, self.open_button, *buttons, self.status])
+        self.present = {c.id: CheckBox(text=c.key.upper(), value=False, tooltip=f"{c.name} present in this B-scan")
+                        for c in ONTOLOGY[1:]}
+        self.present_row = Container(widgets=list(self.present.values()), layout="horizontal", labels=False,
+                                     label="image labels")
+        self.extend([self.image, self.labels, self.project, self.grader, self.open_button, *buttons,
+                     self.present_row, self.status])
+        self.strip = StatusStrip(lambda i: self.viewer.dims.set_current_step(0, i))
+        self.native.layout().addWidget(self.strip)
         self.store: CorrectionStore | None = None
         self.volume_id = ""
         self.decisions: dict[int, str] = {}
+        self.image_labels: dict[int, set[int]] = {}  # B-scan -> the grader's own image-level labels (toggled)
+        self._setting = False
+        for cid, box in self.present.items():
+            box.changed.connect(lambda value, c=cid: self._toggle(c, value))
+        viewer.dims.events.current_step.connect(self._show_labels)
+        self.labels.changed.connect(self._show_labels)
         self.open_button.changed.connect(self.open)
         for button, action in zip(buttons, (self.accept, self.reject, self.next_unreviewed, self.previous),
                                   strict=True):
@@ -78,9 +95,39 @@ class ReviewWidget(Container):
             if c.bscan < labels.data.shape[0]:
                 labels.data[c.bscan] = c.arrays()["mask"]
         labels.refresh()
+        n = labels.data.shape[0]
+        self.image_labels = {c.bscan: set(c.labels) for c in self.store.corrections(self.volume_id)
+                             if c.bscan < n and set(c.labels) != set(derived_labels(labels.data[c.bscan]))}
         labels.metadata[ACCEPTED_KEY] = {i for i, s in self.decisions.items() if s == ACCEPTED}
         self._show()
         return True
+
+    def present_labels(self, bscan: int) -> set[int]:
+        """The image-level labels of ``bscan``: the grader's toggles, else the lesion ids in its mask."""
+        if bscan in self.image_labels:
+            return set(self.image_labels[bscan])
+        layer = self.labels.value
+        if layer is None or bscan >= layer.data.shape[0]:
+            return set()
+        return set(derived_labels(np.asarray(layer.data[bscan])))
+
+    def _toggle(self, class_id: int, value: bool) -> None:
+        if self._setting:
+            return
+        present = self.present_labels(self.current)
+        present = present | {class_id} if value else present - {class_id}
+        self.image_labels[self.current] = present
+
+    def _show_labels(self, *_: Any) -> None:
+        """Set the checkboxes to the current B-scan's image-level labels (without counting it as a toggle)."""
+        present = self.present_labels(self.current)
+        self._setting = True
+        try:
+            for cid, box in self.present.items():
+                box.value = cid in present
+        finally:
+            self._setting = False
+        self._show_strip()
 
     def _ready(self) -> bool:
         return self.store is not None or self.open()
@@ -95,7 +142,7 @@ class ReviewWidget(Container):
         try:
             c = self.store.accept(self.volume_id, i, np.asarray(labels.data[i]), image=np.asarray(image.data[i]),
                                   proposal=proposed, proposal_info=labels.metadata.get("oct_wsss_provenance", {}),
-                                  grader=self.grader.value)
+                                  grader=self.grader.value, labels=tuple(sorted(self.present_labels(i))))
         except (StoreError, ValueError) as err:
             show_error(f"Accept failed, nothing was recorded: {err}")
             return
@@ -132,3 +179,8 @@ class ReviewWidget(Container):
         accepted = sum(s == ACCEPTED for s in self.decisions.values())
         rejected = sum(s == REJECTED for s in self.decisions.values())
         self.status.value = f"{accepted} accepted, {rejected} rejected, {n - accepted - rejected} unreviewed of {n}"
+        self._show_labels()
+
+    def _show_strip(self) -> None:
+        n = self.viewer.dims.nsteps[0] if self.viewer.dims.ndim else 0
+        self.strip.set_status([self.decisions.get(i, "unreviewed") for i in range(n)], self.current)

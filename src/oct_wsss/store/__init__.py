@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from oct_wsss.store.effort import Effort, edit_effort
 from oct_wsss.store.store import ACCEPTED, REJECTED, Correction, CorrectionStore, StoreError, changes, derived_labels
 
-__all__ = ["ACCEPTED", "REJECTED", "Correction", "CorrectionStore", "StoreError", "changes", "derived_labels"]
+__all__ = ["ACCEPTED", "REJECTED", "Correction", "CorrectionStore", "Effort", "StoreError", "changes", "derived_labels",
+           "edit_effort"]

@@ -118,14 +118,20 @@ class CorrectionStore:
 
     def accept(self, volume: str, bscan: int, mask: np.ndarray, *, image: np.ndarray | None = None,
                proposal: np.ndarray | None = None, proposal_info: dict[str, Any] | None = None,
-               grader: str = "") -> Correction:
-        """Record the grader's mask for one B-scan; returns once it is durable (file fsync'ed, row committed)."""
+               grader: str = "", labels: tuple[int, ...] | None = None) -> Correction:
+        """Record the grader's mask for one B-scan; returns once it is durable (file fsync'ed, row committed).
+
+        ``labels``: the image-level labels as the grader set them; by default derived from the mask.
+        """
         mask = np.asarray(mask)
         if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0 \
                 or mask.max(initial=0) >= len(ONTOLOGY):
             raise ValueError(f"a mask is a 2-D array of ontology ids 0..{len(ONTOLOGY) - 1}; got {mask.dtype} "
                              f"{mask.shape}")
         mask = mask.astype(np.uint8)
+        if labels is not None and not set(labels) <= set(range(1, len(ONTOLOGY))):
+            raise ValueError(f"image-level labels are lesion ids 1..{len(ONTOLOGY) - 1}; got {sorted(labels)}")
+        labels = derived_labels(mask) if labels is None else tuple(sorted(int(c) for c in set(labels)))
         for name, other in (("image", image), ("proposal", proposal)):
             if other is not None and np.shape(other) != mask.shape:
                 raise ValueError(f"the {name} is {np.shape(other)}, the mask {mask.shape}")
@@ -139,7 +145,7 @@ class CorrectionStore:
             if proposal is not None:
                 arrays["proposal"] = np.asarray(proposal, np.uint8)
             sha = self._write_npz(self.root / rel, arrays)
-            row = Correction(volume, int(bscan), ACCEPTED, version, derived_labels(mask), changes(mask, proposal),
+            row = Correction(volume, int(bscan), ACCEPTED, version, labels, changes(mask, proposal),
                              proposal_info or {}, grader, _now(), self.root / rel, sha)
             self._insert(con, row, rel.as_posix())
             con.execute("COMMIT")

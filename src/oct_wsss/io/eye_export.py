@@ -1,0 +1,53 @@
+"""eyepy's ``.eye`` file with the lesion annotations attached, so eyepy and eyelab users open the grader's work.
+
+Each lesion class present becomes one eyepy pixel annotation (a boolean voxel map named by the class key, with the
+ontology id and colour in its meta) on an ``EyeVolume`` holding the OCT B-scans and their spacing in mm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from oct_wsss.classes import BACKGROUND, ONTOLOGY, by_key
+from oct_wsss.io.export import atomic_write
+
+
+def export_eye(labels: np.ndarray, image: np.ndarray, path: str | Path,
+               spacing_mm: tuple[float, float, float] | None = None) -> Path:
+    """Write ``path`` (.eye): the OCT ``image`` (n, H, W) with one pixel annotation per lesion class in ``labels``."""
+    import eyepy
+    from eyepy.core.eyemeta import EyeBscanMeta, EyeVolumeMeta
+
+    labels, image = np.asarray(labels, np.uint8), np.asarray(image)
+    if labels.ndim != 3 or labels.shape != image.shape:
+        raise ValueError(f"an .eye export needs the labels and the OCT B-scans in one shape (n, H, W); got labels "
+                         f"{labels.shape} and image {image.shape}")
+    n, _, width = labels.shape
+    z, y, x = (float(s) for s in spacing_mm) if spacing_mm is not None else (1.0, 1.0, 1.0)
+    unit = "mm" if spacing_mm is not None else "pixel"
+    bscans = [EyeBscanMeta(start_pos=(0.0, (n - 1 - i) * z), end_pos=((width - 1) * x, (n - 1 - i) * z),
+                           pos_unit=unit) for i in range(n)]
+    meta = EyeVolumeMeta(scale_z=z, scale_x=x, scale_y=y, scale_unit=unit, bscan_meta=bscans)
+    volume = eyepy.EyeVolume(image.astype(np.float32), meta=meta)
+    for c in ONTOLOGY:
+        if c.id != BACKGROUND and (labels == c.id).any():
+            colour = "".join(f"{round(255 * v):02x}" for v in c.colour[:3])
+            volume.add_pixel_annotation(labels == c.id, meta={"name": c.key, "oct_wsss_id": c.id, "current_color":
+                                                              colour})
+    path = Path(path)
+    atomic_write(path, lambda tmp: volume.save(tmp), ".eye")
+    return path
+
+
+def read_eye_labels(path: str | Path) -> np.ndarray:
+    """The ontology-id label volume back from an ``.eye`` file written by :func:`export_eye`."""
+    import eyepy
+
+    volume = eyepy.EyeVolume.load(path)
+    labels = np.zeros(volume.shape, np.uint8)
+    for annotation in volume.volume_maps.values():
+        meta = annotation.meta  # written by export_eye, else a class key as the name (e.g. drawn in eyelab)
+        labels[np.asarray(annotation.data, bool)] = int(meta.get("oct_wsss_id") or by_key(meta["name"]).id)
+    return labels

@@ -1,0 +1,66 @@
+"""Proposal edit effort per model version: how much of what a model proposed graders kept, removed and added.
+
+Counted per class over accepted B-scans that kept their proposal: ``kept`` = proposed pixels the grader left in
+that class, ``removed`` = proposed pixels taken out of it, ``added`` = pixels of the class the grader painted that
+the proposal did not have. Shares are of the proposed pixels (``added_share`` may pass 1). The honest measure of
+how useful a model's proposals are to graders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from oct_wsss.classes import BACKGROUND
+from oct_wsss.store.store import Correction
+
+
+@dataclass(frozen=True)
+class Effort:
+    """Edit effort of one model version (``model``: the checkpoint file it came from) over ``bscans`` B-scans."""
+
+    model: str
+    bscans: int
+    proposed: int
+    kept: int
+    removed: int
+    added: int
+
+    @property
+    def kept_share(self) -> float:
+        return self.kept / self.proposed if self.proposed else float("nan")
+
+    @property
+    def removed_share(self) -> float:
+        return self.removed / self.proposed if self.proposed else float("nan")
+
+    @property
+    def added_share(self) -> float:
+        return self.added / self.proposed if self.proposed else float("nan")
+
+
+def bscan_effort(mask: np.ndarray, proposal: np.ndarray) -> tuple[int, int, int, int]:
+    """(proposed, kept, removed, added) lesion pixels of one B-scan, class by class."""
+    lesion_p, lesion_m = proposal != BACKGROUND, mask != BACKGROUND
+    same = proposal == mask
+    proposed, kept = int(lesion_p.sum()), int((lesion_p & same).sum())
+    return proposed, kept, proposed - kept, int((lesion_m & ~same).sum())
+
+
+def edit_effort(corrections: Iterable[Correction]) -> list[Effort]:
+    """One :class:`Effort` per model version (``proposal["checkpoint"]``) over the accepted corrections."""
+    totals: dict[str, list[int]] = {}
+    for c in corrections:
+        if c.mask_file is None:
+            continue
+        arrays = c.arrays()
+        if "proposal" not in arrays:
+            continue
+        model = str(c.proposal.get("checkpoint") or c.proposal.get("method") or "unknown")
+        row = totals.setdefault(model, [0, 0, 0, 0, 0])
+        row[0] += 1
+        for k, v in enumerate(bscan_effort(arrays["mask"], arrays["proposal"]), start=1):
+            row[k] += v
+    return [Effort(model, *values) for model, values in sorted(totals.items())]
