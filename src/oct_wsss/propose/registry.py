@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss import __version__
+from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.propose.proposal import (
     BscanResult,
     Cancel,
@@ -59,7 +60,12 @@ def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Propos
         options["device"] = resolve_device(options.get("device") or "auto")
     except ValueError as err:
         raise ProposalError(str(err)) from err
-    return cls.from_checkpoint(checkpoint, **options)
+    try:
+        return cls.from_checkpoint(checkpoint, **options)
+    except CheckpointError:
+        raise
+    except ValueError as err:  # options or classes that do not fit the checkpoint: a user error, said in one line
+        raise ProposalError(f"{checkpoint}: {err}") from err
 
 
 def _check_volume(volume: OctVolume) -> None:
