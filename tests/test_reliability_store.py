@@ -66,7 +66,7 @@ def _child(root: str, volume: str, seed: int, fd: int, limit: int) -> None:
     code = 0
     try:
         _writer(root, volume, seed, fd, limit)
-    except BaseException as err:  # noqa: BLE001 - report anything to the parent through the exit status
+    except BaseException as err:  # report anything to the parent through the exit status
         os.write(fd, f"E {type(err).__name__}: {err}\n".encode())
         code = 3
     os._exit(code)
@@ -168,7 +168,7 @@ def crash_runs(root: Path, runs: int, seed: int) -> dict[str, int]:
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=30)
             totals["kills"] += 1
-        for proc, fd in (p for p, _ in procs):
+        for _proc, fd in (p for p, _ in procs):
             lines = _drain(fd)
             errors = [" ".join(line) for line in lines if line[0] == "E"]
             assert not errors, f"run {run}: a writer failed: {errors}"
@@ -204,7 +204,7 @@ def _enospc(what: str) -> OSError:
 
 
 class _FullFile:
-    """A file whose writes stop with ENOSPC once ``budget`` bytes were written (a partial last write, as a disk does)."""
+    """A file whose writes stop with ENOSPC after ``budget`` bytes (a partial last write, as a full disk does)."""
 
     def __init__(self, f, budget: int) -> None:
         self._f, self._budget = f, budget
