@@ -8,15 +8,14 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import npy_volume, tiny_student
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.cli import main
-from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.propose import load_proposer
 from oct_wsss.propose.sam2_backend import _read_checkpoint
 from oct_wsss.propose.student import StudentProposer
@@ -33,17 +32,11 @@ class _Payload:
 
 
 def _student(path: Path, **arch_changes) -> Path:
-    torch.manual_seed(0)
-    net = StudentNet(StudentConfig(n_outputs=3, width=4, depth=2))
-    arch = {**net.config.to_dict(), **arch_changes}
-    return Checkpoint.new(net.state_dict(), method="student", architecture={"student": arch}, classes=[1, 2],
-                          input_size=[32, 32], normalisation={"input": "unit"}).save(path)
+    return tiny_student(path, **arch_changes)
 
 
 def _volume(tmp_path: Path) -> Path:
-    path = tmp_path / "vol.npy"
-    np.save(path, np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8))
-    return path
+    return npy_volume(tmp_path / "vol.npy")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:
