@@ -87,8 +87,10 @@ def stream(proposer: Proposer, volume: OctVolume, bscans: Sequence[int] | None =
 def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | None = None, *,
             proposer: Proposer | None = None, bscans: Sequence[int] | None = None, device: str = "auto",
             progress: Progress | None = None, cancel: Cancel | None = None, keep_scores: bool = False,
-            **options: Any) -> Proposal:
+            labels: np.ndarray | None = None, **options: Any) -> Proposal:
     """Propose lesions for ``volume`` (all B-scans or ``bscans``) with a method and checkpoint, or a loaded proposer.
+
+    ``labels``: a zeroed uint8 (n, H, W) array to write into, e.g. a ``np.memmap`` for volumes too large to hold.
 
     Raises :class:`ProposalCancelled` (with the finished B-scans) when ``cancel()`` turns true.
     """
@@ -97,7 +99,7 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
             raise ValueError(f"method {method!r} needs a checkpoint file")
         proposer = load_proposer(method, checkpoint, device=device, **options)
     todo = list(range(volume.n_bscans)) if bscans is None else [int(i) for i in bscans]
-    result = Proposal.empty(volume, proposer.classes, keep_scores)
+    result = Proposal.empty(volume, proposer.classes, keep_scores, labels)
     t0 = time.perf_counter()
     for n, item in enumerate(stream(proposer, volume, todo, cancel=cancel, keep_scores=keep_scores), start=1):
         result.add(item)
