@@ -27,3 +27,17 @@ def npy_volume(path: Path, shape: tuple[int, int, int] = (2, 32, 32)) -> Path:
     """A random uint8 volume saved as ``.npy`` (readable by ``read_volume``)."""
     np.save(path, np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
     return path
+
+
+def report(name: str, figures: dict) -> None:
+    """Add ``figures`` under ``name`` to the JSON file named by ``OCT_RELIABILITY_REPORT`` (if set)."""
+    import json
+    import os
+
+    target = os.environ.get("OCT_RELIABILITY_REPORT")
+    if not target:
+        return
+    path = Path(target)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(name, {}).update(figures)
+    path.write_text(json.dumps(data, indent=2))

@@ -87,17 +87,14 @@ def test_tampered_architecture_fails_before_allocating(tmp_path: Path, method: s
         load_proposer(method, path, device="cpu")
 
 
-def test_mismatched_classes_and_method_are_clear(tmp_path: Path, capsys) -> None:
+def test_classes_that_do_not_fit_the_network_are_one_line(tmp_path: Path, capsys) -> None:
     path = _student(tmp_path / "s.safetensors")
     ckpt = Checkpoint.load(path)
     ckpt.meta["classes"] = [1, 2, 3]  # three classes declared, the network has 2 + background
     bad = Checkpoint(ckpt.state_dict, ckpt.meta).save(tmp_path / "classes.safetensors")
     code, err = _cli(capsys, "propose", str(_volume(tmp_path)), "--method", "student", "--checkpoint", str(bad),
                      "--out", str(tmp_path / "o"))
-    assert code == 2 and "outputs" in err and "classes" in err, err
-    code, err = _cli(capsys, "propose", str(_volume(tmp_path)), "--method", "agm", "--checkpoint", str(path),
-                     "--out", str(tmp_path / "o"))
-    assert code == 2 and "'student' checkpoint, expected 'agm'" in err, err
+    assert code == 2 and "outputs" in err and "classes" in err and len(err.splitlines()) == 1, err
 
 
 FUZZ_COUNTS: dict[str, int] = {"inputs": 0, "loaded": 0, "refused": 0}
@@ -145,7 +142,7 @@ def _fuzz(seed_file: bytes, tmp_path: Path, ops) -> None:
         path.unlink()
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_mutated_checkpoints_load_or_raise_checkpoint_error(seed_file: bytes, tmp_path: Path, ops) -> None:
@@ -159,4 +156,4 @@ def test_fuzz_counts_reported() -> None:
         data = json.loads(Path(target).read_text()) if Path(target).is_file() else {}
         data["checkpoint_fuzz"] = dict(FUZZ_COUNTS)
         Path(target).write_text(json.dumps(data, indent=2))
-    assert FUZZ_COUNTS["inputs"] in (0, 150)
+    assert FUZZ_COUNTS["inputs"] in (0, 120)
