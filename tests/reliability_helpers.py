@@ -8,8 +8,9 @@ import numpy as np
 
 
 def tiny_student(path: Path, *, classes: tuple[int, ...] = (1, 2), width: int = 4, depth: int = 2,
-                 input_size: tuple[int, int] = (32, 32), **arch_changes: object) -> Path:
-    """A ``student`` checkpoint with random (seeded) weights: a U-Net of ``width`` channels at ``input_size``."""
+                 input_size: tuple[int, int] = (32, 32), tamper: dict | None = None) -> Path:
+    """A ``student`` checkpoint with random (seeded) weights: a U-Net of ``width`` channels at ``input_size``;
+    ``tamper`` overrides architecture fields in the metadata only (the weights stay those of the real network)."""
     import torch
 
     from oct_wsss.checkpoint import Checkpoint
@@ -17,7 +18,7 @@ def tiny_student(path: Path, *, classes: tuple[int, ...] = (1, 2), width: int = 
 
     torch.manual_seed(0)
     net = StudentNet(StudentConfig(n_outputs=len(classes) + 1, width=width, depth=depth))
-    arch = {**net.config.to_dict(), **arch_changes}
+    arch = {**net.config.to_dict(), **(tamper or {})}
     return Checkpoint.new(net.state_dict(), method="student", architecture={"student": arch}, classes=list(classes),
                           input_size=list(input_size), normalisation={"input": "unit"},
                           training={"data": "random weights (tests)"}).save(path)

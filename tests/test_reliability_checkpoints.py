@@ -32,7 +32,7 @@ class _Payload:
 
 
 def _student(path: Path, **arch_changes) -> Path:
-    return tiny_student(path, **arch_changes)
+    return tiny_student(path, tamper=arch_changes)
 
 
 def _volume(tmp_path: Path) -> Path:
