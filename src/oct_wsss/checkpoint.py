@@ -18,7 +18,7 @@ import os
 import struct
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,8 +157,27 @@ class Checkpoint:
             raise CheckpointError(path, f"safetensors could not read the tensors: {e}") from e
         return cls(tensors, meta, hashlib.sha256(data).hexdigest())
 
+    def build(self, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """``factory()`` loaded with these weights, after a first build on torch's meta device (no memory): an
+        architecture in the metadata that does not fit the weights (e.g. a tampered width of 10^6) fails here."""
+        import torch
+
+        try:
+            with torch.device("meta"):
+                probe = factory()
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise CheckpointError(None, f"checkpoint {self.id}: its architecture {self.meta['architecture']} cannot "
+                                        f"be built ({str(err).splitlines()[0][:200]})") from err
+        self._check_fits(probe)
+        return self.load_into(factory())
+
     def load_into(self, module: torch.nn.Module) -> torch.nn.Module:
         """Strictly load the weights into ``module``; a mismatch lists missing, unexpected and mis-shaped keys."""
+        self._check_fits(module)
+        module.load_state_dict(self.state_dict, strict=True)
+        return module
+
+    def _check_fits(self, module: torch.nn.Module) -> None:
         own = module.state_dict()
         missing = sorted(set(own) - set(self.state_dict))
         unexpected = sorted(set(self.state_dict) - set(own))
@@ -178,8 +197,6 @@ class Checkpoint:
                 f"checkpoint {self.id} does not fit {type(module).__name__} built from its architecture "
                 f"{self.meta['architecture']}: " + "; ".join(parts),
             )
-        module.load_state_dict(self.state_dict, strict=True)
-        return module
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

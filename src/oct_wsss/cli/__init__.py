@@ -36,10 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     user_errors = (CliError, OctReadError, CheckpointError, ProposalError, TrainingError, StoreError, FileExistsError,
-                   FileNotFoundError, PermissionError)
+                   FileNotFoundError, PermissionError, OSError)  # OSError: e.g. a read-only or full disk
     try:
         args.func(args)
     except user_errors as err:
+        if isinstance(err, OSError) and err.filename and err.strerror:  # "[Errno 1] ...: '/x'" -> "/x: ..."
+            err = f"{err.filename}: {err.strerror}"
         print(f"oct-wsss {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

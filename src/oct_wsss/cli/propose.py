@@ -12,6 +12,7 @@ from oct_wsss.cli._common import CliError, parse_bscans
 def _propose(args: argparse.Namespace) -> None:
     from oct_wsss.io import read_volume
     from oct_wsss.propose import ProposalCancelled, load_proposer, propose
+    from oct_wsss.propose.proposal import scratch_labels
     from oct_wsss.propose.registry import write_proposal
 
     volume = read_volume(args.volume)
@@ -25,11 +26,13 @@ def _propose(args: argparse.Namespace) -> None:
     def progress(done: int, total: int) -> None:
         print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    try:
-        result = propose(volume, proposer=proposer, bscans=bscans, progress=progress, keep_scores=args.keep_scores)
-    except ProposalCancelled as err:
-        raise CliError(str(err)) from err
-    files = write_proposal(result, args.out)
+    with scratch_labels(volume.shape, args.out) as labels:  # labels of a large volume are not held in memory
+        try:
+            result = propose(volume, proposer=proposer, bscans=bscans, progress=progress,
+                             keep_scores=args.keep_scores, labels=labels)
+        except ProposalCancelled as err:
+            raise CliError(str(err)) from err
+        files = write_proposal(result, args.out)
     timing = result.provenance["timings"]
     print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
           f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")

@@ -51,7 +51,8 @@ def read_tiff(path: Path) -> OctVolume:
             needed, compressed = tiff_nbytes(tif)
             check_size(path, needed, path.stat().st_size, f"image series {series.shape} {series.dtype}",
                        compressed=compressed)
-            array = series.asarray()
+            # uncompressed and contiguous: memory-mapped (copy-on-write), read B-scan by B-scan when used
+            array = tifffile.memmap(path, series=0, mode="c") if series.dataoffset is not None else series.asarray()
             info = _tiff_json(tif)
             ij = tif.imagej_metadata or {}
             resolution = tif.pages[0].resolution if len(tif.pages) else None
@@ -105,7 +106,7 @@ def read_npy(path: Path) -> OctVolume:
     try:
         with open(path, "rb") as fh:
             _check_npy_header(path, fh, path.stat().st_size)
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="c", allow_pickle=False)  # lazy: B-scans are read when used (copy-on-write)
     except OctReadError:
         raise
     except Exception as exc:  # ValueError (pickled/corrupt), EOFError, OSError

@@ -27,7 +27,7 @@ def write_labels(path: str | Path, labels: np.ndarray, spacing_mm: tuple[float, 
     meta = {"ontology": {str(c.id): c.key for c in ONTOLOGY}}
     if spacing_mm is not None:
         meta["spacing_mm"] = [float(s) for s in spacing_mm]
-    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(np.uint8), photometric="minisblack",
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, np.asarray(labels, np.uint8), photometric="minisblack",
                                                compression="zlib", description=json.dumps(meta), metadata=None))
     return path
 

@@ -66,7 +66,7 @@ def normalise_array(
     if array.dtype == bool:
         return array.astype(np.uint8), meta
     meta["source_dtype"] = str(array.dtype)
-    if keep_unit_float and array.dtype == np.float32 and np.isfinite(array).all():
+    if keep_unit_float and array.dtype == np.float32 and all(np.isfinite(page).all() for page in array):
         lo, hi = float(array.min()), float(array.max())
         if 0.0 <= lo and hi <= 1.0:
             meta["source_range"] = [lo, hi]

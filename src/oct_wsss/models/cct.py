@@ -178,7 +178,7 @@ class Cct(nn.Module):
         self.tokenizer = Tokenizer(config)
         self.position = Position(config.grid(*config.input_size), config.dim)
         self.drop = nn.Dropout(config.dropout)
-        rates = torch.linspace(0, config.drop_path, config.layers).tolist()
+        rates = torch.linspace(0, config.drop_path, config.layers, device="cpu").tolist()  # also under meta
         self.blocks = nn.Sequential(*(EncoderLayer(config.dim, config.heads, config.mlp_ratio, config.dropout,
                                                    config.attention_dropout, r) for r in rates))
         self.norm = nn.LayerNorm(config.dim)

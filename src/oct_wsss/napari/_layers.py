@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,21 @@ PROPOSED_KEY = "oct_wsss_proposed"
 def display_name(volume: OctVolume) -> str:
     """A layer name from the file name, unless the file name carries the patient's name or an id."""
     stem = Path(str(volume.source.get("name") or "")).stem
-    identifying = [str(v).lower() for v in volume.patient.values() if v is not None and len(str(v)) >= 3]
-    if not stem or any(token in stem.lower() for token in identifying):
+    low, digits = stem.lower(), re.sub(r"\D", "", stem)
+    if not stem or any(token in (digits if token.isdigit() else low) for token in _identifying(volume.patient)):
         return f"OCT ({volume.source.get('format', 'volume')})"
     return stem
+
+
+def _identifying(patient: dict[str, Any]) -> set[str]:
+    """Parts of the patient fields a file name may carry: words (``Doe^Jane`` -> doe, jane) and digit runs
+    (``1943-08-17`` -> 19430817), so a name or date in another order or spelling is still recognised."""
+    tokens: set[str] = set()
+    for value in patient.values():
+        text = str(value).lower()
+        tokens.update(t for t in re.split(r"[^0-9a-z]+", text) if len(t) >= 3 and not t.isdigit())
+        tokens.update(t for t in (re.sub(r"\D", "", text), *re.findall(r"\d+", text)) if len(t) >= 4)
+    return tokens
 
 
 def image_layer(volume: OctVolume, name: str | None = None) -> LayerData:

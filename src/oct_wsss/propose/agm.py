@@ -87,14 +87,14 @@ class AgmProposer:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint, expect_method="agm")
         arch = ckpt.meta["architecture"]
         try:
-            net = AgmNet(AgmConfig.from_dict(arch["agm"]))
-            generator = Generator(GanomalyConfig.from_dict(arch["ganomaly"])) if arch.get("ganomaly") else None
+            net_config = AgmConfig.from_dict(arch["agm"])
+            gen_config = GanomalyConfig.from_dict(arch["ganomaly"]) if arch.get("ganomaly") else None
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid AGM architecture ({err})") from err
         split = _split_state(ckpt.state_dict, ("agm.", "generator."))
-        Checkpoint(split["agm."], ckpt.meta).load_into(net)
-        if generator is not None:
-            Checkpoint(split["generator."], ckpt.meta).load_into(generator)
+        net = Checkpoint(split["agm."], ckpt.meta).build(lambda: AgmNet(net_config))
+        generator = None if gen_config is None else \
+            Checkpoint(split["generator."], ckpt.meta).build(lambda: Generator(gen_config))
         params = ckpt.meta.get("params", {})
         settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
                     "cam_layers": params.get("cam_layers", DEFAULT_CAM_LAYERS),

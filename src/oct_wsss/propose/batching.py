@@ -34,8 +34,8 @@ def run_in_batches(items: Sequence[T], batch_size: int, work: Callable[[Sequence
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if batch_size == 1:
-                raise ProposalError("the GPU ran out of memory even with one B-scan per batch; "
-                                    "close other GPU programs or run on the CPU (device 'cpu')") from err
+                raise ProposalError("the GPU ran out of memory even with one B-scan per batch; close other GPU "
+                                    "programs or run on the CPU: --device cpu (device 'cpu' in the widget)") from err
             batch_size = max(1, batch_size // 2)
             if on_retry is not None:
                 on_retry(batch_size)

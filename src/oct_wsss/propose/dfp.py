@@ -69,11 +69,11 @@ class DfpProposer:
             raise CheckpointError(None, f"checkpoint {ckpt.id} is a {ckpt.method!r} checkpoint, expected 'dfp'")
         params = ckpt.meta.get("params", {})
         try:
-            net = DfpNet(DfpConfig.from_dict(ckpt.meta["architecture"]["dfp"]))
+            net_config = DfpConfig.from_dict(ckpt.meta["architecture"]["dfp"])
             stored = PropagationParams(**params.get("propagation", {}))
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid DFP architecture or params ({err})") from err
-        ckpt.load_into(net)
+        net = ckpt.build(lambda: DfpNet(net_config))
         options = {k: v for k, v in options.items() if v is not None}
         prop = {"kernel": stored.kernel, "threshold": stored.threshold, "delta": stored.delta}
         for key in PROPAGATION_OPTIONS:

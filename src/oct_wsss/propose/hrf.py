@@ -43,11 +43,10 @@ def build_classifier(ckpt: Checkpoint) -> Cct | MilNet:
     """The CCT or MIL network an ``hrf-cct`` / ``hrf-mil`` checkpoint describes, with its weights."""
     arch = ckpt.meta["architecture"]
     try:
-        net: Cct | MilNet = Cct(CctConfig.from_dict(arch["cct"])) if ckpt.method == "hrf-cct" \
-            else MilNet(MilConfig.from_dict(arch["mil"]))
+        config = CctConfig.from_dict(arch["cct"]) if ckpt.method == "hrf-cct" else MilConfig.from_dict(arch["mil"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid HRF architecture ({err})") from err
-    return ckpt.load_into(net)
+    return ckpt.build(lambda: Cct(config) if isinstance(config, CctConfig) else MilNet(config))
 
 
 class HrfProposer:

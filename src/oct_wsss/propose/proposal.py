@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,11 +55,16 @@ class Proposal:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, volume: OctVolume, classes: Sequence[int], keep_scores: bool = False) -> Proposal:
-        """All-background labels for ``volume``, nothing done yet."""
+    def empty(cls, volume: OctVolume, classes: Sequence[int], keep_scores: bool = False,
+              labels: np.ndarray | None = None) -> Proposal:
+        """All-background labels for ``volume``, nothing done yet; ``labels`` may be a zeroed array to fill (e.g. a
+        ``np.memmap``, so a volume's labels need not be held in memory)."""
         n, h, w = volume.shape
         k = len(classes)
-        return cls(labels=np.zeros((n, h, w), np.uint8), classes=tuple(int(c) for c in classes),
+        if labels is not None and (labels.shape != (n, h, w) or labels.dtype != np.uint8):
+            raise ValueError(f"labels must be uint8 {(n, h, w)}; got {labels.dtype} {labels.shape}")
+        return cls(labels=np.zeros((n, h, w), np.uint8) if labels is None else labels,
+                   classes=tuple(int(c) for c in classes),
                    probabilities=np.full((n, k), np.nan, np.float32), done=np.zeros(n, bool),
                    scores=np.zeros((n, k, h, w), np.float16) if keep_scores else None)
 
@@ -68,6 +76,19 @@ class Proposal:
         if self.scores is not None and result.scores is not None:
             self.scores[i] = result.scores.astype(np.float16)
         self.done[i] = True
+
+
+@contextmanager
+def scratch_labels(shape: tuple[int, int, int], folder: str | Path) -> Iterator[np.ndarray]:
+    """A zeroed uint8 memory map in ``folder`` (hidden name, removed on exit) for ``propose(labels=...)``: the labels
+    of a large volume then live in the page cache, not in the process's own memory."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".labels-{os.getpid()}.scratch.npy"
+    try:
+        yield np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape))
+    finally:
+        path.unlink(missing_ok=True)
 
 
 class Proposer(Protocol):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss import __version__
+from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.propose.proposal import (
     BscanResult,
     Cancel,
@@ -59,7 +60,12 @@ def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Propos
         options["device"] = resolve_device(options.get("device") or "auto")
     except ValueError as err:
         raise ProposalError(str(err)) from err
-    return cls.from_checkpoint(checkpoint, **options)
+    try:
+        return cls.from_checkpoint(checkpoint, **options)
+    except CheckpointError:
+        raise
+    except ValueError as err:  # options or classes that do not fit the checkpoint: a user error, said in one line
+        raise ProposalError(f"{checkpoint}: {err}") from err
 
 
 def _check_volume(volume: OctVolume) -> None:
@@ -81,8 +87,10 @@ def stream(proposer: Proposer, volume: OctVolume, bscans: Sequence[int] | None =
 def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | None = None, *,
             proposer: Proposer | None = None, bscans: Sequence[int] | None = None, device: str = "auto",
             progress: Progress | None = None, cancel: Cancel | None = None, keep_scores: bool = False,
-            **options: Any) -> Proposal:
+            labels: np.ndarray | None = None, **options: Any) -> Proposal:
     """Propose lesions for ``volume`` (all B-scans or ``bscans``) with a method and checkpoint, or a loaded proposer.
+
+    ``labels``: a zeroed uint8 (n, H, W) array to write into, e.g. a ``np.memmap`` for volumes too large to hold.
 
     Raises :class:`ProposalCancelled` (with the finished B-scans) when ``cancel()`` turns true.
     """
@@ -91,7 +99,7 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
             raise ValueError(f"method {method!r} needs a checkpoint file")
         proposer = load_proposer(method, checkpoint, device=device, **options)
     todo = list(range(volume.n_bscans)) if bscans is None else [int(i) for i in bscans]
-    result = Proposal.empty(volume, proposer.classes, keep_scores)
+    result = Proposal.empty(volume, proposer.classes, keep_scores, labels)
     t0 = time.perf_counter()
     for n, item in enumerate(stream(proposer, volume, todo, cancel=cancel, keep_scores=keep_scores), start=1):
         result.add(item)

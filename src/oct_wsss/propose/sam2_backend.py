@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oct_wsss.checkpoint import CheckpointError
+from oct_wsss.checkpoint import CheckpointError, import_torch_weights
 from oct_wsss.propose.inputs import to_unit
 from oct_wsss.propose.proposal import ProposalError
 
@@ -124,14 +124,13 @@ class Sam2Backend:
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The ``"model"`` state dict of a SAM 2 release checkpoint, read without unpickling code."""
+    """The ``"model"`` state dict of a SAM 2 release checkpoint (a pickle): ``torch.load(weights_only=True)``, which
+    rebuilds tensors only, with a warning that says so (``import_torch_weights``)."""
     if not path.is_file():
         raise CheckpointError(path, "SAM 2 checkpoint file not found; give the path of a downloaded sam2.1_*.pt")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return import_torch_weights(path)
+    except CheckpointError as err:
+        raise CheckpointError(path, f"not a SAM 2 checkpoint torch can read safely: {err.reason}") from err
     except Exception as err:  # torch raises several types for non-checkpoints
         raise CheckpointError(path, f"not a SAM 2 checkpoint torch can read safely ({type(err).__name__})") from err
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(path, "a SAM 2 checkpoint holds a dict with a 'model' state dict")
-    return state

@@ -63,10 +63,10 @@ class StudentProposer:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint,
                                                                                      expect_method="student")
         try:
-            net = StudentNet(StudentConfig.from_dict(ckpt.meta["architecture"]["student"]))
+            config = StudentConfig.from_dict(ckpt.meta["architecture"]["student"])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid student architecture ({err})") from err
-        ckpt.load_into(net)
+        net = ckpt.build(lambda: StudentNet(config))
         settings = {"threshold": ckpt.meta.get("params", {}).get("threshold")}
         settings.update({k: v for k, v in options.items() if v is not None})
         return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)

@@ -100,7 +100,8 @@ class CorrectionStore:
             con.execute("PRAGMA synchronous=FULL")
             yield con
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.db}: {err}") from err
+            advice = "; nothing was recorded (free disk space and try again)" if "full" in str(err) else ""
+            raise StoreError(f"{self.db}: {err}{advice}") from err
         finally:
             con.close()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from oct_wsss.checkpoint import Checkpoint
+from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import image_confusions, segmentation_scores
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.store import Correction, CorrectionStore
@@ -71,6 +72,12 @@ def finetune(store_dir: str | Path, parent: str | Path, *, out_dir: str | Path |
     accepted = store.corrections()
     if not accepted:
         raise TrainingError(f"{store.root} holds no accepted corrections yet; accept some B-scans first")
+    extra = sorted({c for correction in accepted for c in correction.labels} - set(base.classes))
+    if extra:  # they would silently be learnt as background
+        raise TrainingError(
+            f"the corrections in {store.root} hold {', '.join(f'{ONTOLOGY[c].key} ({c})' for c in extra)}, which "
+            f"{ckpt.id} does not predict (it predicts {', '.join(ONTOLOGY[c].key for c in base.classes)}); fine-tune "
+            "a student trained with those classes")
     train, held = holdout(accepted, held_out, seed)
     before = score(base, held)
     out = Path(out_dir) if out_dir is not None else store.root / "checkpoints"
