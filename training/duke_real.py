@@ -131,7 +131,7 @@ def run_fold(fold: int, train: list[Sample], test: list[Sample], args: argparse.
             "dfp_history": dfp.history[-1] if dfp.history else {}, "student_losses": info["losses"][-1:]}
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str = "Duke DME, leave-one-patient-out (5 patients)") -> None:
     """Dice of the fine-tuned student on held-out patients against the number of corrected B-scans."""
     import matplotlib
 
@@ -148,7 +148,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Duke DME, leave-one-patient-out (5 patients)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

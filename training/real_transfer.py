@@ -5,7 +5,8 @@
 
 Sets (all under ../shared/data, read by path): ``sjtu_srf_fewshot`` eye A (11 B-scans; SRF only is labelled, its
 intraretinal cysts are not, so it is scored SRF vs rest: predicted fluid counts as SRF and the unlabelled cysts count
-against it) and ``keshav_fau_amd_oct/pixel_masks`` (3 B-scans; a binary fluid-like mask, scored as fluid). For each
+against it) and ``keshav_fau_amd_oct/pixel_masks`` (3 B-scans; a binary fluid-like mask, scored as fluid); the Duke
+B-scans with fluid get the baseline only (the student learnt from Duke). For each
 set and predictor (the student; the dark-retina baseline) the truth and labels are written as
 ``OUT/<set>/<predictor>/{truth,pred}/<id>/labels.tif`` and scored with ``oct-wsss evaluate``; the report JSON lands
 beside them. Prints one table row per set and predictor.
@@ -63,7 +64,8 @@ def keshav(out: Path) -> LabelledSet:
             path = out / "keshav-masks" / f"{r['id']}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             iio.imwrite(path, (mask > 0).astype(np.uint8) * np.uint8(FLUID))
-            rows.append([str(root / r["image"]), str(path), "keshav-shared-cluster", str(i), str(int(mask.any()))])
+            rows.append([str(root / r["image"]), str(path.resolve()), "keshav-shared-cluster", str(i),
+                         str(int(mask.any()))])
     return load_dataset({"layout": "csv", "root": str(manifest(rows, out / "keshav-manifest.csv"))})
 
 
@@ -109,19 +111,24 @@ def main() -> None:
     def as_srf(image: np.ndarray) -> np.ndarray:
         return np.where(student.predict(image) == FLUID, np.uint8(SRF), np.uint8(0))
 
+    duke = load_dataset({"layout": "duke", "root": str(SHARED / "duke_dme_chiu2015")})
     sets = {"sjtu_srf_eyeA": (sjtu(args.out), "srf", (SRF,), as_srf, dark_retina_baseline(SRF)),
             "keshav_pixel_masks": (keshav(args.out), "fluid", (FLUID,), student.predict,
-                                   dark_retina_baseline(FLUID))}
+                                   dark_retina_baseline(FLUID)),
+            "duke_fluid_bscans": (LabelledSet([s for s in duke.samples if s.labels], duke.classes), "fluid",
+                                  (FLUID,), None, dark_retina_baseline(FLUID))}
     panels = []
     print("| set | predictor | B-scans | IoU | pooled Dice | per-image DSC |\n|---|---|---|---|---|---|")
     for name, (ds, cls, keep, learnt, baseline) in sets.items():
         for pname, predict in (("student", learnt), ("dark-retina baseline", baseline)):
+            if predict is None:  # the student learnt from Duke: scoring it on Duke here would be leakage
+                continue
             folder = args.out / name / pname.split()[0]
             written = write_eval_set(ds.samples, folder, predict, keep=keep)
             s = evaluate(written, folder / "report.json", cls)
             print(f"| {name} | {pname} | {len(ds.samples)} | {s['iou']:.4f} | {s['dice_pooled']:.4f} | "
                   f"{s['dice_per_image']:.4f} |", flush=True)
-        for sample in ds.samples[:2]:
+        for sample in ds.samples[:2] if learnt is not None else []:
             image = sample.load_image()
             truth = np.isin(sample.load_mask(), keep)
             panels.append((name, image, truth, learnt(image) > 0))
