@@ -16,10 +16,11 @@ Adapter = Callable[..., LabelledSet]
 
 
 def _adapters() -> dict[str, Adapter]:
-    from oct_wsss.training.datasets import duke, kermany, manifest, resc, synth
+    from oct_wsss.training.datasets import agm_reference, aroi, bonn, duke, kermany, manifest, resc, retouch, synth
 
     return {"synth": synth.load_synth, "resc": resc.load_resc, "duke": duke.load_duke,
-            "kermany": kermany.load_kermany, "csv": manifest.load_csv}
+            "kermany": kermany.load_kermany, "csv": manifest.load_csv, "retouch": retouch.load_retouch,
+            "aroi": aroi.load_aroi, "agm": agm_reference.load_agm_reference, "bonn": bonn.load_bonn}
 
 
 def layouts() -> tuple[str, ...]:

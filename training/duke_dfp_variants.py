@@ -1,0 +1,65 @@
+"""Why DFP's Duke pseudo labels were empty: the per-fold DFP networks of ``training/duke_real.py`` reloaded (their
+resumable state; no training) and scored with and without feature propagation.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python training/duke_dfp_variants.py --run runs/duke-real
+
+For each fold: the largest soft-label value on the held-out patient's fluid B-scans (0 = an empty soft label), the
+threshold chosen on the validation patient's masks, and pooled scores of ``dfp`` (propagation) and ``saliency``
+(the min-max saliency M alone, propagation off) with the image-level labels given. Writes RUN/dfp-variants.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from duke_real import DATA, dfp_labels, scores  # the sibling script (training/ is on sys.path when run as a file)
+
+from oct_wsss.classes import FLUID
+from oct_wsss.models.dfp import DfpConfig
+from oct_wsss.propose.dfp import DfpProposer
+from oct_wsss.training.data import patient_folds, patient_split
+from oct_wsss.training.datasets import load_dataset
+from oct_wsss.training.dfp import DfpTrainConfig, train_dfp
+from oct_wsss.training.dfp_recipe import choose_threshold
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/duke-real"))
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--dfp-epochs", type=int, default=15, help="the epochs the run trained (its state is reused)")
+    args = ap.parse_args()
+    folds = patient_folds(load_dataset({"layout": "duke", "root": str(args.data)}).samples, 5, seed=0)
+    truths, preds, per_fold = [], {"dfp": [], "saliency": []}, []
+    for i, (train, test) in enumerate(folds):
+        fit, val = patient_split(train, 0.25, seed=i)
+        cfg = DfpConfig(backbone="resnet18", n_classes=1, image_channels=1, width=16)
+        opts = DfpTrainConfig(epochs=args.dfp_epochs, batch_size=8, optimizer={"name": "adam", "lr": 1e-3},
+                              augment={"rotation": 10})
+        net = train_dfp(fit, val, (FLUID,), cfg, opts, (args.size,) * 2, args.run / f"fold{i}" / "dfp",
+                        device="cpu", seed=i, log=lambda _m: None).net  # resumes after the last epoch: no training
+        truths += [s.load_mask() for s in test]
+        row = {"fold": i, "test": sorted({s.patient for s in test})}
+        for name in preds:
+            proposer = DfpProposer(net, (FLUID,), (args.size,) * 2, device="cpu", propagate=name == "dfp")
+            fluid = [s for s in test if s.labels]
+            soft = [proposer.scores([s.load_image()], np.array([[True]]))[0] for s in fluid]
+            row[f"{name}_max_soft"] = float(max(float(x.max()) for x in soft)) if soft else None
+            proposer.threshold = choose_threshold(proposer, val, 0.5, True)
+            row[f"{name}_threshold"] = proposer.threshold
+            preds[name] += dfp_labels(proposer, test, True)
+        per_fold.append(row)
+        print(row, flush=True)
+    pooled = {name: scores(truths, p) for name, p in preds.items()}
+    for name, s in pooled.items():
+        print(name, json.dumps(s, default=float))
+    (args.run / "dfp-variants.json").write_text(json.dumps({"per_fold": per_fold, "pooled": pooled}, indent=2,
+                                                           default=float))
+
+
+if __name__ == "__main__":
+    main()
