@@ -50,7 +50,10 @@ def _demo(args: argparse.Namespace) -> None:
     except ImportError as err:  # the GUI is an extra
         raise CliError("the demo needs napari and a Qt binding: pip install 'napari-oct-wsss[gui]' "
                        "(or run it without a window: oct-wsss demo --headless --out DIR)") from err
+    from oct_wsss.propose.registry import preload
+
     ckpt = demo_checkpoint(args.method, args.checkpoint)
+    preload(args.method)  # before Qt starts: a first torchvision import (triton) under a live viewer crashed
     populate_demo(napari.Viewer(title="napari-oct-wsss demo"), propose=args.method, checkpoint=ckpt,
                   device=args.device)
     napari.run()
