@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +121,20 @@ def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: st
     raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf} or pseudo: {root: DIR}")
 
 
+def _distinct_volumes(*parts: list[Sample]) -> list[list[Sample]]:
+    """Splits whose volume ids collide (separate ``val_data``/``test_data`` sets named alike, e.g. two synthetic
+    sets' ``synth_0000``) get a split prefix, so each volume's pseudo labels have a folder of their own."""
+    seen = [{s.volume for s in part} for part in parts]
+    if all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:]):
+        return list(parts)
+    return [[replace(s, volume=f"{name}-{s.volume}", patient=f"{name}-{s.patient}") for s in part]
+            for name, part in zip(("train", "val", "test"), parts, strict=True)]
+
+
 def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                 cancel: Callable[[], bool] | None) -> Path:
     """Train the student the recipe describes; writes ``run_dir/student.safetensors`` and the test comparison."""
-    train, val, test = recipe.splits()
+    train, val, test = _distinct_volumes(*recipe.splits())
     classes = recipe.classes
     if recipe.raw.get("target"):  # e.g. a DFP teacher's "fluid": SRF + IRF merge into it, in labels and masks
         try:
