@@ -169,6 +169,22 @@ NOTES = {
                   "- Trained at 496 x 512 phantom B-scans resized to 128 x 128; other B-scan sizes or real scans "
                   "are out of its domain.",
     },
+    "agm": {
+        "title": "AGM (anomaly-guided WSSS) with its GANomaly generator inside",
+        "architecture": "AGM dual branch: ResNet-18 at width 16 (a quarter of torchvision's channels, output stride "
+                        "16) on (x, x̂) + ASAM (light encoder, width 8) on the anomaly map, GMP head; GANomaly "
+                        "generator at 128 px, ngf 16, nz 64 bundled in the same file (`generator.*` tensors)",
+        "data": "synthetic phantom at 496 x 512: 10 training volumes x 16 B-scans (seed 100, 20 % healthy; GANomaly "
+                "learns from their healthy B-scans), 3 validation volumes (seed 200, for α), 4 test volumes (seed 300)",
+        "supervision": "image-level labels only (SRF, IRF, PED present or not per B-scan); α, the background "
+                       "threshold, was swept on the validation volumes' masks (the only use of pixel labels)",
+        "full": "training/agm-synth.yaml is larger (full-width ResNet-18, BASE ablation); the paper uses ResNet-50, "
+                "512 px input and GANomaly at 512",
+        "limits": "- Only SRF is found at all (test DSC ~15 % as pseudo labels); IRF and PED stay near 0 %: at 128 px "
+                  "input a 496-px B-scan's small lesions are a few pixels and the 8 x 8 CAM cannot place them.\n"
+                  "- The classifier is weak (validation AUC ~0.75), so proposals without image labels miss "
+                  "B-scans.\n- 496 x 512 phantom B-scans resized to 128 x 128.",
+    },
     "dfp": {
         "title": "DFP fluid proposals (deep feature propagation)",
         "architecture": "DFP with ResNet-18 stages at width 16 (a quarter of torchvision's channels), prediction "
