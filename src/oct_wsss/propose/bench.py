@@ -177,7 +177,8 @@ METHODS = ("student", "agm", "sam2", "hrf")
 
 def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, methods: tuple[str, ...] = METHODS,
               checkpoints: dict[str, str | Path] | None = None, read: Callable[[], Any] | None = None,
-              agm_size: str = "paper", baseline: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+              agm_size: str = "paper", baseline: bool = True, hrf_iterations: int = 6,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every stage of the asked methods on ``volume``; ``read`` (optional) times reading the file it came from.
 
     ``speedup`` in the report is the baseline's median over ours for the CAM stage (when the baseline ran).
@@ -203,7 +204,8 @@ def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, meth
         elif method == "sam2":
             stages += sam2_stages(volume, dev, repeats)
         else:
-            stages += hrf_stages(volume, dev, repeats, checkpoints.get(method))
+            stages += hrf_stages(volume, dev, repeats, checkpoints.get(method), iterations=hrf_iterations,
+                                 sam2="sam2" in methods)
     return {"machine": machine(dev), "volume": list(volume.shape), "repeats": repeats,
             "stages": [s.row() for s in stages], "speedup": speedups(stages), **peak_memory(dev)}
 

@@ -41,7 +41,7 @@ def sam2_stages(volume: OctVolume, device: torch.device, repeats: int) -> list[S
 
 
 def hrf_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint: str | Path | None = None,
-               iterations: int = 6) -> list[Stage]:
+               iterations: int = 6, sam2: bool = True) -> list[Stage]:
     """The full iterative HRF run on one native-size B-scan (LRP, region step, occlusion), classical and SAM 2."""
     from oct_wsss.models.mil import MilConfig, MilNet
     from oct_wsss.propose.hrf import HrfProposer
@@ -54,12 +54,12 @@ def hrf_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint
         torch.manual_seed(0)
         net, norm = MilNet(MilConfig(rows=2, width=16, features=64, attention=32)), {"mean": 0.0, "std": 1.0}
     bscan = volume.data[volume.n_bscans // 2]
-    refiners = {"classical": None}
-    if sam2_available():
+    refiners: dict[str, Sam2Backend | None] = {"classical": None}
+    if sam2 and sam2_available():
         refiners["SAM 2 tiny"] = Sam2Backend(device=device, allow_random=True)
     stages = []
-    for name, sam2 in refiners.items():
-        p = HrfProposer(net, norm, sam2=sam2, iterations=iterations, threshold=0.0, device=device, warn=False)
+    for name, backend in refiners.items():
+        p = HrfProposer(net, norm, sam2=backend, iterations=iterations, threshold=0.0, device=device, warn=False)
         stages.append(Stage("hrf", f"full iterative run ({iterations} iterations, {name})", 1,
                             timed(lambda p=p: p.segment(bscan), max(1, repeats // 2), device=device)))
     return stages
