@@ -75,7 +75,7 @@ def test_gui_demo_presets_the_propose_widget_and_proposes(make_napari_viewer, ti
         def value(self, key, default=None):
             return self.get(key, default)
 
-        def setValue(self, key, value):  # noqa: N802 (Qt's name)
+        def setValue(self, key, value):
             self[key] = value
 
     monkeypatch.setattr(_propose, "QSettings", lambda *a: Settings())

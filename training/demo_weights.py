@@ -97,6 +97,7 @@ def card(method: str, run: Path, dest: Path, measured: dict, notes: dict) -> str
     floor = {"volume": "oct_wsss.synth.demo_phantom()", "bscans": measured["bscans"], "device": "cpu",
              "dsc": {k: v for k, v in floors.items() if v is not None}}
     size = dest.stat().st_size
+    seed = ckpt.meta.get("training", {}).get("seed", 0)
     rows = "\n".join(f"| {k} | {_pct(v['dice_pooled'])} | {_pct(v['iou'])} | "
                      f"{'–' if floors[k] is None else f'{100 * floors[k]:.0f}'} |"
                      for k, v in measured["classes"].items())
@@ -112,7 +113,7 @@ it has never seen a real OCT scan and its outputs on real scans mean nothing.
 
 ## Training
 
-- Recipe: [`training/{recipe.name}`](../../../training/{recipe.name}), seed {ckpt.meta.get('training', {}).get('seed', 0)}
+- Recipe: [`training/{recipe.name}`](../../../training/{recipe.name}), seed {seed}
   (regenerate: `OMP_NUM_THREADS=1 oct-wsss train training/{recipe.name}`, then
   `python training/demo_weights.py {method} {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}`);
   code at commit `{commit}` of branch `demo`.
