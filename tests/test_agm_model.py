@@ -242,3 +242,18 @@ def test_output_stride_16_doubles_the_feature_map(backbone: str) -> None:
             assert net(x, x_hat, anomaly).shape == (1, 2)
     with pytest.raises(ValueError, match="output_stride"):
         AgmConfig(output_stride=8)
+
+
+@pytest.mark.parametrize(("backbone", "stride"), [("resnet18", 16), ("resnet18", 32), ("resnet50", 16)])
+def test_a_narrow_backbone_scales_every_stage_and_keeps_the_output_stride(backbone: str, stride: int) -> None:
+    """width w: stages at w, 2w, 4w, 8w (x expansion); the bundled demo AGM uses ResNet-18 at width 16."""
+    config = AgmConfig(n_classes=2, backbone=backbone, image_channels=1, output_stride=stride, width=8)
+    net = AgmNet(config)
+    x = torch.rand(1, 1, 64, 64)
+    feats = net.features(x, x, x)
+    assert feats.shape == (1, config.feature_channels, 64 // stride, 64 // stride)
+    assert config.feature_channels == (64 if backbone == "resnet18" else 256)
+    full = sum(p.numel() for p in AgmNet(AgmConfig(n_classes=2, backbone=backbone, image_channels=1)).parameters())
+    assert sum(p.numel() for p in net.parameters()) < full / 20
+    with pytest.raises(ValueError, match="width"):
+        AgmConfig(width=2)

@@ -25,9 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "propose": GROUND | {"models", "explain", "io"},
     "store": GROUND | {"io"},
     "training": GROUND | {"models", "explain", "io", "synth", "store", "evaluate", "propose"},
-    "weights": set(),  # paths of the bundled demo checkpoints only
     "napari": GROUND | {"io", "synth", "propose", "store", "training", "evaluate", "weights"},
-    "cli": GROUND | {"io", "synth", "propose", "store", "training", "evaluate"},
+    "cli": GROUND | {"io", "synth", "propose", "store", "training", "evaluate", "weights"},
+    "weights": set(),  # the bundled demo checkpoints: paths only (no torch), listed by the CLI and the widgets
 }
 
 

@@ -24,10 +24,13 @@ def _bench(args: argparse.Namespace) -> None:
 
         volume = make_volume(0, n_bscans=8 if args.quick else 49, height=496, width=512).volume
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    checkpoints = {k: v for k, v in (("student", args.student), ("agm", args.agm)) if v is not None}
+    checkpoints = {k: v for k, v in (("student", args.student), ("agm", args.agm), ("hrf", args.hrf))
+                   if v is not None}
     try:
         report = run_bench(volume, device=args.device, repeats=args.repeats or (2 if args.quick else 5),
-                           methods=methods, checkpoints=checkpoints, read=read, log=lambda m: print(m, file=sys.stderr))
+                           methods=methods, checkpoints=checkpoints, read=read,
+                           agm_size="small" if args.quick else "paper", baseline=not args.no_baseline,
+                           hrf_iterations=2 if args.quick else 6, log=lambda m: print(m, file=sys.stderr))
     except ValueError as err:
         raise CliError(str(err)) from err
     print(table(report))
@@ -39,12 +42,18 @@ def _bench(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the ``oct-wsss`` parser."""
     p = sub.add_parser("bench", help="time every proposal stage (warm-up, repeats, median and spread) and peak memory")
-    p.add_argument("--quick", action="store_true", help="8 B-scans and 2 repeats instead of 49 and 5")
+    p.add_argument("--quick", action="store_true", help="8 B-scans, 2 repeats, the small AGM (the demo's size) and "
+                   "2 HRF iterations instead of 49 B-scans, 5 repeats, the paper-size AGM and 6 iterations")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--volume", type=Path, help="OCT file to time (default: a 49 x 496 x 512 synthetic volume)")
-    p.add_argument("--methods", default="student,agm", help="comma-separated methods to time (student,agm)")
+    p.add_argument("--methods", default="student,agm,sam2,hrf",
+                   help="comma-separated methods to time (default student,agm,sam2,hrf)")
+    p.add_argument("--hrf", type=Path, help="HRF checkpoint (default: random weights, a small MIL classifier)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the grad-cam package baseline (per image and class, aug_smooth, fp32) and the speed-up")
     p.add_argument("--student", type=Path, help="student checkpoint (default: random weights, U-Net at 256 x 256)")
-    p.add_argument("--agm", type=Path, help="AGM checkpoint (default: random weights at the paper's size)")
+    p.add_argument("--agm", type=Path,
+                   help="AGM checkpoint (default: random weights at the paper's size; --quick: the demo's size)")
     p.add_argument("--repeats", type=int, help="timed repeats per stage after one warm-up")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_bench)

@@ -1,4 +1,4 @@
-"""The ``propose`` subcommand: one volume to labels.tif and provenance.json."""
+"""The ``propose`` subcommand: one volume to labels.tif and provenance.json, or a batch of volumes (cli/batch.py)."""
 
 from __future__ import annotations
 
@@ -10,43 +10,72 @@ from oct_wsss.cli._common import CliError, parse_bscans
 
 
 def _propose(args: argparse.Namespace) -> None:
-    from oct_wsss.io import read_volume
-    from oct_wsss.propose import ProposalCancelled, load_proposer, propose
-    from oct_wsss.propose.proposal import scratch_labels
-    from oct_wsss.propose.registry import write_proposal
+    from oct_wsss.cli import batch
+    from oct_wsss.propose import load_proposer
 
-    volume = read_volume(args.volume)
-    bscans = parse_bscans(args.bscans, volume.n_bscans)
+    many = batch.is_batch(args.volume)
+    if args.shard is not None and not many:
+        raise CliError("--shard splits a batch: give a folder of volumes or a CSV manifest")
+    if many:  # check the batch before loading a model
+        i, n = batch.parse_shard(args.shard)
+        items = batch.shard(batch.batch_items(args.volume), i, n)
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
     if args.method == "hrf":
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
+    if not many:
+        _one(proposer, args, args.volume, args.out, verbose=True)
+        return
+    print(f"batch: {len(items)} volumes in shard {i}/{n} -> {args.out}", file=sys.stderr)
+    summary = batch.run_batch(items, args.out, lambda path, out: _one(proposer, args, path, out, verbose=False),
+                              log=lambda m: print(m, file=sys.stderr))
+    batch.report(summary)
+    failures = batch.write_failures(args.out, summary["failed"], i, n)
+    if failures is not None:
+        raise CliError(f"{len(summary['failed'])} volumes failed (listed in {failures}); rerun to retry them")
+
+
+def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, verbose: bool) -> dict:
+    """Propose one volume into ``out``; returns its B-scan count and seconds."""
+    from oct_wsss.io import read_volume
+    from oct_wsss.propose import ProposalCancelled, propose
+    from oct_wsss.propose.proposal import scratch_labels
+    from oct_wsss.propose.registry import write_proposal
+
+    volume = read_volume(path)
+    bscans = parse_bscans(args.bscans, volume.n_bscans)
 
     def progress(done: int, total: int) -> None:
         print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    with scratch_labels(volume.shape, args.out) as labels:  # labels of a large volume are not held in memory
+    with scratch_labels(volume.shape, out) as labels:  # labels of a large volume are not held in memory
         try:
-            result = propose(volume, proposer=proposer, bscans=bscans, progress=progress,
+            result = propose(volume, proposer=proposer, bscans=bscans, progress=progress if verbose else None,
                              keep_scores=args.keep_scores, labels=labels)
         except ProposalCancelled as err:
             raise CliError(str(err)) from err
-        files = write_proposal(result, args.out)
+        files = write_proposal(result, out)
     timing = result.provenance["timings"]
-    print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
-          f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")
-    for path in files.values():
-        print(f"wrote {path}")
+    if verbose:
+        print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
+              f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")
+        for file in files.values():
+            print(f"wrote {file}")
+    return {"bscans": int(result.done.sum()), "seconds": timing["total_s"]}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the ``oct-wsss`` parser."""
     p = sub.add_parser("propose", help="propose lesion labels for a volume; writes labels.tif and provenance.json")
-    p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens)")
+    p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens); or a "
+                   "folder of volumes or a CSV manifest (column path, optional id): one OUT/<id>/ per volume, "
+                   "volumes already done are skipped")
     p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf"), help="proposal method")
     p.add_argument("--checkpoint", required=True, type=Path, help="the method's .safetensors checkpoint")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--shard", help="batch only: propose shard i of n (every n-th volume from i; i = 0..n-1), e.g. "
+                   "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")

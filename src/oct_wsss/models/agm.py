@@ -45,6 +45,7 @@ class AgmConfig:
     dropout: float = 0.5
     image_channels: int = 3
     output_stride: int = 32  # 16: layer4 keeps layer3's resolution (dilated for ResNet-50), finer CAMs
+    width: int = 64  # channels of the input conv and layer1 (torchvision: 64); smaller for small bundled models
 
     def __post_init__(self) -> None:
         """Validate choices early, with the allowed values in the message."""
@@ -58,11 +59,13 @@ class AgmConfig:
             raise ValueError(f"AgmConfig.output_stride must be 16 or 32, got {self.output_stride}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"AgmConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.width < 4:
+            raise ValueError(f"AgmConfig.width must be >= 4, got {self.width}")
 
     @property
     def feature_channels(self) -> int:
         """Channels of the backbone's last stage (and of the ASAM output)."""
-        return BACKBONES[self.backbone][1]
+        return BACKBONES[self.backbone][1] * self.width // 64
 
     @property
     def n_outputs(self) -> int:
@@ -82,7 +85,9 @@ class AgmConfig:
 def _backbone(config: AgmConfig) -> nn.Sequential:
     """Torchvision ResNet (random init) without avgpool/fc; conv1 takes 6 channels with ADR, else 3."""
     build = BACKBONES[config.backbone][0]
-    if config.output_stride == 32:
+    if config.width != 64:
+        net = _narrow(build(weights=None), config)
+    elif config.output_stride == 32:
         net = build(weights=None)
     elif config.backbone == "resnet50":
         net = build(weights=None, replace_stride_with_dilation=[False, False, True])
@@ -91,10 +96,27 @@ def _backbone(config: AgmConfig) -> nn.Sequential:
         net.layer4[0].conv1.stride = (1, 1)
         net.layer4[0].downsample[0].stride = (1, 1)
     in_ch = config.image_channels * (2 if config.use_adr else 1)
-    conv1 = nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    conv1 = nn.Conv2d(in_ch, config.width, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
     names = ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     return nn.Sequential(OrderedDict([("conv1", conv1), *((n, getattr(net, n)) for n in names)]))
+
+
+def _narrow(net: tvm.ResNet, config: AgmConfig) -> tvm.ResNet:
+    """The ResNet with bn1 and the four stages rebuilt at widths w, 2w, 4w, 8w (torchvision's ``_make_layer``)."""
+    block = type(net.layer1[0])
+    net.inplanes, net.dilation = config.width, 1
+    net.bn1 = nn.BatchNorm2d(config.width)
+    dilate = config.output_stride == 16 and config.backbone == "resnet50"
+    for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        stride = 1 if i == 0 or (i == 3 and config.output_stride == 16 and not dilate) else 2
+        layer = net._make_layer(block, config.width * 2**i, len(getattr(net, name)), stride=stride,
+                                dilate=i == 3 and dilate)
+        setattr(net, name, layer)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
 
 
 def _head(channels: int, n_outputs: int, dropout: float) -> nn.Sequential:

@@ -32,6 +32,7 @@ class Stage:
     name: str
     bscans: int
     seconds: list[float]
+    compare: str | None = None  # stages with the same key are ours vs the baseline's ("gradcam", ...)
 
     @property
     def median(self) -> float:
@@ -79,9 +80,15 @@ def student_stages(volume: OctVolume, device: torch.device, repeats: int, checkp
     return [one, vol]
 
 
+#: AGM built with random weights when no checkpoint is given: the paper's size, or (quick) the demo checkpoint's
+AGM_SIZES = {"paper": ({"backbone": "resnet50"}, 512), "small": ({"backbone": "resnet18", "width": 16,
+                                                                 "encoder_width": 8, "output_stride": 16}, 128)}
+
+
 def agm_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint: str | Path | None = None,
-               input_size: tuple[int, int] = (512, 512)) -> list[Stage]:
-    """GANomaly x̂, AGM classification, GradCAM with/without smoothing, refinement, post-processing, full proposal."""
+               size: str = "paper", baseline: bool = True) -> list[Stage]:
+    """GANomaly x̂, AGM classification, GradCAM with/without smoothing, refinement, post-processing, full proposal;
+    with ``baseline`` (and the grad-cam package installed) the same CAMs the straightforward way, for the speed-up."""
     from oct_wsss.explain.augment import IDENTITY, SMOOTHING
     from oct_wsss.explain.refine import enhance
     from oct_wsss.models.agm import AgmConfig, AgmNet
@@ -94,9 +101,10 @@ def agm_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint
         p = AgmProposer.from_checkpoint(checkpoint, device=device)
     else:
         torch.manual_seed(0)
-        net = AgmNet(AgmConfig(n_classes=3, backbone="resnet50", image_channels=1))
-        gen = Generator(GanomalyConfig(image_size=input_size[0], nc=1))
-        p = AgmProposer(net, gen, (1, 2, 3), input_size, device=device)
+        arch, side = AGM_SIZES[size]
+        net = AgmNet(AgmConfig(n_classes=3, image_channels=1, **arch))
+        gen = Generator(GanomalyConfig(image_size=side, nc=1, **({"nz": 64, "ngf": 16} if size == "small" else {})))
+        p = AgmProposer(net, gen, (1, 2, 3), (side, side), device=device)
     b = min(p.batch_size, volume.n_bscans)
     batch = [volume.data[i] for i in range(b)]
     x = torch.nn.functional.interpolate(torch.from_numpy(np.stack([to_unit(i) for i in batch]))[:, None],
@@ -125,7 +133,27 @@ def agm_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint
         ("pseudo-label post-processing", lambda: pseudo_labels(class_scores(cams_np, soft), p.classes, 0.5)),
         ("full proposal", lambda: p.scores(batch)),
     ]
-    return [Stage("agm", name, b, timed(fn, repeats, device=device)) for name, fn in stages]
+    keys = {"GradCAM, no smoothing": "gradcam"}
+    out = [Stage("agm", name, b, timed(fn, repeats, device=device),
+                 keys.get(name, "gradcam_smoothing" if name.startswith("GradCAM, smoothing") else None))
+           for name, fn in stages]
+    from oct_wsss.propose.bench_baseline import BaselineCam, grad_cam_available
+
+    if baseline and grad_cam_available():
+        base = BaselineCam(p)
+        for smooth in (False, True):
+            out.append(Stage("agm-baseline", f"GradCAM {'aug_smooth' if smooth else 'no smoothing'} "
+                             "(grad-cam package, per image and class, fp32)", b,
+                             timed(lambda s=smooth: base(inputs, outputs, native, smooth=s), max(1, repeats // 2),
+                                   device=device), "gradcam_smoothing" if smooth else "gradcam"))
+    return out
+
+
+def speedups(stages: list[Stage]) -> dict[str, float]:
+    """Baseline median / our median for each compared stage (the CAM stage without and with smoothing)."""
+    ours = {s.compare: s.median for s in stages if s.compare and s.method != "agm-baseline"}
+    base = {s.compare: s.median for s in stages if s.compare and s.method == "agm-baseline"}
+    return {k: round(base[k] / ours[k], 2) for k in ours if k in base and ours[k] > 0}
 
 
 def peak_memory(device: torch.device) -> dict[str, float | None]:
@@ -144,33 +172,54 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, methods: tuple[str, ...] = ("student",
-              "agm"), checkpoints: dict[str, str | Path] | None = None, read: Callable[[], Any] | None = None,
+METHODS = ("student", "agm", "sam2", "hrf")
+
+
+def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, methods: tuple[str, ...] = METHODS,
+              checkpoints: dict[str, str | Path] | None = None, read: Callable[[], Any] | None = None,
+              agm_size: str = "paper", baseline: bool = True, hrf_iterations: int = 6,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every stage of the asked methods on ``volume``; ``read`` (optional) times reading the file it came from."""
+    """Every stage of the asked methods on ``volume``; ``read`` (optional) times reading the file it came from.
+
+    ``speedup`` in the report is the baseline's median over ours for the CAM stage (when the baseline ran).
+    """
+    from oct_wsss.propose.bench_hrf import hrf_stages, sam2_stages
+
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     checkpoints = checkpoints or {}
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"no benchmark for method {unknown[0]!r}; available: {', '.join(METHODS)}")
     stages: list[Stage] = []
     if read is not None:
         stages.append(Stage("io", "read volume", volume.n_bscans, timed(read, repeats)))
-    builders = {"student": student_stages, "agm": agm_stages}
     for method in methods:
-        if method not in builders:
-            raise ValueError(f"no benchmark for method {method!r}; available: {', '.join(builders)}")
         log(f"bench: {method} ...")
-        stages += builders[method](volume, dev, repeats, checkpoints.get(method))
+        if method == "student":
+            stages += student_stages(volume, dev, repeats, checkpoints.get(method))
+        elif method == "agm":
+            stages += agm_stages(volume, dev, repeats, checkpoints.get(method), size=agm_size, baseline=baseline)
+        elif method == "sam2":
+            stages += sam2_stages(volume, dev, repeats)
+        else:
+            stages += hrf_stages(volume, dev, repeats, checkpoints.get(method), iterations=hrf_iterations,
+                                 sam2="sam2" in methods)
     return {"machine": machine(dev), "volume": list(volume.shape), "repeats": repeats,
-            "stages": [s.row() for s in stages], **peak_memory(dev)}
+            "stages": [s.row() for s in stages], "speedup": speedups(stages), **peak_memory(dev)}
 
 
 def table(report: dict[str, Any]) -> str:
     """The report as an aligned text table."""
-    head = f"{'method':<8} {'stage':<52} {'B-scans':>7} {'median s':>9} {'min s':>8} {'max s':>8} {'s/B-scan':>9}"
+    head = f"{'method':<12} {'stage':<64} {'B-scans':>7} {'median s':>9} {'min s':>8} {'max s':>8} {'s/B-scan':>9}"
     lines = [head, "-" * len(head)]
     for s in report["stages"]:
-        lines.append(f"{s['method']:<8} {s['name']:<52} {s['bscans']:>7} {s['median_s']:>9.4f} {s['min_s']:>8.4f} "
+        lines.append(f"{s['method']:<12} {s['name']:<64} {s['bscans']:>7} {s['median_s']:>9.4f} {s['min_s']:>8.4f} "
                      f"{s['max_s']:>8.4f} {s['per_bscan_s']:>9.4f}")
     m = report["machine"]
+    for key, value in report.get("speedup", {}).items():
+        lines.append(f"speed-up of {key} over the grad-cam baseline: {value}x")
     lines.append(f"peak RSS {report['peak_rss_mib']} MiB; peak GPU {report['peak_gpu_mib']} MiB; "
                  f"{m['device']}, {m['threads']} threads, torch {m['torch']}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ folder dataset with PNG B-scans, masks, ``labels.csv`` and ``generation.json``. 
 """
 
 from oct_wsss.synth.dataset import write_dataset
+from oct_wsss.synth.demo import demo_phantom
 from oct_wsss.synth.lesions import DEFAULT_PREVALENCE
 from oct_wsss.synth.phantom import SyntheticVolume, make_volume
 
-__all__ = ["DEFAULT_PREVALENCE", "SyntheticVolume", "make_volume", "write_dataset"]
+__all__ = ["DEFAULT_PREVALENCE", "SyntheticVolume", "demo_phantom", "make_volume", "write_dataset"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from oct_wsss.classes import ONTOLOGY
+from oct_wsss.classes import ONTOLOGY, by_key
 from oct_wsss.evaluate import image_confusions, segmentation_scores, write_json
 from oct_wsss.io import read_labels
 from oct_wsss.propose import load_proposer, propose
@@ -19,6 +20,7 @@ from oct_wsss.propose.registry import write_proposal
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.store import CorrectionStore
 from oct_wsss.training.data import Sample
+from oct_wsss.training.dfp import merge_classes
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe, split_summary
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
@@ -119,10 +121,28 @@ def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: st
     raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf} or pseudo: {root: DIR}")
 
 
+def _distinct_volumes(*parts: list[Sample]) -> list[list[Sample]]:
+    """Splits whose volume ids collide (separate ``val_data``/``test_data`` sets named alike, e.g. two synthetic
+    sets' ``synth_0000``) get a split prefix, so each volume's pseudo labels have a folder of their own."""
+    seen = [{s.volume for s in part} for part in parts]
+    if all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:]):
+        return list(parts)
+    return [[replace(s, volume=f"{name}-{s.volume}", patient=f"{name}-{s.patient}") for s in part]
+            for name, part in zip(("train", "val", "test"), parts, strict=True)]
+
+
 def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                 cancel: Callable[[], bool] | None) -> Path:
     """Train the student the recipe describes; writes ``run_dir/student.safetensors`` and the test comparison."""
-    train, val, test = recipe.splits()
+    train, val, test = _distinct_volumes(*recipe.splits())
+    classes = recipe.classes
+    if recipe.raw.get("target"):  # e.g. a DFP teacher's "fluid": SRF + IRF merge into it, in labels and masks
+        try:
+            target = by_key(str(recipe.raw["target"])).id
+        except KeyError as err:
+            raise TrainingError(f"{recipe.path or 'recipe'}: target: {err.args[0]}") from err
+        train, val, test = (merge_classes(s, classes, target) for s in (train, val, test))
+        classes = (target,)
     summary = split_summary(train, val, test)
     (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
     spec = dict(recipe.raw.get("student") or {})
@@ -131,7 +151,6 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
         config = StudentTrainConfig.from_dict(spec)
     except (TypeError, ValueError) as err:
         raise TrainingError(f"{recipe.path or 'recipe'}: student: {err}") from err
-    classes = recipe.classes
     root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log)
     image_labels = bool((recipe.raw.get("pseudo") or {}).get("image_labels", True))
     targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels)
