@@ -13,6 +13,10 @@ def _propose(args: argparse.Namespace) -> None:
     from oct_wsss.cli import batch
     from oct_wsss.propose import load_proposer
 
+    if not args.volume.exists():  # say so before spending seconds on loading a model
+        from oct_wsss.io import OctReadError
+
+        raise OctReadError(args.volume, "no such file or folder")
     many = batch.is_batch(args.volume)
     if args.shard is not None and not many:
         raise CliError("--shard splits a batch: give a folder of volumes or a CSV manifest")

@@ -60,6 +60,12 @@ def hrf_stages(volume: OctVolume, device: torch.device, repeats: int, checkpoint
     stages = []
     for name, backend in refiners.items():
         p = HrfProposer(net, norm, sam2=backend, iterations=iterations, threshold=0.0, device=device, warn=False)
+
+        def run(p: HrfProposer = p, backend: Sam2Backend | None = backend) -> None:
+            if backend is not None:  # a repeat on the same B-scan would find its crops' embeddings cached
+                backend.cache.clear()
+            p.segment(bscan)
+
         stages.append(Stage("hrf", f"full iterative run ({iterations} iterations, {name})", 1,
-                            timed(lambda p=p: p.segment(bscan), max(1, repeats // 2), device=device)))
+                            timed(run, max(1, repeats // 2), device=device)))
     return stages
