@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from napari_helpers import MemorySettings
 
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.napari import _finetune, _propose, _review
@@ -17,20 +18,12 @@ from oct_wsss.synth import make_volume
 from oct_wsss.training.student import student_checkpoint
 
 
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """Shared settings for the three widgets; a tiny student; a store with three accepted B-scans of one edit."""
-    settings: dict[str, _Settings] = {}
+    settings: dict[str, MemorySettings] = {}
     for module in (_finetune, _propose, _review):
-        monkeypatch.setattr(module, "QSettings", lambda org, app: settings.setdefault(app, _Settings()))
+        monkeypatch.setattr(module, "QSettings", lambda org, app: settings.setdefault(app, MemorySettings()))
     torch.manual_seed(0)
     net = StudentNet(StudentConfig(n_outputs=4, width=4, depth=3))
     ckpt = student_checkpoint(net, (1, 2, 3), (64, 64), training={}).save(tmp_path / "student.safetensors")
@@ -45,7 +38,7 @@ def project(tmp_path, monkeypatch):
         mask[30:32, 0:5] = 1                # 10 SRF pixels added
         store.accept(vid, i, mask, image=phantom.volume.data[i], proposal=proposal,
                      proposal_info={"method": "student", "checkpoint": "student.safetensors"})
-    settings["review"] = _Settings(project=str(tmp_path / "project"))
+    settings["review"] = MemorySettings(project=str(tmp_path / "project"))
     return tmp_path, ckpt, phantom, settings
 
 

@@ -5,42 +5,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from napari_helpers import MemorySettings, tiny_student_checkpoint
 
-from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.napari import _propose
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.propose import propose
 from oct_wsss.synth import make_volume
-from oct_wsss.training.student import student_checkpoint
 
 PLUGIN = "napari-oct-wsss"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    net = StudentNet(StudentConfig(n_outputs=4, width=4, depth=3))
-    return student_checkpoint(net, (1, 2, 3), (64, 64), training={}).save(
-        tmp_path_factory.mktemp("w") / "student.safetensors")
+    return tiny_student_checkpoint(tmp_path_factory.mktemp("w"))
 
 
 @pytest.fixture
 def widget(make_napari_viewer, ckpt, monkeypatch):
-    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
     viewer = make_napari_viewer()
     volume = make_volume(1, n_bscans=4, height=64, width=56).volume
     viewer.add_image(volume.data, name="oct", scale=volume.spacing_mm)
     w = ProposeWidget(viewer)
     w.method.value, w.checkpoint.value, w.device.value = "student", str(ckpt), "cpu"
     return w, volume
-
-
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
 
 
 def _wait(w: ProposeWidget, qtbot) -> None:
@@ -120,7 +108,7 @@ def test_hrf_gets_its_own_layer_options_and_the_fallback_notice(make_napari_view
     from oct_wsss.classes import HRF
     from oct_wsss.models.cct import Cct, CctConfig
 
-    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
     warned: list[str] = []
     monkeypatch.setattr(_propose, "show_warning", warned.append)
     torch.manual_seed(0)

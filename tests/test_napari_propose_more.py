@@ -6,37 +6,24 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
+from napari_helpers import MemorySettings, tiny_student_checkpoint
 
-from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.napari import _propose
 from oct_wsss.napari._confidence import confidence_name
 from oct_wsss.napari._propose import OTHER, PROPOSED, ProposeWidget
 from oct_wsss.propose import propose
 from oct_wsss.propose.proposal import ProposalError
 from oct_wsss.synth import make_volume
-from oct_wsss.training.student import student_checkpoint
-
-
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    net = StudentNet(StudentConfig(n_outputs=4, width=4, depth=3))
-    return student_checkpoint(net, (1, 2, 3), (64, 64), training={}).save(
-        tmp_path_factory.mktemp("w") / "student.safetensors")
+    return tiny_student_checkpoint(tmp_path_factory.mktemp("w"))
 
 
 @pytest.fixture
 def viewer(make_napari_viewer, monkeypatch):
-    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
     viewer = make_napari_viewer()
     volume = make_volume(1, n_bscans=3, height=64, width=56).volume
     viewer.add_image(volume.data, name="oct", scale=volume.spacing_mm)

@@ -6,6 +6,7 @@ import os
 import time
 
 import torch
+from napari_helpers import MemorySettings
 from qtpy.QtCore import QTimer
 
 from oct_wsss.models.student import StudentConfig, StudentNet
@@ -22,16 +23,8 @@ CPU_BOUND_MS = float(os.environ.get("OCT_WSSS_GAP_CPU_BOUND_MS", "150"))
 WALL_BOUND_MS = float(os.environ.get("OCT_WSSS_GAP_BOUND_MS", "1500"))
 
 
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
-
-
 def test_longest_event_loop_gap_while_proposing(make_napari_viewer, tmp_path, qtbot, monkeypatch) -> None:
-    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
     torch.manual_seed(0)
     net = StudentNet(StudentConfig(n_outputs=4, width=8, depth=3))
     ckpt = student_checkpoint(net, (1, 2, 3), (128, 128), training={}).save(tmp_path / "student.safetensors")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari_helpers import MemorySettings
 
 from oct_wsss.napari import _propose, _review
 from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
@@ -13,18 +14,10 @@ from oct_wsss.store import CorrectionStore
 from oct_wsss.synth import make_volume
 
 
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
-
-
 @pytest.fixture(autouse=True)
 def _no_user_settings(monkeypatch):
-    monkeypatch.setattr(_review, "QSettings", lambda *a: _Settings())
-    monkeypatch.setattr(_propose, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_review, "QSettings", lambda *a: MemorySettings())
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
 
 
 def _viewer(make_napari_viewer, phantom, proposed: np.ndarray):

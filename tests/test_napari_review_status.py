@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari_helpers import MemorySettings
 from qtpy.QtCore import QPointF, Qt
 
 from oct_wsss.napari import _review
@@ -14,17 +15,9 @@ from oct_wsss.store import CorrectionStore
 from oct_wsss.synth import make_volume
 
 
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
-
-
 @pytest.fixture(autouse=True)
 def _no_user_settings(monkeypatch):
-    monkeypatch.setattr(_review, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_review, "QSettings", lambda *a: MemorySettings())
 
 
 def _open(make_napari_viewer, data, labels, project):

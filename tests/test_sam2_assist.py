@@ -7,20 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from napari_helpers import MemorySettings
 
 from oct_wsss.napari import _sam2
 from oct_wsss.napari._imports import preload_sam2
 from oct_wsss.napari._sam2 import BOX, HOW, POSITIVE, Sam2Widget
 from oct_wsss.propose.sam2_assist import Prompt, Sam2Assist, paint
 from oct_wsss.synth import make_volume
-
-
-class _Settings(dict):
-    def value(self, key, default=None):
-        return self.get(key, default)
-
-    def setValue(self, key, value):
-        self[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def test_prompt_validation() -> None:
 
 
 def test_without_checkpoint_the_widget_explains(make_napari_viewer, monkeypatch) -> None:
-    monkeypatch.setattr(_sam2, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_sam2, "QSettings", lambda *a: MemorySettings())
     shown: list[str] = []
     monkeypatch.setattr(_sam2, "show_info", shown.append)
     w = Sam2Widget(make_napari_viewer())
@@ -54,7 +47,7 @@ def test_without_checkpoint_the_widget_explains(make_napari_viewer, monkeypatch)
 
 @pytest.mark.slow  # one SAM 2 image embedding on CPU: ~20-30 s on two shared cores
 def test_points_and_box_from_one_cached_embedding(sam2_pt, make_napari_viewer, qtbot, monkeypatch) -> None:
-    monkeypatch.setattr(_sam2, "QSettings", lambda *a: _Settings())
+    monkeypatch.setattr(_sam2, "QSettings", lambda *a: MemorySettings())
     torch.set_num_threads(1)
     volume = make_volume(9, n_bscans=3, height=128, width=160).volume
     viewer = make_napari_viewer()
