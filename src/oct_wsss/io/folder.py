@@ -91,7 +91,7 @@ def _stack(files: list[Path], folder: Path) -> np.ndarray:
             raise OctReadError(f, f"expected a 2-D B-scan image, got shape {image.shape}")
         pages.append(image)
     shapes: dict[tuple[int, ...], list[str]] = defaultdict(list)
-    for f, page in zip(files, pages):
+    for f, page in zip(files, pages, strict=False):
         shapes[page.shape].append(f.name)
     if len(shapes) > 1:
         common = max(shapes, key=lambda s: len(shapes[s]))

@@ -198,7 +198,7 @@ def _e2e_spacing(bscan_meta: list[Any], x_info: dict[str, Any]) -> tuple[Any, An
     scale_x = x_info.get("scaling_x_um_per_pixel")
     scale_x = scale_x / 1000 if scale_x is not None else None
     centres = [(float(m["center_x"]), float(m["center_y"])) for m in bscan_meta if "center_x" in m]
-    steps = [math.dist(a, b) for a, b in zip(centres, centres[1:])]
+    steps = [math.dist(a, b) for a, b in zip(centres, centres[1:], strict=False)]
     scale_z = round(float(np.median(steps)) * mm_per_deg, 6) if steps else None
     return scale_z, scale_y, scale_x
 
@@ -276,7 +276,7 @@ def heyex_xml_info(xml_path: Path) -> dict[str, Any]:
     scale_y = _float(octs[0].find("OphthalmicAcquisitionContext/ScaleY")) if octs else None
     starts = [(_float(im.find("OphthalmicAcquisitionContext/Start/Coord/X")),
                _float(im.find("OphthalmicAcquisitionContext/Start/Coord/Y"))) for im in octs]
-    steps = [math.dist(a, b) for a, b in zip(starts, starts[1:]) if None not in a and None not in b]
+    steps = [math.dist(a, b) for a, b in zip(starts, starts[1:], strict=False) if None not in a and None not in b]
     scale_z = round(float(np.median(steps)), 6) if steps else None
     series = root.find(".//Series")
     text = lambda el, p: (el.find(p).text or "").strip() if el is not None and el.find(p) is not None else None  # noqa: E731

@@ -186,7 +186,7 @@ def boundaries(bm: np.ndarray, thickness: dict[str, np.ndarray]) -> dict[str, np
     out: dict[str, np.ndarray] = {}
     top = bm.copy()
     lift = thickness["SUBRPE"]
-    for band, name in zip(reversed(BANDS[:BANDS.index("BM")]), reversed(BOUNDARIES[:BOUNDARIES.index("BM")])):
+    for band, name in zip(reversed(BANDS[:BANDS.index("BM")]), reversed(BOUNDARIES[:BOUNDARIES.index("BM")]), strict=False):
         t = thickness[band]
         if band in LIFT_ABSORPTION:
             absorbed = LIFT_ABSORPTION[band] * t * np.tanh(lift / np.maximum(t, 1e-3))

@@ -60,7 +60,7 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
     refl = np.zeros((height, width), np.float32)
     mu = np.zeros((height, width), np.float32)
     prev_r, prev_m = 0.0, 0.0
-    tops = dict(zip(BANDS, BOUNDARIES))
+    tops = dict(zip(BANDS, BOUNDARIES, strict=False))
     for band in BANDS + ("SCLERA",):
         top = surf[tops[band]][i] if band != "SCLERA" else surf["CSI"][i]
         r = refl_t[band] if band != "SCLERA" else reflectivity(BAND_P50["SCLERA"])
