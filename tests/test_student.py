@@ -155,7 +155,9 @@ def test_finetune_writes_a_new_version_with_lineage_and_never_overwrites(student
         _accept_truth(store, _phantom(seed, n=3), seed)
     parent_bytes = student_ckpt.read_bytes()
     config = StudentTrainConfig(epochs=2, batch_size=3, lr=1e-3, augment=False)
-    first, lineage = finetune(store.root, student_ckpt, config=config, device="cpu", log=lambda _: None)
+    logged: list[str] = []
+    first, lineage = finetune(store.root, student_ckpt, config=config, device="cpu", log=logged.append)
+    assert any("only 4 optimiser steps" in m for m in logged), logged  # 6 corrections in batches of 3, 2 epochs
     assert first.name == "student-ft1.safetensors" and first.parent == store.root / "checkpoints"
     assert student_ckpt.read_bytes() == parent_bytes
     meta = Checkpoint.load(first, expect_method="student").meta

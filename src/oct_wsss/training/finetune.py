@@ -8,6 +8,7 @@ and the before/after metrics. The parent, and every earlier fine-tune, is left u
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
 from oct_wsss.training.student_data import correction_targets
 
+#: On Duke DME, 8-24 optimiser steps at lr 2e-4 did not move a student; ~30 at 1e-3 did (docs/results-real.md).
+FEW_STEPS = 30
 DEFAULTS = StudentTrainConfig(epochs=10, lr=2e-4, correction_weight=1.0, augment={"rotation": 5.0})
 
 
@@ -85,6 +88,11 @@ def finetune(store_dir: str | Path, parent: str | Path, *, out_dir: str | Path |
     target = next_version_path(parent, out)
     work = out / f".{target.stem}-work"  # resumable state of this run; removed once the checkpoint is written
     log(f"finetune: {len(train)} corrections to learn from, {len(held)} held out; parent {ckpt.id}")
+    steps = math.ceil(len(train) / config.batch_size) * config.epochs
+    if steps < FEW_STEPS:
+        log(f"finetune: note: only {steps} optimiser steps ({config.epochs} epochs of {len(train)} corrections); a "
+            "student far from the corrections may not move; raise --epochs (and --lr): on Duke DME ~30 steps at "
+            "1e-3 helped where 8-24 at 2e-4 did not (docs/results-real.md)")
     net, info = train_student(correction_targets(train, config.correction_weight), base.classes, base.input_size,
                               base.net.config, config, work, init=base.net, device=device, seed=seed, log=log,
                               cancel=cancel)
