@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import multiprocessing
 import os
 import random
@@ -21,22 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reliability_helpers import report
 
 from oct_wsss.store import ACCEPTED, CorrectionStore, StoreError
 from oct_wsss.store import store as store_module
 
 SIDE = 32
 _FORK = multiprocessing.get_context("fork")
-
-
-def _report(name: str, figures: dict) -> None:
-    target = os.environ.get("OCT_RELIABILITY_REPORT")
-    if not target:
-        return
-    path = Path(target)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = figures
-    path.write_text(json.dumps(data, indent=2))
 
 
 def _mask_sha(mask: np.ndarray) -> str:
@@ -184,7 +174,7 @@ def test_random_sigkills_lose_no_acknowledged_accept(tmp_path: Path) -> None:
     t0 = time.monotonic()
     totals = crash_runs(tmp_path, runs=30, seed=9)
     totals["seconds"] = round(time.monotonic() - t0, 1)
-    _report("crash_quick", totals)
+    report("crash_quick", totals)
     assert totals["lost"] == 0 and totals["acks"] > 30 and totals["kills"] >= 30
 
 
@@ -193,7 +183,7 @@ def test_random_sigkills_long(tmp_path: Path) -> None:
     t0 = time.monotonic()
     totals = crash_runs(tmp_path, runs=300, seed=2026)
     totals["seconds"] = round(time.monotonic() - t0, 1)
-    _report("crash_long", totals)
+    report("crash_long", totals)
     assert totals["lost"] == 0
 
 
@@ -304,12 +294,12 @@ def disk_full_trials(root: Path, trials: int, seed: int) -> dict[str, int]:
 
 def test_disk_full_never_loses_or_half_writes(tmp_path: Path) -> None:
     figures = disk_full_trials(tmp_path, trials=16, seed=7)
-    _report("disk_full_quick", figures)
+    report("disk_full_quick", figures)
     assert figures["lost"] == 0 and figures["refused"] == 16 and figures["temp_files"] == 0
 
 
 @pytest.mark.slow
 def test_disk_full_long(tmp_path: Path) -> None:
     figures = disk_full_trials(tmp_path, trials=200, seed=11)
-    _report("disk_full_long", figures)
+    report("disk_full_long", figures)
     assert figures["lost"] == 0 and figures["temp_files"] == 0
