@@ -3,6 +3,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --workflow STUDENT.safetensors
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --grader
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --hrf
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ def workflow(student: Path) -> None:
     review.labels.value = viewer.layers[PROPOSED]
     review.status.value = "open a project folder to accept B-scans"
     _shoot(viewer, "napari_propose_review.png", zoom=1.3)
+    viewer.close()
+
+
+def hrf() -> None:
+    """Propose lesions with method HRF and the bundled demo-hrf checkpoint on the demo phantom (classical step)."""
+    from oct_wsss.napari._propose import HRF_PROPOSED
+
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    populate_demo(viewer)
+    _, propose = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Propose lesions")
+    propose.method.value, propose.device.value = "hrf", "cpu"
+    viewer.dims.set_current_step(0, 31)
+    propose.range.value = "current"
+    worker = propose.propose()
+    while worker.is_running or not propose.run_button.enabled:
+        napari.qt.get_qapp().processEvents()
+    viewer.layers["ground truth"].visible = False
+    viewer.layers[HRF_PROPOSED].opacity = 1.0
+    _shoot(viewer, "napari_hrf.png", zoom=2.5)
     viewer.close()
 
 
@@ -117,6 +137,9 @@ def grader() -> None:
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    if len(sys.argv) > 1 and sys.argv[1] == "--hrf":
+        hrf()
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--grader":
         grader()
         return 0
