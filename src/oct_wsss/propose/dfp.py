@@ -27,7 +27,8 @@ from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_mask, to_unit
+from oct_wsss.propose.inputs import resize, retina_mask
+from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.volume import OctVolume
@@ -47,7 +48,8 @@ class DfpProposer:
                  threshold: float = DEFAULT_THRESHOLD, propagation: PropagationParams | None = None,
                  present_threshold: float = 0.5, retina: bool = True, propagate: bool = True,
                  reference: str = "sum", fallback: bool = True, device: str | torch.device = "auto",
-                 batch_size: int | None = None, checkpoint: Checkpoint | None = None) -> None:
+                 batch_size: int | None = None, checkpoint: Checkpoint | None = None,
+                 intensity: str | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.classes = tuple(int(c) for c in classes)
@@ -67,6 +69,9 @@ class DfpProposer:
         self.fallbacks: dict[int, int] = {}
         self.batch_size = batch_size or default_batch_size(self.device)
         self.checkpoint = checkpoint
+        #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
+        self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
+                                         else intensity_of(checkpoint.meta.get("normalisation")))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> DfpProposer:
@@ -106,7 +111,7 @@ class DfpProposer:
                 "params": {"threshold": self.threshold, "present_threshold": self.present_threshold,
                            "propagation": self.propagation.to_dict(), "propagate": self.propagate,
                            "reference": self.reference, "retina": self.retina, "fallback": self.fallback,
-                           "batch_size": self.batch_size},
+                           "batch_size": self.batch_size, "intensity": self.intensity},
                 "fallbacks": {"rule": "empty propagated label -> min-max saliency M",
                               "total": sum(self.fallbacks.values()),
                               "per_bscan": {str(i): n for i, n in sorted(self.fallbacks.items())}},
@@ -147,7 +152,7 @@ class DfpProposer:
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`scores` plus, per B-scan, how many present classes fell back from an empty S_0 to M (n,)."""
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None]
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         saliency, refs, probs = self.forward(x)
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
