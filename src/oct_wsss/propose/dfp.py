@@ -28,7 +28,7 @@ from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.inputs import resize, retina_mask
-from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
+from oct_wsss.propose.intensity import check_intensity, intensity_of, normalisation_meta, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.volume import OctVolume
@@ -197,12 +197,12 @@ class DfpProposer:
 
 def dfp_checkpoint(net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *, threshold: float,
                    propagation: PropagationParams, present_threshold: float = 0.5, retina: bool = True,
-                   reference: str = "sum",
+                   reference: str = "sum", intensity: str = "unit",
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Checkpoint:
     """One ``dfp`` checkpoint: both networks' weights, classes, input size, soft-label threshold and decoder params."""
     return Checkpoint.new(net.state_dict(), method="dfp", architecture={"dfp": net.config.to_dict()},
-                          classes=list(classes), input_size=list(input_size), normalisation={"input": "unit"},
-                          training=training, metrics=metrics,
+                          classes=list(classes), input_size=list(input_size),
+                          normalisation=normalisation_meta(intensity), training=training, metrics=metrics,
                           params={"threshold": float(threshold), "present_threshold": float(present_threshold),
                                   "propagation": propagation.to_dict(), "retina": bool(retina),
                                   "reference": reference})
