@@ -63,11 +63,18 @@ def sample_pairs(samples: list[Sample]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def score(pairs: list[tuple[np.ndarray, np.ndarray]], predict: Any, classes: tuple[int, ...]) -> dict[str, Any]:
-    """Pooled IoU and Dice and per-image DSC per class (all B-scans scored, ``segmentation_scores``)."""
-    s = segmentation_scores(image_confusions([t for _, t in pairs], [predict(i) for i, _ in pairs]), classes)
-    return {"n_bscans": len(pairs), **{k: {"iou": v.iou, "dice_pooled": v.dice_pooled,
-                                           "dice_per_image": v.dice_per_image}
-                                       for k, v in s.classes.items() if k != "background"}}
+    """Per class: pooled IoU and Dice and per-image DSC over all B-scans, and the same over the B-scans whose truth
+    holds a lesion (``lesion_bscans``: AGM's Table-1 protocol), from ``segmentation_scores``."""
+    cms = image_confusions([t for _, t in pairs], [predict(i) for i, _ in pairs])
+    out: dict[str, Any] = {"n_bscans": len(pairs)}
+    for cls in classes:
+        every, lesion = (segmentation_scores(cms, (cls,), lesion_images_only=only) for only in (False, True))
+        key = next(k for k in every.classes if k != "background")
+        out[key] = {"iou": every.classes[key].iou, "dice_pooled": every.classes[key].dice_pooled,
+                    "dice_per_image": every.classes[key].dice_per_image,
+                    "lesion_bscans": lesion.n_images_scored, "dice_per_image_lesion_bscans":
+                        lesion.classes[key].dice_per_image, "iou_lesion_bscans": lesion.classes[key].iou}
+    return out
 
 
 def main() -> None:
@@ -128,13 +135,16 @@ def main() -> None:
     path = ckpt.save(out / "student.safetensors")
     (out / "scores.json").write_text(json.dumps({"training": training, "scores": scores}, indent=2, default=float))
     print(f"trained in {minutes:.1f} min on {training['data']}; {path}")
-    print("| set | predictor | B-scans | class | IoU | pooled Dice | per-image DSC |\n|---|---|---|---|---|---|---|")
+    print("| set | predictor | B-scans | class | IoU | pooled Dice | per-image DSC | B-scans with the class | "
+          "per-image DSC on those |\n|---|---|---|---|---|---|---|---|---|")
     for name, by_pred in scores.items():
         for pred, s in by_pred.items():
             for cls, v in s.items():
                 if cls != "n_bscans":
                     cells = " | ".join("—" if v[m] is None else f"{100 * v[m]:.2f} %"
                                        for m in ("iou", "dice_pooled", "dice_per_image"))
+                    lesion = v["dice_per_image_lesion_bscans"]
+                    cells += f" | {v['lesion_bscans']} | " + ("—" if lesion is None else f"{100 * lesion:.2f} %")
                     print(f"| {name} | {pred} | {s['n_bscans']} | {cls} | {cells} |")
     if args.bundle:
         shutil.copy(path, args.bundle)
