@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
@@ -16,6 +17,7 @@ from oct_wsss.training import Recipe, train_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 15-30 s on the shared 2 cores; tests/test_agm_training.py parses agm-synth-drusen.yaml fast
 def test_agm_recipe_with_drusen_trains_and_proposes_class_6(tmp_path: Path) -> None:
     raw = {
         "method": "agm", "seed": 0, "out": str(tmp_path / "run"), "device": "cpu",
