@@ -143,3 +143,20 @@ def test_student_training_records_and_applies_the_option(tmp_path: Path) -> None
     assert student_checkpoint(net, (1, 2, 3), (64, 64), training={}).meta["normalisation"] == {"input": "unit"}
     with pytest.raises(ValueError, match="intensity must be one of"):
         StudentTrainConfig(intensity="log")
+
+
+def test_agm_and_dfp_training_take_the_option() -> None:
+    from oct_wsss.training.agm import AgmTrainConfig
+    from oct_wsss.training.data import Sample
+    from oct_wsss.training.dfp import DfpTrainConfig
+    from oct_wsss.training.ganomaly import GanomalyTrainConfig
+    from oct_wsss.training.loader import BscanDataset
+
+    for config in (AgmTrainConfig, DfpTrainConfig, GanomalyTrainConfig):
+        assert config(intensity="harmonised").intensity == "harmonised"
+        with pytest.raises(ValueError, match="intensity must be one of"):
+            config(intensity="log")
+    bscan = cirrus_like(_phantom(), size=(96, 96))
+    sample = Sample(lambda: bscan, frozenset(), "p")
+    item = BscanDataset([sample], (), (96, 96), intensity="harmonised")[0]
+    np.testing.assert_allclose(item["image"][0].numpy(), harmonise(bscan), atol=1e-6)
