@@ -160,3 +160,26 @@ def test_agm_and_dfp_training_take_the_option() -> None:
     sample = Sample(lambda: bscan, frozenset(), "p")
     item = BscanDataset([sample], (), (96, 96), intensity="harmonised")[0]
     np.testing.assert_allclose(item["image"][0].numpy(), harmonise(bscan), atol=1e-6)
+
+
+def test_finetune_keeps_the_parents_harmonisation(tmp_path: Path) -> None:
+    import torch
+
+    from oct_wsss.models.student import StudentConfig, StudentNet
+    from oct_wsss.store import CorrectionStore
+    from oct_wsss.training.finetune import finetune
+    from oct_wsss.training.student import StudentTrainConfig, student_checkpoint
+
+    torch.manual_seed(0)
+    net = StudentNet(StudentConfig(n_outputs=4, width=4, depth=2))
+    parent = student_checkpoint(net, (1, 2, 3), (64, 64), training={}, intensity="harmonised").save(
+        tmp_path / "student.safetensors")
+    store = CorrectionStore(tmp_path / "project")
+    for seed in (6, 7):
+        phantom = make_volume(seed, n_bscans=2, height=64, width=64, prevalence={"srf": 1.0})
+        vid = store.volume_id(phantom.volume)
+        for i in range(2):
+            store.accept(vid, i, phantom.labels[i], image=phantom.volume.data[i], grader="g")
+    child, _ = finetune(store.root, parent, config=StudentTrainConfig(epochs=1, batch_size=2, augment=False),
+                        device="cpu", log=lambda _m: None)
+    assert Checkpoint.load(child).meta["normalisation"] == {"input": "unit", "intensity": "harmonised"}
