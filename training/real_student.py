@@ -1,7 +1,7 @@
 """Train and score the real-data student (fluid + drusen, harmonised inputs) that ``src/oct_wsss/weights`` bundles.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/real_student.py training/real-student.yaml \
-        [--bundle src/oct_wsss/weights/real-student.safetensors]
+        [--bundle src/oct_wsss/weights/real-student.safetensors] [--intensity unit --out runs/real-student-unit]
 
 Training targets are pixel labels: phantom volumes (SRF and IRF merged into fluid, drusen kept, other lesions
 background), the Duke DME fluid masks of the training patients and the drusen derived from the Bonn volume's RPE/BM
@@ -81,8 +81,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--bundle", type=Path, help="copy the trained checkpoint here")
+    ap.add_argument("--intensity", choices=("unit", "harmonised"), help="override the recipe's (the ablation)")
+    ap.add_argument("--out", help="override the recipe's run folder")
     args = ap.parse_args()
     r = yaml.safe_load(args.recipe.read_text())
+    r.update({k: v for k, v in (("intensity", args.intensity), ("out", args.out)) if v is not None})
     out = REPO / r["out"]
     out.mkdir(parents=True, exist_ok=True)
     classes = tuple(sorted(by_key(k).id for k in r["classes"]))
