@@ -2,7 +2,7 @@
 
 Spectralis exports (Duke, Bonn), Cirrus-like ones (brighter noise floor, other gamma) and resampled B-scans differ
 mostly by a monotone intensity map. :func:`harmonise` undoes it with three robust anchors measured on each B-scan:
-the **noise floor** (median outside the retina mask: vitreous and below the choroid), the **retinal median** and a
+the **noise floor** (median outside the tissue mask: vitreous and below the choroid), the **retinal median** and a
 **high retinal percentile** (99th, the RNFL / RPE bands). It maps floor -> ``FLOOR``, the high percentile -> ``HIGH``
 linearly and, with a gamma fitted on the retinal median, median -> ``MID``. The targets are the synthetic
 phantom's own values (``training/intensity_stats.py`` measures them), so phantom-like uint8 inputs come back nearly
@@ -28,7 +28,7 @@ from oct_wsss.propose.inputs import SATURATED, to_unit
 #: targets (fractions of full scale): the phantom's noise floor, retinal median and retinal 99th percentile
 FLOOR, MID, HIGH = 0.08, 0.25, 0.765
 HIGH_PERCENTILE = 99.0
-#: the fitted gamma is kept in this range, so a bad retina mask cannot blow the image up
+#: the fitted gamma is kept in this range, so a bad tissue mask cannot blow the image up
 GAMMA_RANGE = (1 / 3, 3.0)
 UNIT, HARMONISED = "unit", "harmonised"
 INTENSITIES = (UNIT, HARMONISED)
