@@ -6,8 +6,8 @@ the **noise floor** (median outside the tissue mask: vitreous and below the chor
 **high retinal percentile** (99th, the RNFL / RPE bands). It maps floor -> ``FLOOR``, the high percentile -> ``HIGH``
 linearly and, with a gamma fitted on the retinal median, median -> ``MID``. The targets are the synthetic
 phantom's own values (``training/intensity_stats.py`` measures them), so phantom-like uint8 inputs come back nearly
-unchanged and a model trained on the phantom sees real B-scans on its scale. Saturated border pixels (padding)
-are left out of the anchors and stay saturated.
+unchanged and a model trained on the phantom sees real B-scans on its scale. Saturated and zero pixels (padding,
+or noise clipped at 0) are left out of the anchors and keep their value.
 
 It is a preprocessing option a checkpoint records: ``normalisation = {"input": "unit", "intensity": "harmonised"}``.
 Proposers call :func:`unit_inputs` with the checkpoint's setting; a checkpoint without the key gets plain
@@ -26,7 +26,7 @@ from skimage import filters, measure, morphology
 from oct_wsss.propose.inputs import SATURATED, to_unit
 
 #: targets (fractions of full scale): the phantom's noise floor, retinal median and retinal 99th percentile
-FLOOR, MID, HIGH = 0.08, 0.25, 0.765
+FLOOR, MID, HIGH = 0.088, 0.25, 0.765
 HIGH_PERCENTILE = 99.0
 #: the fitted gamma is kept in this range, so a bad tissue mask cannot blow the image up
 GAMMA_RANGE = (1 / 3, 3.0)
@@ -50,9 +50,11 @@ def tissue_mask(unit: np.ndarray) -> np.ndarray:
 
 
 def anchors(unit: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(noise floor, retinal median, retinal high percentile) of one B-scan in [0, 1]; saturated pixels left out."""
+    """(noise floor, retinal median, retinal high percentile) of one B-scan in [0, 1]. Saturated pixels and exact
+    zeros are left out: both are padding as often as signal (the Keshav B-scans are 60 % zero fill, which made the
+    "floor" 0), and leaving zeros out everywhere, the phantom's targets included, keeps the rule the same."""
     mask = tissue_mask(unit) if mask is None else mask
-    valid = unit < SATURATED
+    valid = (unit < SATURATED) & (unit > 0)
     outside, inside = unit[~mask & valid], unit[mask & valid]
     if inside.size < 16 or outside.size < 16:  # no usable retina / background split: whole-image percentiles
         inside = outside = unit[valid] if valid.any() else unit.ravel()
@@ -76,7 +78,7 @@ def harmonise(bscan: np.ndarray) -> np.ndarray:
     gamma = float(np.clip(np.log(target) / np.log(t_mid), *GAMMA_RANGE)) if 0.0 < t_mid < 1.0 else 1.0
     t = np.where(t > 0, np.power(np.maximum(t, 0.0), gamma), t)
     y = np.clip(FLOOR + t * (HIGH - FLOOR), 0.0, 1.0)
-    y = np.where(x >= SATURATED, x, y)  # padding stays padding (retina_mask and the readers drop it)
+    y = np.where((x >= SATURATED) | (x <= 0), x, y)  # padding (saturated or zero) stays padding
     return y.astype(np.float32)
 
 
