@@ -2,11 +2,11 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/intensity_stats.py [--data ../shared/data] [--json FILE]
 
-Per set, the mean over its B-scans of: noise floor (median outside the tissue mask), retinal median, retinal 90th
-and 99th percentile, and contrast (p99 - floor) / (p99 + floor); the tissue mask of the raw B-scan serves both
-columns, so before and after are measured on the same pixels. Then the Cirrus-like round trip (gamma 0.7, gain
-0.85, floor + 0.1, resampled to 400 x 640) on Duke and the phantom: blurred mean absolute gap to the original,
-without and with harmonisation. Prints markdown tables (docs/results-real.md).
+Per set, the mean over its B-scans of: noise floor (median of the non-zero pixels outside the tissue mask), retinal
+median, retinal 90th and 99th percentile, and contrast (p99 - floor) / (p99 + floor); the tissue mask of the raw
+B-scan serves both columns, so before and after are measured on the same pixels. Then the Cirrus-like round trip
+(gamma 0.7, gain 0.85, floor + 0.1, resampled to 400 x 640) on Duke and the phantom: blurred mean absolute gap to
+the original, without and with harmonisation. Prints markdown tables (docs/results-real.md).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ SETS = {"duke_dme_chiu2015 (Spectralis)": "duke_dme_chiu2015/images/*.png",
 
 
 def stats(unit: np.ndarray, mask: np.ndarray) -> list[float]:
-    """[floor, retinal median, p90, p99, contrast] of one B-scan in [0, 1] on ``mask``; saturated pixels left out."""
-    valid = unit < SATURATED
+    """[floor, retinal median, p90, p99, contrast] of one B-scan in [0, 1] on ``mask``; saturated and zero pixels
+    (padding) left out, as ``harmonise`` leaves them out."""
+    valid = (unit < SATURATED) & (unit > 0)
     out, ins = unit[~mask & valid], unit[mask & valid]
     floor, p99 = float(np.median(out)), float(np.percentile(ins, 99))
     return [floor, float(np.median(ins)), float(np.percentile(ins, 90)), p99, (p99 - floor) / max(p99 + floor, 1e-6)]
