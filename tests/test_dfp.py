@@ -174,7 +174,7 @@ def test_proposal_at_native_size_with_soft_labels(dfp_ckpt) -> None:
     normal = propose(vol, "dfp", dfp_ckpt, device="cpu", present_threshold=1.0, keep_scores=True)
     assert not normal.labels.any() and not normal.scores.any()
     # options reach the decoder: no reference support at threshold 1.0 except the maxima -> at most a few pixels
-    tight = propose(vol, "dfp", dfp_ckpt, device="cpu", propagation_threshold=1.0)
+    tight = propose(vol, "dfp", dfp_ckpt, device="cpu", propagation_threshold=1.0, fallback=False)
     assert (tight.labels > 0).sum() < (result.labels > 0).sum()
     # GradCAM reference maps instead of channel sums: same shapes, recorded in the provenance
     cam = propose(vol, "dfp", dfp_ckpt, device="cpu", reference="gradcam", keep_scores=True)

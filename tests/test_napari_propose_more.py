@@ -37,6 +37,7 @@ def _wait(w: ProposeWidget, qtbot) -> None:
 def test_bundled_demo_checkpoint_is_listed_first_and_chosen(viewer, ckpt, tmp_path, monkeypatch) -> None:
     demo = shutil.copy(ckpt, tmp_path / "demo-student.safetensors")
     monkeypatch.setattr(_propose, "bundled_checkpoints", lambda: {"student": tmp_path / "demo-student.safetensors"})
+    monkeypatch.setattr(_propose, "real_checkpoints", dict)  # the image here is a plain array: it counts as real
     w = ProposeWidget(viewer[0])
     w.method.value = "student"
     assert w.known.choices == (str(demo), OTHER) and str(w.checkpoint.value) == str(demo)

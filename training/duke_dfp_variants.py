@@ -4,8 +4,11 @@ resumable state; no training) and scored with and without feature propagation.
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/duke_dfp_variants.py --run runs/duke-real
 
 For each fold: the largest soft-label value on the held-out patient's fluid B-scans (0 = an empty soft label), the
-threshold chosen on the validation patient's masks, and pooled scores of ``dfp`` (propagation) and ``saliency``
-(the min-max saliency M alone, propagation off) with the image-level labels given. Writes RUN/dfp-variants.json.
+threshold chosen on the validation patient's masks, and pooled scores of ``dfp`` (propagation with the empty-label
+guard, the proposer's default), ``dfp_noguard`` (propagation alone, ``fallback=False``) and ``saliency`` (the
+min-max saliency M alone, propagation off) with the image-level labels given, plus ``dfp_proposals`` (guard on, the
+classifier deciding). Without RUN's DFP states it trains them first (about 1-2 min per fold on 2 cores).
+Writes RUN/dfp-variants.json.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def main() -> None:
     ap.add_argument("--dfp-epochs", type=int, default=15, help="the epochs the run trained (its state is reused)")
     args = ap.parse_args()
     folds = patient_folds(load_dataset({"layout": "duke", "root": str(args.data)}).samples, 5, seed=0)
-    truths, preds, per_fold = [], {"dfp": [], "saliency": []}, []
+    truths, preds, per_fold = [], {"dfp": [], "dfp_noguard": [], "saliency": [], "dfp_proposals": []}, []
     for i, (train, test) in enumerate(folds):
         fit, val = patient_split(train, 0.25, seed=i)
         cfg = DfpConfig(backbone="resnet18", n_classes=1, image_channels=1, width=16)
@@ -45,13 +48,15 @@ def main() -> None:
         truths += [s.load_mask() for s in test]
         row = {"fold": i, "test": sorted({s.patient for s in test})}
         for name in preds:
-            proposer = DfpProposer(net, (FLUID,), (args.size,) * 2, device="cpu", propagate=name == "dfp")
+            proposer = DfpProposer(net, (FLUID,), (args.size,) * 2, device="cpu", propagate=name != "saliency",
+                                   fallback=name != "dfp_noguard")
             fluid = [s for s in test if s.labels]
-            soft = [proposer.scores([s.load_image()], np.array([[True]]))[0] for s in fluid]
-            row[f"{name}_max_soft"] = float(max(float(x.max()) for x in soft)) if soft else None
+            soft = [proposer.scores_and_fallbacks([s.load_image()], np.array([[True]])) for s in fluid]
+            row[f"{name}_max_soft"] = float(max(float(x[0].max()) for x in soft)) if soft else None
+            row[f"{name}_fallbacks"] = int(sum(int(x[2].sum()) for x in soft))
             proposer.threshold = choose_threshold(proposer, val, 0.5, True)
             row[f"{name}_threshold"] = proposer.threshold
-            preds[name] += dfp_labels(proposer, test, True)
+            preds[name] += dfp_labels(proposer, test, name != "dfp_proposals")
         per_fold.append(row)
         print(row, flush=True)
     pooled = {name: scores(truths, p) for name, p in preds.items()}

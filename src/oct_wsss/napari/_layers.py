@@ -40,6 +40,17 @@ def _identifying(patient: dict[str, Any]) -> set[str]:
     return tokens
 
 
+def is_synthetic(layer: Any) -> bool:
+    """Whether an image layer shows the synthetic phantom: its metadata says format "synthetic" (the sample data and
+    phantom volumes), or its name says "synth" (synthetic, synth_0000) or "phantom". Anything else, a plain array
+    included, counts as real, so the widgets offer the real-data checkpoints first."""
+    if layer is None:
+        return False
+    info = (getattr(layer, "metadata", None) or {}).get("oct_wsss") or {}
+    name = str(getattr(layer, "name", "")).lower()
+    return info.get("format") == "synthetic" or "synth" in name or "phantom" in name
+
+
 def image_layer(volume: OctVolume, name: str | None = None) -> LayerData:
     """The OCT image layer: physical scale in mm, robust contrast limits, PHI-free metadata."""
     return (

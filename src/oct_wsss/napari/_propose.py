@@ -32,10 +32,10 @@ from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._imports import preload_method
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, labels_layer
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, is_synthetic, labels_layer
 from oct_wsss.propose.registry import METHODS, load_proposer, stream
 from oct_wsss.volume import OctVolume
-from oct_wsss.weights import bundled_checkpoints
+from oct_wsss.weights import bundled_checkpoints, real_checkpoints
 
 PROPOSED = "lesions (proposed)"
 HRF_PROPOSED = "HRF (proposed)"
@@ -85,7 +85,8 @@ class ProposeWidget(Container):
         self.method = ComboBox(label="method", choices=sorted(METHODS), value="student" if "student" in METHODS
                                else sorted(METHODS)[0])
         self.known = ComboBox(label="checkpoint", choices=[OTHER], value=OTHER,
-                              tooltip="bundled demo checkpoints first, then the ones used or fine-tuned recently")
+                              tooltip="bundled checkpoints first (for a real image the real-data one, for the "
+                                      "synthetic phantom the demo one), then the ones used or fine-tuned recently")
         self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors")
         self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"), value="auto")
         self.range = ComboBox(label="B-scans", choices=RANGES, value="all")
@@ -117,6 +118,7 @@ class ProposeWidget(Container):
         self.run_button.changed.connect(self.propose)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self.prepare_layer)
+        self.image.changed.connect(self._image_changed)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
         self._restore_checkpoint()
@@ -129,10 +131,13 @@ class ProposeWidget(Container):
         return set(self.viewer.layers[self.target_name].metadata.get(ACCEPTED_KEY, set()))
 
     def checkpoint_choices(self) -> list[tuple[str, str]]:
-        """(label, path) of the method's bundled demo checkpoint first, then recent ones, then 'other file'."""
+        """(label, path) of the method's bundled checkpoints (the real-data one first unless the image is synthetic),
+        then recent ones, then 'other file'."""
         method = self.method.value
-        demo = bundled_checkpoints().get(method)
-        choices = [(f"demo: {demo.name}", str(demo))] if demo is not None else []
+        tagged = [("real", real_checkpoints().get(method)), ("demo", bundled_checkpoints().get(method))]
+        if is_synthetic(self.image.value):
+            tagged.reverse()
+        choices = [(f"{tag}: {path.name}", str(path)) for tag, path in tagged if path is not None]
         recent = list(self.settings.value(f"recent/{method}", []) or [])
         saved = self.settings.value(f"checkpoint/{method}", "")
         for path in ([saved] if saved else []) + recent:
@@ -152,12 +157,24 @@ class ProposeWidget(Container):
         if self.known.value != OTHER:
             self.checkpoint.value = self.known.value
 
+    @staticmethod
+    def _bundled() -> set[str]:
+        return {str(p) for p in (*bundled_checkpoints().values(), *real_checkpoints().values())}
+
+    def _image_changed(self, *_: Any) -> None:
+        """A bundled (or no) checkpoint follows the image, real or synthetic; a file the user chose stays."""
+        current = str(self.checkpoint.value or "")
+        if current in self._bundled() or not Path(current).is_file():
+            self._restore_checkpoint()
+
     def _restore_checkpoint(self, *_: Any) -> None:
         choices = self.checkpoint_choices()
         with self.known.changed.blocked():
             self.known.choices = []  # else magicgui keeps the selected item in front
             self.known.choices = choices
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
+        if saved in self._bundled():  # bundled choices follow the image; own files stay
+            saved = choices[0][1]
         self.known.value = saved if saved in [p for _, p in choices] else choices[0][1]
         if saved:
             self.checkpoint.value = saved

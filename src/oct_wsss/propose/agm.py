@@ -23,7 +23,8 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
 from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_mask, soft_mask, to_unit
+from oct_wsss.propose.inputs import resize, retina_mask, soft_mask
+from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
 from oct_wsss.volume import OctVolume
@@ -65,7 +66,8 @@ class AgmProposer:
     def __init__(self, net: AgmNet, generator: Generator | None, classes: Sequence[int], input_size: tuple[int, int],
                  *, threshold: float = DEFAULT_THRESHOLD, cam_layers: Sequence[str] = DEFAULT_CAM_LAYERS,
                  smooth: bool = True, present_threshold: float = 0.5, device: str | torch.device = "auto",
-                 batch_size: int | None = None, checkpoint: Checkpoint | None = None) -> None:
+                 batch_size: int | None = None, checkpoint: Checkpoint | None = None,
+                 intensity: str | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
@@ -78,6 +80,9 @@ class AgmProposer:
         self.batch_size = batch_size or default_batch_size(self.device)
         self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=self.device.type == "cuda")
         self.checkpoint = checkpoint
+        #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
+        self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
+                                         else intensity_of(checkpoint.meta.get("normalisation")))
         #: logit columns of the lesion classes (after the background logit, when the network has one)
         self.lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
 
@@ -108,7 +113,8 @@ class AgmProposer:
         return {"method": self.method, "checkpoint": None if ckpt is None else {"id": ckpt.id, "sha256": ckpt.sha256},
                 "classes": list(self.classes), "input_size": list(self.input_size),
                 "params": {"threshold": self.threshold, "smooth": self.smooth, "cam_layers": list(self.cam_layers),
-                           "present_threshold": self.present_threshold, "batch_size": self.batch_size},
+                           "present_threshold": self.present_threshold, "batch_size": self.batch_size,
+                           "intensity": self.intensity},
                 "device": str(self.device)}
 
     def scores(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +124,7 @@ class AgmProposer:
         below ``present_threshold`` (at training time the trainer passes the image-level labels instead).
         """
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None]
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         retina = np.stack([retina_mask(xi[0]) for xi in x.numpy()])
         inputs = network_inputs(self.generator, x.to(self.device), torch.from_numpy(retina)[:, None].to(self.device),

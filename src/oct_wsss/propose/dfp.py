@@ -4,6 +4,11 @@
 B-scan: labels in the checkpoint's ontology ids (7 "fluid" for a binary model), the normal/abnormal probability r
 and, with ``keep_scores``, S_0 at native size as the score map. B-scans the classifier calls normal (r below
 ``present_threshold``) get an empty mask and a zero score, as the paper masks them with the category.
+
+Guard (``fallback``, on by default): where a class is present but its propagated label would be empty (S_0 nowhere
+above ``threshold`` inside the retina), S_0 is replaced by the min-max saliency M (the propagation's own input), so a
+weak saliency the intersections erased still gives a label; the provenance counts these fallbacks per B-scan.
+On Duke DME the propagated labels were empty on every held-out fluid B-scan in 3 of 5 folds (docs/results-real.md).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
-from oct_wsss.propose.batching import default_batch_size
+from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_mask, to_unit
+from oct_wsss.propose.inputs import resize, retina_mask
+from oct_wsss.propose.intensity import check_intensity, intensity_of, normalisation_meta, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
-from oct_wsss.propose.pseudo import run_scored
+from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.volume import OctVolume
 
 DEFAULT_THRESHOLD = 0.5
@@ -41,8 +47,9 @@ class DfpProposer:
     def __init__(self, net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float = DEFAULT_THRESHOLD, propagation: PropagationParams | None = None,
                  present_threshold: float = 0.5, retina: bool = True, propagate: bool = True,
-                 reference: str = "sum", device: str | torch.device = "auto", batch_size: int | None = None,
-                 checkpoint: Checkpoint | None = None) -> None:
+                 reference: str = "sum", fallback: bool = True, device: str | torch.device = "auto",
+                 batch_size: int | None = None, checkpoint: Checkpoint | None = None,
+                 intensity: str | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.classes = tuple(int(c) for c in classes)
@@ -57,13 +64,19 @@ class DfpProposer:
         if reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}")
         self.reference = reference
+        self.fallback = bool(fallback)
+        #: B-scan index -> number of classes whose empty propagated label fell back to M (filled by ``run``)
+        self.fallbacks: dict[int, int] = {}
         self.batch_size = batch_size or default_batch_size(self.device)
         self.checkpoint = checkpoint
+        #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
+        self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
+                                         else intensity_of(checkpoint.meta.get("normalisation")))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> DfpProposer:
         """Build from a ``dfp`` checkpoint; options override its threshold, propagation (``kernel``,
-        ``propagation_threshold``, ``delta``), ``present_threshold``, ``retina``, device and batch size."""
+        ``propagation_threshold``, ``delta``), ``present_threshold``, ``retina``, ``fallback``, device, batch size."""
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint, expect_method="dfp")
         if ckpt.method != "dfp":
             raise CheckpointError(None, f"checkpoint {ckpt.id} is a {ckpt.method!r} checkpoint, expected 'dfp'")
@@ -81,7 +94,8 @@ class DfpProposer:
                 prop[key.removeprefix("propagation_")] = options.pop(key)
         settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
                     "reference": params.get("reference", "sum"),
-                    "present_threshold": params.get("present_threshold", 0.5), "retina": params.get("retina", True)}
+                    "present_threshold": params.get("present_threshold", 0.5), "retina": params.get("retina", True),
+                    "fallback": params.get("fallback", True)}
         settings.update(options)
         try:
             return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt,
@@ -96,8 +110,11 @@ class DfpProposer:
                 "classes": list(self.classes), "input_size": list(self.input_size),
                 "params": {"threshold": self.threshold, "present_threshold": self.present_threshold,
                            "propagation": self.propagation.to_dict(), "propagate": self.propagate,
-                           "reference": self.reference, "retina": self.retina,
-                           "batch_size": self.batch_size},
+                           "reference": self.reference, "retina": self.retina, "fallback": self.fallback,
+                           "batch_size": self.batch_size, "intensity": self.intensity},
+                "fallbacks": {"rule": "empty propagated label -> min-max saliency M",
+                              "total": sum(self.fallbacks.values()),
+                              "per_bscan": {str(i): n for i, n in sorted(self.fallbacks.items())}},
                 "device": str(self.device)}
 
     def forward(self, x: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -128,37 +145,64 @@ class DfpProposer:
         (a trainer making pseudo labels passes the image-level labels instead, as the paper does). With
         ``propagate=False`` S_0 is the min-max saliency M itself (the ablation without feature propagation).
         """
+        out, probs, _ = self.scores_and_fallbacks(bscans, present)
+        return out, probs
+
+    def scores_and_fallbacks(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None,
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`scores` plus, per B-scan, how many present classes fell back from an empty S_0 to M (n,)."""
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None]
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         saliency, refs, probs = self.forward(x)
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
         out = np.zeros((len(bscans), len(self.classes), *native), np.float32)
+        fell = np.zeros(len(bscans), np.int64)
         for j in range(len(bscans)):
             if not keep[j].any():
                 continue
             inside = resize(retina_mask(x[j, 0].numpy()), native, order=0) if self.retina else None
             for k in np.flatnonzero(keep[j]):
-                s0 = (propagate(saliency[j, k], [r[j] for r in refs], self.propagation) if self.propagate
-                      else minmax(saliency[j, k]))
-                s0 = np.clip(resize(s0, native), 0.0, 1.0)
-                out[j, k] = s0 if inside is None else s0 * inside
-        return out, probs
+                m = minmax(saliency[j, k])
+                out[j, k] = self._native(propagate(m, [r[j] for r in refs], self.propagation)
+                                         if self.propagate else m, native, inside)
+                if self.fallback and self.propagate and not (out[j, k] > self.threshold).any():
+                    out[j, k] = self._native(m, native, inside)
+                    fell[j] += 1
+        return out, probs, fell
+
+    @staticmethod
+    def _native(s0: np.ndarray, native: tuple[int, ...], inside: np.ndarray | None) -> np.ndarray:
+        s0 = np.clip(resize(s0, native), 0.0, 1.0)
+        return s0 if inside is None else s0 * inside
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
-        """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
-        yield from run_scored(self, volume, bscans, cancel, keep_scores)
+        """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries. Fallbacks of the
+        guard are counted per B-scan in ``self.fallbacks`` (reset here) and reported by :meth:`provenance`."""
+        self.fallbacks = {}
+
+        def work(batch: Sequence[int]) -> list[BscanResult]:
+            scores, probs, fell = self.scores_and_fallbacks([volume.data[i] for i in batch])
+            self.fallbacks.update({int(i): int(n) for i, n in zip(batch, fell, strict=True) if n})
+            labels = pseudo_labels(scores, self.classes, self.threshold)
+            return [BscanResult(i, labels[j], probs[j], scores[j] if keep_scores else None)
+                    for j, i in enumerate(batch)]
+
+        def halved(size: int) -> None:
+            self.batch_size = size
+
+        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
 
 
 def dfp_checkpoint(net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *, threshold: float,
                    propagation: PropagationParams, present_threshold: float = 0.5, retina: bool = True,
-                   reference: str = "sum",
+                   reference: str = "sum", intensity: str = "unit",
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Checkpoint:
     """One ``dfp`` checkpoint: both networks' weights, classes, input size, soft-label threshold and decoder params."""
     return Checkpoint.new(net.state_dict(), method="dfp", architecture={"dfp": net.config.to_dict()},
-                          classes=list(classes), input_size=list(input_size), normalisation={"input": "unit"},
-                          training=training, metrics=metrics,
+                          classes=list(classes), input_size=list(input_size),
+                          normalisation=normalisation_meta(intensity), training=training, metrics=metrics,
                           params={"threshold": float(threshold), "present_threshold": float(present_threshold),
                                   "propagation": propagation.to_dict(), "retina": bool(retina),
                                   "reference": reference})

@@ -20,14 +20,15 @@ from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import to_unit
+from oct_wsss.propose.intensity import UNIT, check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.volume import OctVolume
 
 
-def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    """(n, 1, h, w) float32 in [0, 1] at the network's input size from same-sized B-scans of any dtype."""
-    x = torch.from_numpy(np.stack([to_unit(b) for b in bscans]))[:, None]
+def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int], intensity: str = UNIT) -> torch.Tensor:
+    """(n, 1, h, w) float32 in [0, 1] at the network's input size from same-sized B-scans of any dtype
+    (``intensity="harmonised"``: through ``propose.intensity.harmonise`` first)."""
+    x = torch.from_numpy(unit_inputs(bscans, intensity))[:, None]
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -40,7 +41,7 @@ class StudentProposer:
 
     def __init__(self, net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float | None = None, device: str | torch.device = "auto", batch_size: int | None = None,
-                 checkpoint: Checkpoint | None = None) -> None:
+                 checkpoint: Checkpoint | None = None, intensity: str | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.classes = tuple(int(c) for c in classes)
         if net.config.n_outputs != len(self.classes) + 1:
@@ -55,6 +56,9 @@ class StudentProposer:
         self.threshold = threshold
         self.batch_size = batch_size or default_batch_size(self.device)
         self.checkpoint = checkpoint
+        #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
+        self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
+                                         else intensity_of(checkpoint.meta.get("normalisation")))
         self._ids = np.array((0, *self.classes), np.uint8)
 
     @classmethod
@@ -78,12 +82,13 @@ class StudentProposer:
                                           "parent": ckpt.meta.get("lineage", {}).get("parent")}
         return {"method": self.method, "checkpoint": info, "classes": list(self.classes),
                 "input_size": list(self.input_size), "architecture": self.net.config.arch,
-                "params": {"threshold": self.threshold, "batch_size": self.batch_size}, "device": str(self.device)}
+                "params": {"threshold": self.threshold, "batch_size": self.batch_size,
+                           "intensity": self.intensity}, "device": str(self.device)}
 
     def probabilities(self, bscans: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
         native = tuple(bscans[0].shape)
-        x = network_input(bscans, self.input_size).to(self.device)
+        x = network_input(bscans, self.input_size, self.intensity).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -51,7 +51,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         if int(os.environ.get("RANK", "0")) != 0:
             continue  # under torchrun only rank 0 sweeps, scores and writes
         proposer = AgmProposer(run.net, gen, recipe.classes, recipe.input_size, cam_layers=opts.cam_layers,
-                               present_threshold=opts.present_threshold, device=device)
+                               present_threshold=opts.present_threshold, device=device, intensity=opts.intensity)
         alpha, sweep = _threshold(recipe, proposer, val, vdir)
         proposer.threshold = alpha
         test_scores = _score_test(proposer, test, vdir) if test else {}
@@ -60,6 +60,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
                    **test_scores, "train_minutes": round(minutes, 2)}
         ckpt = agm_checkpoint(run.net, gen, recipe.classes, recipe.input_size, threshold=alpha,
                               cam_layers=opts.cam_layers, present_threshold=opts.present_threshold,
+                              intensity=opts.intensity,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
                                         "variant": name, "splits": {k: {kk: vv for kk, vv in v.items()
                                                                         if kk != "patient_hashes"}
@@ -91,7 +92,10 @@ def _generator(recipe: Recipe, train: list[Sample], val: list[Sample], run_dir: 
     if spec.get("data"):
         gan_train = load_dataset(dict(spec["data"]), recipe.base).samples
     config = GanomalyConfig.from_dict(spec.get("config", {"image_size": recipe.input_size[0]}))
-    opts = GanomalyTrainConfig.from_dict({k: v for k, v in spec.items() if k not in ("config", "data", "checkpoint")})
+    settings = {k: v for k, v in spec.items() if k not in ("config", "data", "checkpoint")}
+    # the generator sees what AGM sees: the agm block's input intensity option
+    intensity = (recipe.raw.get("agm") or {}).get("intensity", "unit")
+    opts = GanomalyTrainConfig.from_dict({**settings, "intensity": intensity})
     if not any(s.healthy for s in gan_train):
         raise TrainingError("GANomaly needs healthy B-scans (no lesion label) in its training data")
     ckpt = train_ganomaly(gan_train, val, config, opts, run_dir, device=device, seed=recipe.seed, log=log,

@@ -20,6 +20,7 @@ from oct_wsss.evaluate import classification_scores
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.dfp import DfpConfig, DfpNet
 from oct_wsss.propose.device import resolve_device
+from oct_wsss.propose.intensity import check_intensity
 from oct_wsss.training.agm import make_optimizer
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -42,8 +43,10 @@ class DfpTrainConfig:
     num_workers: int = 0
     max_steps_per_epoch: int | None = None
     cache: bool = True
+    intensity: str = "unit"  # or "harmonised" (propose.intensity); the checkpoint records it, the proposer applies it
 
     def __post_init__(self) -> None:
+        check_intensity(self.intensity)
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
         if self.encoder_weight < 0:
@@ -111,8 +114,10 @@ def train_dfp(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
         log(f"dfp: resuming at epoch {start} from {state_path}")
     metrics = MetricLog(run_dir / "dfp-metrics.csv", resume=start > 0, start_epoch=start)
     augment = Augment(**opts.augment) if isinstance(opts.augment, dict) else Augment() if opts.augment else None
-    train_set = BscanDataset(train, classes, input_size, augment, seed=seed, cache=opts.cache, with_retina=False)
-    val_set = BscanDataset(val, classes, input_size, cache=opts.cache, with_retina=False) if val else None
+    train_set = BscanDataset(train, classes, input_size, augment, seed=seed, cache=opts.cache, with_retina=False,
+                             intensity=opts.intensity)
+    val_set = BscanDataset(val, classes, input_size, cache=opts.cache, with_retina=False,
+                           intensity=opts.intensity) if val else None
     history: list[dict[str, Any]] = []
     for epoch in range(start, opts.epochs):
         train_set.set_epoch(epoch)

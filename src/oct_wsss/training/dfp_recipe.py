@@ -60,7 +60,7 @@ def run_dfp(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
     run = train_dfp(train, val, classes, net_config, opts, recipe.input_size, run_dir, device=device,
                     seed=recipe.seed, log=log, cancel=cancel)
     proposers = {name: DfpProposer(run.net, classes, recipe.input_size, propagation=params, device=device,
-                                   propagate=name == "dfp") for name in ("dfp", "saliency")}
+                                   propagate=name == "dfp", intensity=opts.intensity) for name in ("dfp", "saliency")}
     rule = recipe.raw.get("threshold") or {}
     thresholds = {}
     for name, proposer in proposers.items():
@@ -76,6 +76,7 @@ def run_dfp(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
     metrics = {"thresholds": thresholds, "history": history,
                "test": {v: report[v]["pseudo_labels"]["summary"] for v in report}}
     ckpt = dfp_checkpoint(run.net, classes, recipe.input_size, threshold=thresholds["dfp"], propagation=params,
+                          intensity=opts.intensity,
                           training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
                                     "epochs": opts.epochs, "target": recipe.raw.get("target"),
                                     "source_classes": [ONTOLOGY[c].key for c in recipe.classes],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def finetune(store_dir: str | Path, parent: str | Path, *, out_dir: str | Path |
             f"{ckpt.id} does not predict (it predicts {', '.join(ONTOLOGY[c].key for c in base.classes)}); fine-tune "
             "a student trained with those classes")
     train, held = holdout(accepted, held_out, seed)
+    config = replace(config, intensity=base.intensity)  # the parent's input preprocessing, whatever was asked
     before = score(base, held)
     out = Path(out_dir) if out_dir is not None else store.root / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
@@ -96,12 +98,13 @@ def finetune(store_dir: str | Path, parent: str | Path, *, out_dir: str | Path |
     net, info = train_student(correction_targets(train, config.correction_weight), base.classes, base.input_size,
                               base.net.config, config, work, init=base.net, device=device, seed=seed, log=log,
                               cancel=cancel)
-    after = score(StudentProposer(net, base.classes, base.input_size, device=device), held)
+    after = score(StudentProposer(net, base.classes, base.input_size, device=device, intensity=base.intensity), held)
     lineage = {"parent": {"id": ckpt.id, "sha256": ckpt.sha256, "file": parent.name},
                "store": {"schema": store.schema_version, "accepted": len(accepted)},
                "trained_on": [_ref(c) for c in train], "held_out": [_ref(c) for c in held],
                "metrics_before": before, "metrics_after": after}
     new = student_checkpoint(net, base.classes, base.input_size, lineage=lineage, threshold=base.threshold,
+                             intensity=base.intensity,
                              training={"finetune": {"epochs": config.epochs, "lr": config.lr, "seed": seed,
                                                     "losses": info["losses"]},
                                        "parent_training": ckpt.meta["training"]},

@@ -31,6 +31,7 @@ from oct_wsss.models.ganomaly import (
     generator_losses,
     init_weights,
 )
+from oct_wsss.propose.intensity import check_intensity, normalisation_meta
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, init_distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -63,8 +64,10 @@ class GanomalyTrainConfig:
     augment: bool = False
     max_steps_per_epoch: int | None = None
     select: str = "auto"  # best epoch by "val_auc" (paper; "auto" when val has both kinds), "val_rec" or "last"
+    intensity: str = "unit"  # or "harmonised" (propose.intensity); an AGM recipe sets it from its agm block
 
     def __post_init__(self) -> None:
+        check_intensity(self.intensity)
         checks = {"select": self.select in ("auto", "val_auc", "val_rec", "last"), "epochs": self.epochs >= 1,
                   "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
                   "beta1": 0 <= self.beta1 < 1, "num_workers": self.num_workers >= 0,
@@ -128,12 +131,12 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp_dtype == torch.float16)
         size = (cfg.image_size, cfg.image_size)
         self.train_set = BscanDataset(healthy, (), size, Augment() if opts.augment else None, seed=seed,
-                                     with_retina=False, cache=True)
+                                     with_retina=False, cache=True, intensity=opts.intensity)
         self.sampler = dist.sampler(self.train_set, shuffle=True, seed=seed)
         self.shuffle = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(self.train_set, opts.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
                                  num_workers=opts.num_workers, generator=self.shuffle, pin_memory=self.cuda)
-        val_set = BscanDataset(val, (), size, with_retina=False, cache=True)
+        val_set = BscanDataset(val, (), size, with_retina=False, cache=True, intensity=opts.intensity)
         self.val_loader = DataLoader(val_set, opts.batch_size, num_workers=opts.num_workers,
                                      generator=torch.Generator().manual_seed(seed), pin_memory=self.cuda)
         self.abnormal = np.array([not s.healthy for s in val], bool)
@@ -141,7 +144,8 @@ class _Run:
         auto = "last" if not val else "val_auc" if 0 < n_abnormal < len(val) else "val_rec"
         self.selection = auto if opts.select == "auto" or not val else opts.select
         self.fingerprint = {"model": cfg.to_dict(), "seed": seed, "n_healthy": len(healthy), "n_val": len(val),
-                            "opts": {k: v for k, v in opts.to_dict().items() if k not in RESUMABLE_CHANGES}}
+                            "opts": {k: v for k, v in opts.to_dict().items() if k not in RESUMABLE_CHANGES
+                                     and not (k == "intensity" and v == "unit")}}  # states saved before the option
         self.best: dict[str, Any] | None = None
 
     def fit(self) -> Checkpoint:
@@ -309,5 +313,6 @@ class _Run:
                     "best_epoch": int(b["epoch"]), "selection": self.selection, "seed": self.seed,
                     "world_size": self.dist.world_size, "device": self.dev.type, "config": self.opts.to_dict()}
         return Checkpoint.new(weights, method="ganomaly", architecture=self.cfg.to_dict(), classes=[],
-                              input_size=[size, size], normalisation={"input": "unit", "model": "[-1,1]"},
+                              input_size=[size, size],
+                              normalisation=normalisation_meta(self.opts.intensity, model="[-1,1]"),
                               training=training, metrics={"val_auc": b["val_auc"], "val_rec": b["val_rec"]})

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from oct_wsss.propose.inputs import resize, retina_mask, to_unit
+from oct_wsss.propose.inputs import resize, retina_mask
+from oct_wsss.propose.intensity import check_intensity, unit_input
 from oct_wsss.training.data import Sample
 
 
@@ -61,8 +62,9 @@ class BscanDataset(Dataset):
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[int], size: tuple[int, int],
                  augment: Augment | None = None, seed: int = 0, with_mask: bool = False, cache: bool = False,
-                 with_retina: bool = True) -> None:
+                 with_retina: bool = True, intensity: str = "unit") -> None:
         self.samples, self.classes, self.size = list(samples), tuple(classes), tuple(size)
+        self.intensity = check_intensity(intensity)  # "harmonised": propose.intensity.harmonise at native size
         self.augment, self.seed, self.with_mask, self.with_retina = augment, seed, with_mask, with_retina
         self.epoch = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
@@ -76,7 +78,7 @@ class BscanDataset(Dataset):
 
     def _prepare(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The B-scan resized to the input size and its retina mask, (1, H, W) each."""
-        image = resize(to_unit(sample.load_image()), self.size)
+        image = resize(unit_input(sample.load_image(), self.intensity), self.size)
         x = torch.from_numpy(np.ascontiguousarray(image))[None]
         mask = retina_mask(image) if self.with_retina else np.ones(image.shape, bool)
         return x, torch.from_numpy(mask.astype(np.float32))[None]

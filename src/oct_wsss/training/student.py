@@ -21,6 +21,7 @@ from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.propose.device import resolve_device
+from oct_wsss.propose.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingCancelled
@@ -46,6 +47,7 @@ class StudentTrainConfig:
     soft: bool = False  # train on the proposer's score maps (scores.npy) rather than its labels
     augment: bool | dict[str, float] = field(default_factory=lambda: {"rotation": 5.0})
     select: str = "last"  # or "val_miou": keep the epoch with the best validation mIoU (needs validation masks)
+    intensity: str = "unit"  # or "harmonised": inputs through propose.intensity.harmonise, recorded in the checkpoint
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -56,6 +58,7 @@ class StudentTrainConfig:
             raise ValueError(f"select must be 'last' or 'val_miou', got {self.select!r}")
         if isinstance(self.class_weights, str) and self.class_weights != "auto":
             raise ValueError(f"class_weights must be 'auto', null or a list, got {self.class_weights!r}")
+        check_intensity(self.intensity)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentTrainConfig:
@@ -129,7 +132,7 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
     if isinstance(architecture, dict):
         architecture = StudentConfig.from_dict({"n_outputs": len(classes) + 1, **architecture})
     net = (init or StudentNet(architecture)).to(dev)
-    dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed)
+    dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed, config.intensity)
     if config.class_weights == "auto":
         cw = auto_class_weights(dataset)
     elif config.class_weights is None:
@@ -151,7 +154,7 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
         start, best, best_state = int(extra["epoch"]) + 1, extra["best"], extra.get("best_state")
         log(f"student: resuming after epoch {start - 1}")
     metrics = MetricLog(run_dir / "student-metrics.csv", resume=resume, start_epoch=start, tensorboard=False)
-    proposer = StudentProposer(net, classes, input_size, device=dev, batch_size=4)
+    proposer = StudentProposer(net, classes, input_size, device=dev, batch_size=4, intensity=config.intensity)
     losses: list[float] = []
     for epoch in range(start, config.epochs):
         net.train()
@@ -197,10 +200,13 @@ def _count(targets: Sequence[Target]) -> dict[str, int]:
 
 def student_checkpoint(net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                        training: dict[str, Any], metrics: dict[str, Any] | None = None,
-                       lineage: dict[str, Any] | None = None, threshold: float | None = None) -> Checkpoint:
-    """A ``student`` checkpoint: weights, architecture, classes, input size, what it learnt from, its lineage."""
+                       lineage: dict[str, Any] | None = None, threshold: float | None = None,
+                       intensity: str = "unit") -> Checkpoint:
+    """A ``student`` checkpoint: weights, architecture, classes, input size, what it learnt from, its lineage, and
+    its input intensity option (``normalisation.intensity`` only when "harmonised")."""
     ckpt = Checkpoint.new(net.state_dict(), method="student", architecture={"student": net.config.to_dict()},
-                          classes=list(classes), input_size=list(input_size), normalisation={"input": "unit"},
-                          training=training, metrics=metrics or {}, params={"threshold": threshold})
+                          classes=list(classes), input_size=list(input_size),
+                          normalisation=normalisation_meta(intensity), training=training, metrics=metrics or {},
+                          params={"threshold": threshold})
     ckpt.meta["lineage"] = lineage or {"parent": None}
     return ckpt

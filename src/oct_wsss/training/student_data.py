@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from oct_wsss.io import read_labels
-from oct_wsss.propose.inputs import resize, to_unit
+from oct_wsss.propose.inputs import resize
+from oct_wsss.propose.intensity import unit_input
 from oct_wsss.store import ACCEPTED, Correction
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError
@@ -147,8 +148,9 @@ class StudentDataset(Dataset):
     """Items ``{"image": (1, h, w), "target": (1 + K, h, w), "weight": ()}`` at the input size, cached in memory."""
 
     def __init__(self, targets: Sequence[Target], classes: Sequence[int], size: tuple[int, int],
-                 augment: Augment | None = None, seed: int = 0) -> None:
+                 augment: Augment | None = None, seed: int = 0, intensity: str = "unit") -> None:
         self.targets, self.classes, self.size = list(targets), tuple(classes), tuple(size)
+        self.intensity = intensity
         self.augment, self.seed, self.epoch = augment, seed, 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -159,10 +161,11 @@ class StudentDataset(Dataset):
         self.epoch = epoch
 
     def prepared(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image (1, h, w) in [0, 1] and target (1 + K, h, w), resized bilinearly (it stays a distribution)."""
+        """Image (1, h, w) in [0, 1] (harmonised when asked) and target (1 + K, h, w), resized bilinearly (it stays a
+        distribution)."""
         if i not in self._cache:
             t = self.targets[i]
-            image = to_unit(t.image())
+            image = unit_input(t.image(), self.intensity)
             target = one_hot(np.asarray(t.target()), self.classes)
             if target.shape[1:] != image.shape:
                 raise TrainingError(f"target of {t.key} is {target.shape[1:]}, its B-scan {image.shape}")

@@ -161,14 +161,14 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
     log(f"student: {len(targets)} training B-scans ({source})")
     net, info = train_student(targets, classes, recipe.input_size, architecture, config, run_dir, val=val,
                               device=device, seed=recipe.seed, log=log, cancel=cancel)
-    proposer = StudentProposer(net, classes, recipe.input_size, device=device)
+    proposer = StudentProposer(net, classes, recipe.input_size, device=device, intensity=config.intensity)
     report = compare_on_test(proposer, test, root, classes)
     if report:
         write_json(report, run_dir / "test-comparison.json")
         (run_dir / "comparison.md").write_text(comparison_table(report, classes))
     metrics = {m: {p: {"miou": r[p]["miou"], "miou_lesions": r[p]["miou_lesions"]} for p in r}
                for m, r in report.items()}
-    ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics,
+    ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics, intensity=config.intensity,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
                                         "pseudo_labels": source, "soft": config.soft, **info,
                                         "split": {k: v["bscans"] for k, v in summary.items()}})

@@ -1,0 +1,62 @@
+"""The Propose widget offers the real-data student first on a real image and the demo one on the phantom."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from napari_helpers import MemorySettings, tiny_student_checkpoint
+
+from oct_wsss.napari import _propose
+from oct_wsss.napari._layers import image_layer, is_synthetic
+from oct_wsss.napari._propose import OTHER, ProposeWidget
+from oct_wsss.synth import make_volume
+
+
+@pytest.fixture
+def bundled(tmp_path, monkeypatch):
+    """Two bundled student checkpoints in a temporary folder: a demo (phantom) one and a real-data one."""
+    ckpt = tiny_student_checkpoint(tmp_path)
+    demo = shutil.copy(ckpt, tmp_path / "demo-student.safetensors")
+    real = shutil.copy(ckpt, tmp_path / "real-student.safetensors")
+    monkeypatch.setattr(_propose, "bundled_checkpoints", lambda: {"student": tmp_path / "demo-student.safetensors"})
+    monkeypatch.setattr(_propose, "real_checkpoints", lambda: {"student": tmp_path / "real-student.safetensors"})
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
+    return {"demo": str(demo), "real": str(real), "own": str(ckpt)}
+
+
+def test_is_synthetic_reads_metadata_and_name() -> None:
+    phantom = make_volume(1, n_bscans=1, height=32, width=32).volume
+    data, kwargs, _ = image_layer(phantom, "scan 1")
+    assert is_synthetic(SimpleNamespace(name="scan 1", metadata=kwargs["metadata"]))  # format "synthetic"
+    assert is_synthetic(SimpleNamespace(name="synth_0003", metadata={}))
+    assert is_synthetic(SimpleNamespace(name="Phantom volume", metadata={}))
+    assert not is_synthetic(SimpleNamespace(name="Subject_03", metadata={"oct_wsss": {"format": "png"}}))
+    assert not is_synthetic(SimpleNamespace(name="oct", metadata={}))
+    assert not is_synthetic(None)
+
+
+def test_real_image_gets_the_real_student_first_and_the_phantom_the_demo(make_napari_viewer, bundled) -> None:
+    viewer = make_napari_viewer()
+    real_image = viewer.add_image(make_volume(2, n_bscans=2, height=48, width=40).volume.data, name="Subject_07")
+    phantom = make_volume(1, n_bscans=2, height=48, width=40).volume
+    data, kwargs, _ = image_layer(phantom, "synthetic OCT (lesions)")
+    synthetic = viewer.add_image(data, **kwargs)
+    w = ProposeWidget(viewer)
+    w.method.value = "student"
+    w.image.value = real_image
+    assert w.known.choices == (bundled["real"], bundled["demo"], OTHER)
+    assert str(w.checkpoint.value) == bundled["real"]
+    w.image.value = synthetic
+    assert w.known.choices == (bundled["demo"], bundled["real"], OTHER)
+    assert str(w.checkpoint.value) == bundled["demo"]
+    # a checkpoint the user picked is kept when the image changes; a bundled one that was saved follows the image
+    w.checkpoint.value = bundled["own"]
+    w.image.value = real_image
+    assert str(w.checkpoint.value) == bundled["own"]
+    w.settings.setValue("checkpoint/student", bundled["demo"])
+    w.checkpoint.value = bundled["demo"]
+    w.image.value = synthetic
+    w.image.value = real_image
+    assert str(w.checkpoint.value) == bundled["real"]
