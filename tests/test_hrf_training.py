@@ -107,3 +107,24 @@ def test_more_iterations_only_add_foci_on_a_trained_mil(tmp_path: Path) -> None:
     if one["recall"] is not None:
         assert two["recall"] >= one["recall"]
     assert report["relevance_threshold"]["oracle"]["dice"] >= report["relevance_threshold"]["global"]["dice"] - 1e-9
+
+
+def test_harmonised_intensity_is_a_checkpoint_option_the_proposer_honours(tmp_path: Path) -> None:
+    from oct_wsss.models.cct import Cct, CctConfig
+    from oct_wsss.propose.inputs import to_unit
+    from oct_wsss.propose.intensity import harmonise
+    from oct_wsss.synth import make_volume
+
+    bscan = make_volume(3, n_bscans=1, height=96, width=128).volume.data[0]
+    dim = {"dim": 16, "heads": 2, "conv_channels": 8, "layers": 1, "input_size": [96, 128]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = HrfProposer(Cct(CctConfig(**dim)), {"mean": 0.2, "std": 0.1}, device="cpu")
+        harmonised = HrfProposer(Cct(CctConfig(**dim)), {"mean": 0.2, "std": 0.1, "intensity": "harmonised"},
+                                 device="cpu")
+    np.testing.assert_array_equal(plain.prepare(bscan), to_unit(bscan))
+    np.testing.assert_array_equal(harmonised.prepare(bscan), harmonise(bscan))
+    assert not np.array_equal(harmonised.prepare(bscan), to_unit(bscan))
+    assert plain.provenance()["intensity"] == "unit" and harmonised.provenance()["intensity"] == "harmonised"
+    with pytest.raises(TrainingError, match="intensity"):
+        HrfTrainConfig(intensity="zscore")

@@ -26,7 +26,8 @@ from oct_wsss.models.mil import MilConfig, MilNet
 from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
-from oct_wsss.propose.inputs import retina_mask, to_unit
+from oct_wsss.propose.inputs import retina_mask
+from oct_wsss.propose.intensity import intensity_of, unit_input
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
 from oct_wsss.volume import OctVolume
@@ -55,7 +56,7 @@ class HrfProposer:
     method = "hrf"
     classes = (HRF,)
 
-    def __init__(self, net: Cct | MilNet, normalisation: dict[str, float], *, sam2: Sam2Backend | None = None,
+    def __init__(self, net: Cct | MilNet, normalisation: dict[str, Any], *, sam2: Sam2Backend | None = None,
                  iterations: int = 6, threshold: float = 0.05, crop_size: int = 72, box_size: int = 4,
                  device: str | torch.device = "auto", checkpoint: Checkpoint | None = None, warn: bool = True) -> None:
         if iterations < 1 or crop_size < 8 or box_size < 1 or not 0 <= threshold <= 1:
@@ -64,6 +65,7 @@ class HrfProposer:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.mean, self.std = float(normalisation.get("mean", 0.0)), float(normalisation.get("std", 1.0)) or 1.0
+        self.intensity = intensity_of(normalisation)
         self.sam2, self.checkpoint = sam2, checkpoint
         self.iterations, self.threshold = int(iterations), float(threshold)
         self.crop_size, self.box_size = int(crop_size), int(box_size)
@@ -99,8 +101,13 @@ class HrfProposer:
                 "sam2": None if self.sam2 is None else self.sam2.provenance(),
                 "params": {"iterations": self.iterations, "threshold": self.threshold, "crop_size": self.crop_size,
                            "box_size": self.box_size, "label_type": self.net.config.label_type},
-                "device": str(self.device), "probability_trace": {str(k): v for k, v in self.trace.items()},
+                "intensity": self.intensity, "device": str(self.device),
+                "probability_trace": {str(k): v for k, v in self.trace.items()},
                 "instances": list(self.instances), "instance_fields": list(INSTANCE_FIELDS)}
+
+    def prepare(self, bscan: np.ndarray) -> np.ndarray:
+        """A B-scan in [0, 1] as the classifier was trained on it: harmonised when its checkpoint says so."""
+        return unit_input(bscan, self.intensity)
 
     def normalise(self, image: np.ndarray) -> torch.Tensor:
         """(1, 1, H, W) network input at native size: unit intensities minus the training mean, over its std."""
@@ -113,7 +120,7 @@ class HrfProposer:
 
         ``on_input(iteration, image)`` sees each classifier input (unit intensities, occluded foci included).
         """
-        work = to_unit(bscan).copy()
+        work = self.prepare(bscan).copy()
         fill = float(work.mean())
         retina = retina_mask(work)
         found = np.zeros(work.shape, bool)

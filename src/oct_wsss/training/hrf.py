@@ -28,7 +28,7 @@ from oct_wsss.models.cct import Cct, CctConfig
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.mil import MilConfig, MilNet
 from oct_wsss.propose.hrf import DEFAULTS as PROPOSER_DEFAULTS
-from oct_wsss.propose.inputs import to_unit
+from oct_wsss.propose.intensity import HARMONISED, check_intensity, unit_input
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
 from oct_wsss.training.runlog import MetricLog, seed_everything
@@ -49,6 +49,7 @@ class HrfTrainConfig:
     lr: float = 1e-3  # OneCycle max lr (the paper's 1e-5 is for 50k steps; short CPU runs need more)
     weight_decay: float = 0.01
     min_area: int = 5
+    intensity: str = "unit"  # "harmonised": propose.intensity.harmonise before mean/std (recorded in the checkpoint)
     augment: dict[str, float] = field(default_factory=lambda: {"shift": 0.05, "flip": 0.5, "scale": 0.1,
                                                                "rotation": 5.0, "intensity": 0.2})
     proposer: dict[str, Any] = field(default_factory=dict)  # stored as checkpoint params (iterations, crop_size...)
@@ -59,6 +60,10 @@ class HrfTrainConfig:
             raise TrainingError(f"hrf.model must be one of {MODELS}, got {self.model!r}")
         if self.label_type not in hrf_labels.LABEL_TYPES:
             raise TrainingError(f"hrf.label_type must be one of {hrf_labels.LABEL_TYPES}, got {self.label_type!r}")
+        try:
+            check_intensity(self.intensity)
+        except ValueError as err:
+            raise TrainingError(f"hrf.{err}") from err
         unknown = set(self.proposer) - set(PROPOSER_DEFAULTS)
         if unknown:
             raise TrainingError(f"unknown hrf.proposer keys {sorted(unknown)}; known: {sorted(PROPOSER_DEFAULTS)}")
@@ -80,11 +85,11 @@ def hrf_count(mask: np.ndarray | None, min_area: int = 5) -> int:
     return sum(r.area >= min_area for r in regions)
 
 
-def load_set(samples: Sequence[Sample], min_area: int) -> tuple[Tensor, Tensor]:
-    """(N, 1, H, W) unit B-scans at native size and (N,) HRF counts; all B-scans must share one size."""
+def load_set(samples: Sequence[Sample], min_area: int, intensity: str = "unit") -> tuple[Tensor, Tensor]:
+    """(N, 1, H, W) B-scans in [0, 1] at native size and (N,) HRF counts; all B-scans must share one size."""
     images, counts = [], []
     for s in samples:
-        images.append(to_unit(s.load_image()))
+        images.append(unit_input(s.load_image(), intensity))
         mask = s.load_mask()
         count = hrf_count(mask, min_area) if mask is not None else int(HRF in s.labels)
         counts.append(count)
@@ -130,7 +135,7 @@ class HrfRun:
     """A trained classifier with the normalisation it was trained under and the per-epoch history."""
 
     net: Cct | MilNet
-    normalisation: dict[str, float]
+    normalisation: dict[str, Any]
     history: list[dict[str, Any]]
 
 
@@ -152,9 +157,11 @@ def train_hrf(train: Sequence[Sample], val: Sequence[Sample], opts: HrfTrainConf
     """Train one classifier; logs loss and validation AUROC / F1 per epoch to ``run_dir/hrf-metrics.csv``."""
     seed_everything(seed)
     device = torch.device(device)
-    x, counts = load_set(train, opts.min_area)
-    xv, cv = load_set(val, opts.min_area) if val else (x[:0], counts[:0])
-    norm = {"mean": float(x.mean()), "std": float(x.std()) or 1.0}
+    x, counts = load_set(train, opts.min_area, opts.intensity)
+    xv, cv = load_set(val, opts.min_area, opts.intensity) if val else (x[:0], counts[:0])
+    norm: dict[str, Any] = {"mean": float(x.mean()), "std": float(x.std()) or 1.0}
+    if opts.intensity == HARMONISED:
+        norm["intensity"] = HARMONISED
     net = build(opts, tuple(x.shape[-2:])).to(device)
     steps = max(1, math.ceil(len(x) / opts.batch_size)) * opts.epochs
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)

@@ -52,7 +52,8 @@ def relevance_maps(proposer: HrfProposer, images: Sequence[np.ndarray]) -> list[
     """Positive pixel relevance of the first pass, divided by its maximum (0 where nothing is positive)."""
     out = []
     for im in images:
-        r = relevance(proposer.net, proposer.normalise(im.astype(np.float32))).pixels[0].cpu().numpy().clip(min=0)
+        x = proposer.normalise(proposer.prepare(im))
+        r = relevance(proposer.net, x).pixels[0].cpu().numpy().clip(min=0)
         out.append(r / r.max() if r.max() > 0 else r)
     return out
 
@@ -75,10 +76,8 @@ def threshold_baselines(val_maps: Sequence[np.ndarray], val_truth: Sequence[np.n
 def evaluate_hrf(proposer: HrfProposer, val: Sequence[Sample], test: Sequence[Sample], iterations: int = 6,
                  min_area: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Everything the module doc lists, on ``test`` (``val`` only calibrates the global threshold)."""
-    from oct_wsss.propose.inputs import to_unit
-
     def load(samples):
-        return ([to_unit(s.load_image()) for s in samples], [s.load_mask() == HRF for s in samples],
+        return ([s.load_image() for s in samples], [s.load_mask() == HRF for s in samples],
                 [hrf_count(s.load_mask(), min_area) for s in samples])
 
     images, truths, counts = load(test)
