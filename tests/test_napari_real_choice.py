@@ -60,3 +60,15 @@ def test_real_image_gets_the_real_student_first_and_the_phantom_the_demo(make_na
     w.image.value = synthetic
     w.image.value = real_image
     assert str(w.checkpoint.value) == bundled["real"]
+
+
+def test_the_checkpoint_list_survives_napari_resetting_the_widgets_choices(make_napari_viewer, bundled) -> None:
+    """napari calls reset_choices on dock widgets when layers change; the list must be relisted, not emptied."""
+    viewer = make_napari_viewer()
+    viewer.add_image(make_volume(2, n_bscans=2, height=32, width=32).volume.data, name="synthetic OCT")
+    widget = ProposeWidget(viewer)
+    widget.reset_choices()  # what napari does on every layer insertion or removal
+    viewer.add_image(make_volume(3, n_bscans=2, height=32, width=32).volume.data, name="synthetic 2")
+    widget.reset_choices()
+    assert bundled["demo"] in widget.known.choices and widget.known.value == bundled["demo"]
+    assert str(widget.checkpoint.value) == bundled["demo"]

@@ -167,11 +167,16 @@ class ProposeWidget(Container):
         if current in self._bundled() or not Path(current).is_file():
             self._restore_checkpoint()
 
+    def _known_choices(self, *_: Any) -> list[tuple[str, str]]:
+        """The checkpoint list as a callable, so napari's ``reset_choices`` on layer events relists it (a plain
+        list would be reset to the widget's initial one, leaving only 'other file')."""
+        return self.checkpoint_choices()
+
     def _restore_checkpoint(self, *_: Any) -> None:
-        choices = self.checkpoint_choices()
         with self.known.changed.blocked():
             self.known.choices = []  # else magicgui keeps the selected item in front
-            self.known.choices = choices
+            self.known.choices = self._known_choices
+        choices = self.checkpoint_choices()
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
         if saved in self._bundled():  # bundled choices follow the image; own files stay
             saved = choices[0][1]
