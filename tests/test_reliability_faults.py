@@ -127,7 +127,9 @@ def test_interrupted_cli_propose_leaves_no_files(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "oct_wsss.cli", "propose", str(tmp_path / "v.npy"), "--method",
                              "student", "--checkpoint", str(ckpt), "--out", str(out), "--device", "cpu",
-                             "--batch-size", "1"], stderr=subprocess.PIPE, env=env)
+                             "--batch-size", "1"], stderr=subprocess.PIPE, env=env,
+                            # a test run started in the background inherits SIGINT ignored; Ctrl-C needs the default
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"proposing: 3/" not in seen:  # wait until it is really working
         chunk = os.read(proc.stderr.fileno(), 4096)
