@@ -65,3 +65,22 @@ def write_recipe(folder: Path, raw: dict, **changes: object) -> Path:
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump({**raw, **changes}))
     return path
+
+
+def tiny_agm_recipe(folder: Path, classes: tuple[str, ...] = ("srf", "irf"), **agm: object) -> dict:
+    """The tests' tiny AGM recipe mapping (4 phantom volumes of 4 x 64 x 64 holding ``classes``); ``agm`` adds to its
+    ``agm`` block."""
+    return {
+        "method": "agm", "seed": 0, "out": str(folder / "run"), "device": "cpu",
+        "data": {"layout": "synth", "root": str(folder / "synth"),
+                 "generate": {"volumes": 4, "n_bscans": 4, "height": 64, "width": 64, "healthy_fraction": 0.25,
+                              "seed": 0, "prevalence": {k: 0.9 for k in classes}}},
+        "classes": list(classes),
+        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
+        "input_size": [64, 64],
+        "ganomaly": {"config": {"image_size": 32, "nc": 1, "nz": 8, "ngf": 4, "ndf": 4}, "epochs": 1,
+                     "batch_size": 4},
+        "agm": {"config": {"backbone": "resnet18", "encoder_width": 4, "image_channels": 1}, "epochs": 1,
+                "batch_size": 4, "optimizer": {"name": "adam", "lr": 1e-3}, "refine_epochs": 1,
+                "refine_batch_size": 4, "max_steps_per_epoch": 2, **agm},
+    }

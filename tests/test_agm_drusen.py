@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import write_recipe
+from conftest import tiny_agm_recipe, write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import DRUSEN, SRF
@@ -17,20 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_agm_recipe_with_drusen_trains_and_proposes_class_6(tmp_path: Path) -> None:
-    raw = {
-        "method": "agm", "seed": 0, "out": str(tmp_path / "run"), "device": "cpu",
-        "data": {"layout": "synth", "root": str(tmp_path / "synth"),
-                 "generate": {"volumes": 4, "n_bscans": 4, "height": 64, "width": 64, "healthy_fraction": 0.25,
-                              "seed": 0, "prevalence": {"srf": 0.9, "drusen": 0.9}}},
-        "classes": ["srf", "drusen"],
-        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
-        "input_size": [64, 64],
-        "ganomaly": {"config": {"image_size": 32, "nc": 1, "nz": 8, "ngf": 4, "ndf": 4}, "epochs": 1,
-                     "batch_size": 4},
-        "agm": {"config": {"backbone": "resnet18", "encoder_width": 4, "image_channels": 1}, "epochs": 1,
-                "batch_size": 4, "optimizer": {"name": "adam", "lr": 1e-3}, "refine_epochs": 1,
-                "refine_batch_size": 4, "max_steps_per_epoch": 2, "intensity": "harmonised"},
-    }
+    raw = tiny_agm_recipe(tmp_path, ("srf", "drusen"), intensity="harmonised")
     recipe = Recipe.load(write_recipe(tmp_path, raw))
     assert recipe.classes == (SRF, DRUSEN)
     train = recipe.splits()[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_recipe
+from conftest import tiny_agm_recipe, write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
@@ -24,21 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _recipe(tmp_path: Path, **changes) -> Path:
-    raw = {
-        "method": "agm", "seed": 0, "out": str(tmp_path / "run"), "device": "cpu",
-        "data": {"layout": "synth", "root": str(tmp_path / "synth"),
-                 "generate": {"volumes": 4, "n_bscans": 4, "height": 64, "width": 64, "healthy_fraction": 0.25,
-                              "seed": 0, "prevalence": {"srf": 0.9, "irf": 0.9}}},
-        "classes": ["srf", "irf"],
-        "split": {"val_fraction": 0.25, "test_fraction": 0.25, "seed": 0},
-        "input_size": [64, 64],
-        "ganomaly": {"config": {"image_size": 32, "nc": 1, "nz": 8, "ngf": 4, "ndf": 4}, "epochs": 1,
-                     "batch_size": 4},
-        "agm": {"config": {"backbone": "resnet18", "encoder_width": 4, "image_channels": 1}, "epochs": 1,
-                "batch_size": 4, "optimizer": {"name": "adam", "lr": 1e-3}, "refine_epochs": 1,
-                "refine_batch_size": 4, "max_steps_per_epoch": 2},
-        "variants": {"base": {"use_adr": False, "use_asam": False, "pooling": "gap"}},
-    }
+    raw = {**tiny_agm_recipe(tmp_path), "variants": {"base": {"use_adr": False, "use_asam": False, "pooling": "gap"}}}
     return write_recipe(tmp_path, raw, **changes)
 
 
