@@ -176,11 +176,11 @@ class ProposeWidget(Container):
         with self.known.changed.blocked():
             self.known.choices = []  # else magicgui keeps the selected item in front
             self.known.choices = self._known_choices
-        choices = self.checkpoint_choices()
+        paths = list(self.known.choices)  # what the callable just listed, in order
         saved = self.settings.value(f"checkpoint/{self.method.value}", "")
         if saved in self._bundled():  # bundled choices follow the image; own files stay
-            saved = choices[0][1]
-        self.known.value = saved if saved in [p for _, p in choices] else choices[0][1]
+            saved = paths[0]
+        self.known.value = saved if saved in paths else paths[0]
         if saved:
             self.checkpoint.value = saved
         self._pick_known()
