@@ -13,9 +13,19 @@ from oct_wsss.synth.anatomy import Grid
 
 #: Probability that a (non-healthy) volume contains each class.
 DEFAULT_PREVALENCE = {"srf": 0.4, "irf": 0.5, "ped": 0.3, "ez": 0.3, "hrf": 0.5, "drusen": 0.3}
-#: Bonn drusen volume: drusen height (RPE more than 5 px above BM) median 9 px, p90 15, max 27;
-#: cross-section width median 10 px, p90 39 px.
-DRUSEN_HEIGHT_PX = (9.0, 15.0, 27.0)
+#: Drusen heights (px): median of the small ones, median of the large soft ones, maximum. The Bonn eye's drusen
+#: (RPE elevation above BM, ``training/phantom_realism.py``): ~16 per B-scan, width median 7 px (p90 25), height
+#: median 3 px (p90 9); with RPE more than 5 px above BM (``calibrate_synth.py``) median 9 px, max 27.
+DRUSEN_HEIGHT_PX = (3.5, 9.0, 27.0)
+#: Drusen per volume (log-uniform range) and the share of large soft drusen among them.
+DRUSEN_FIELD, DRUSEN_LARGE_SHARE = (40, 600), 0.12
+#: Cyst outlines: amplitude bound of each angular harmonic (k = 2, 3, 4) that makes an ellipse lobed or polygonal.
+CYST_LOBE_AMPLITUDE = 0.12
+
+
+def _lobes(rng: np.random.Generator) -> list[list[float]]:
+    """Angular harmonics [k, amplitude, phase] of one cyst's outline (k = 2, 3, 4)."""
+    return [[k, float(rng.uniform(0, CYST_LOBE_AMPLITUDE)), float(rng.uniform(0, 2 * np.pi))] for k in (2, 3, 4)]
 
 
 def _near_fovea(rng: np.random.Generator, grid: Grid, radius_mm: float) -> tuple[float, float]:
@@ -45,34 +55,37 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
     if present.get("ped"):
         dome("ped", 1.2, (0.3, 0.8), (0.3, 0.7), rng.uniform(15, 45), 0.7,
              content=str(rng.choice(["serous", "fibrovascular"])))
-    if present.get("drusen"):
-        for i in range(int(rng.integers(3, 14))):
-            height = float(np.clip(rng.lognormal(np.log(DRUSEN_HEIGHT_PX[0]), 0.35), 5, DRUSEN_HEIGHT_PX[2]))
-            rad = rng.uniform(0.13, 0.3) if i == 0 else rng.uniform(0.05, 0.25)
-            dome("drusen", 2.0, (rad, rad), (rad * 0.8, rad * 1.2), height, 1.0)
+    if present.get("drusen"):  # a field of many small drusen and a few large soft ones (Bonn: ~16 per B-scan)
+        for _ in range(int(np.exp(rng.uniform(*np.log(DRUSEN_FIELD))))):
+            large = rng.uniform() < DRUSEN_LARGE_SHARE
+            height = rng.lognormal(np.log(DRUSEN_HEIGHT_PX[1] if large else DRUSEN_HEIGHT_PX[0]), 0.4)
+            rad = rng.uniform(0.08, 0.25) if large else float(np.clip(rng.lognormal(np.log(0.05), 0.4), 0.02, 0.12))
+            dome("drusen", 2.0, (rad, rad), (rad * 0.8, rad * 1.2), float(np.clip(height, 1.5, DRUSEN_HEIGHT_PX[2])), 1.0)
     if present.get("ez"):
         for _ in range(int(rng.integers(1, 3))):
             dome("ez", 1.2, (0.15, 0.7), (0.15, 0.5), 0.0, 1.0)
-    if present.get("irf"):  # a cluster of cysts around the fovea, the largest in the ONL (up to ~100 px if severe)
+    if present.get("irf"):  # DME: a cluster of cysts around the fovea, the largest in the ONL (up to ~100 px if severe)
         cz, cx = _near_fovea(rng, grid, 0.35)
         big_h, big_r = ((60, 100), (0.2, 0.4)) if rng.uniform() < 0.25 else ((25, 60), (0.12, 0.3))
-        for i in range(int(rng.integers(3, 11))):
-            big = i < 2
-            z, x = _near_fovea(rng, Grid(grid.z, grid.x, (cz, cx), 1.0, px_per_um), 0.25 if big else 0.7)
-            r = float(rng.uniform(*big_r) if big else rng.uniform(0.04, 0.1))
+        n_big = int(rng.integers(1, 3))
+        for i in range(int(rng.integers(6, 25))):
+            big = i < n_big
+            z, x = _near_fovea(rng, Grid(grid.z, grid.x, (cz, cx), 1.0, px_per_um), 0.25 if big else 0.6)
+            r = float(rng.uniform(*big_r) if big else rng.uniform(0.05, 0.18))
             cyst = {"kind": "irf", "z_mm": z, "x_mm": x, "rx_mm": r,
                     "rz_mm": float(max(r * rng.uniform(0.8, 1.3), 1.2 * dz)),
-                    "height_px": float((rng.uniform(*big_h) if big else rng.uniform(7, 22)) * h), "power": 0.5,
-                    "host": "ONL" if big or rng.uniform() < 0.4 else "INL", "group": i, "septum": False}
+                    "height_px": float((rng.uniform(*big_h) if big else rng.uniform(8, 35)) * h), "power": 0.5,
+                    "host": "ONL" if big or rng.uniform() < 0.5 else "INL", "group": i, "septum": False,
+                    "lobes": _lobes(rng)}
             out.append(cyst)
-            if rng.uniform() < (0.5 if big else 0.2):  # confluent or septated: 1-2 overlapping lobes
-                septum = bool(rng.uniform() < 0.5)
+            if rng.uniform() < (0.6 if big else 0.3):  # confluent or septated: 1-2 overlapping lobes
+                septum = bool(rng.uniform() < 0.6)
                 for _ in range(int(rng.integers(1, 3))):
                     a, s = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 0.85)
                     d = r * rng.uniform(0.6, 1.0)
                     out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
                                     rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
-                                    septum=septum))
+                                    septum=septum, lobes=_lobes(rng)))
     if present.get("hrf"):
         n = grid.z.shape[0]
         zidx = np.abs(grid.z[:, 0] - grid.fovea[0]) < 2.5
@@ -160,13 +173,18 @@ def irf_mask(i: int, height: int, surf: dict[str, np.ndarray], lesions: list[dic
         if les["kind"] != "irf" or abs(float(grid.z[i, 0]) - les["z_mm"]) >= les["rz_mm"]:
             continue
         rho2 = _rho2(sub, les)[0]
-        cols = les["height_px"] * np.sqrt(np.clip(1.0 - rho2, 0, 1)) > 0.5
+        reach = 1.0 + sum(a for _, a, _ in les["lobes"])  # lobes may bulge past the ellipse by this factor
+        cols = les["height_px"] * np.sqrt(np.clip(reach**2 - rho2, 0, None)) > 0.5
         if not cols.any():
             continue
         top, bottom = ("INL_OPL", "IPL_INL") if les["host"] == "INL" else ("ELM", "OPL_ONL")
         mid = 0.5 * (surf[top][i] + surf[bottom][i])
+        vx = np.broadcast_to((sub.x[0] - les["x_mm"]) / les["rx_mm"], cols.shape)[cols]
+        vy = (y - mid[cols]) / (0.5 * les["height_px"])
+        theta = np.arctan2(vy, vx)
+        outline = 1.0 + sum(a * np.cos(k * theta + phase) for k, a, phase in les["lobes"])
         q = np.full((height, cols.size), 9.0, np.float32)  # 9: outside
-        q[:, cols] = np.sqrt(rho2[cols] + ((y - mid[cols]) / (0.5 * les["height_px"])) ** 2)
+        q[:, cols] = np.sqrt(rho2[cols] + vy**2) / outline
         g = les["group"]
         if g not in groups:
             groups[g] = (q, np.zeros(q.shape, bool))

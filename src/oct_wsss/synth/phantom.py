@@ -11,7 +11,7 @@ from oct_wsss.synth import anatomy, lesions, noise, vessels
 from oct_wsss.synth.anatomy import BAND_P50, BANDS, BOUNDARIES, MU_PER_PX, reflectivity
 from oct_wsss.volume import DEFAULT_SPACING_MM, OctVolume
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 LESION_KEYS = tuple(lesions.DEFAULT_PREVALENCE)
 #: Reflectivity (linear) of the extra structures, given as target display medians.
 HRF_P50, VESSEL_P50, PED_FIBROVASCULAR_P50, DRUSEN_P50 = 215.0, 140.0, 95.0, 125.0
