@@ -231,3 +231,50 @@ def test_irf_can_be_large_and_multilobed() -> None:
         heights += [les["height_px"] for les in plan]
         groups += [sum(les["group"] == g for les in plan) for g in {les["group"] for les in plan}]
     assert 60 < max(heights) <= 100 and 2 <= max(groups) <= 3
+
+
+def test_dme_cysts_come_in_lobed_clusters() -> None:
+    """Duke DME's fluid B-scans (training/phantom_realism.py): median 4 pieces, the largest holds 56 % of the fluid,
+    area-weighted solidity 0.87. A single smooth pocket (generator v3: 2 pieces, 96 %, 0.95) fails this."""
+    from oct_wsss.synth.realism import fluid_stats
+
+    rows = []
+    for seed in (0, 1, 2):
+        v = make_volume(seed, n_bscans=25, prevalence={"irf": 1.0, "srf": 0.0})
+        rows += [fluid_stats(lab == IRF) for lab in v.labels if (lab == IRF).sum() >= 20]
+    assert len(rows) >= 10
+    assert np.median([r["pieces"] for r in rows]) >= 3
+    assert np.median([r["largest"] for r in rows]) < 0.8
+    assert 0.75 < np.nanmedian([r["solidity"] for r in rows]) < 0.93
+
+
+def test_drusen_come_as_fields_of_small_drusen() -> None:
+    """The Bonn eye: ~16 drusen per B-scan, width median 7 px, height median 3 px; the phantom draws 40-600 drusen
+    per volume, mostly small (generator v3 had 3-13 per volume: one or two per B-scan, width median 23 px)."""
+    from oct_wsss.synth.realism import drusen_stats
+
+    counts, sizes = [], []
+    for seed in (0, 1, 2):
+        v = make_volume(seed, n_bscans=25, prevalence={"drusen": 1.0})
+        for lab in v.labels:
+            found = drusen_stats(lab == DRUSEN)
+            counts += [len(found)] if found else []
+            sizes += found
+    widths, heights = np.array(sizes).T
+    assert np.percentile(counts, 90) >= 6 and 4 <= np.median(widths) <= 14 and 2 <= np.median(heights) <= 6
+
+
+def test_recipe_refuses_a_phantom_folder_of_another_generator_version(tmp_path) -> None:
+    """A cached phantom folder from an older generator would silently mix phantoms into a run: a clear error."""
+    from oct_wsss.training import Recipe
+    from oct_wsss.training.errors import TrainingError
+
+    root = write_dataset(tmp_path / "ds", 2, seed=0, n_bscans=2, height=64, width=64)
+    recipe = Recipe.from_dict({"method": "student", "classes": ["srf"], "input_size": [64, 64],
+                               "data": {"layout": "synth", "root": str(root), "generate": {"volumes": 2}}})
+    recipe.base = tmp_path
+    assert recipe.dataset("data") is not None
+    record = json.loads((root / "generation.json").read_text())
+    (root / "generation.json").write_text(json.dumps(record | {"generator_version": "0"}))
+    with pytest.raises(TrainingError, match="generator v0.*delete the folder"):
+        recipe.dataset("data")

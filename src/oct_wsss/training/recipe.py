@@ -140,10 +140,22 @@ def _generate(spec: dict[str, Any], generate: dict[str, Any], base: Path) -> Non
     root = Path(spec["root"])
     root = root if root.is_absolute() else base / root
     if (root / "labels.csv").is_file():
+        _check_generator(root)
         return
     opts = dict(generate)
     write_dataset(root, int(opts.pop("volumes")), healthy_fraction=float(opts.pop("healthy_fraction", 0.2)),
                   seed=int(opts.pop("seed", 0)), **opts)
+
+
+def _check_generator(root: Path) -> None:
+    """Refuse a phantom folder written by another generator version: training on it would silently mix phantoms."""
+    from oct_wsss.synth.phantom import GENERATOR_VERSION
+
+    record = root / "generation.json"
+    written = json.loads(record.read_text()).get("generator_version") if record.is_file() else None
+    if written is not None and written != GENERATOR_VERSION:
+        raise TrainingError(f"{root} holds phantom generator v{written}, this code generates v{GENERATOR_VERSION}; "
+                            "delete the folder to regenerate it, or point the recipe's root elsewhere")
 
 
 def split_summary(train: list[Sample], val: list[Sample], test: list[Sample]) -> dict[str, Any]:
