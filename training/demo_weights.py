@@ -166,7 +166,7 @@ NOTES = {
                 "real data uses DeepLabV3 or a wider U-Net at 256-512 px",
         "limits": "- Predicts one class, fluid (SRF or IRF, ontology id 7, cyan); it cannot tell SRF from IRF and "
                   "finds no PED, EZ disruption, HRF or drusen.\n- Inherits its teacher's errors: DFP's soft labels "
-                  "spread beyond the fluid (test PPV ~13 %), so the student over-segments around fluid.\n"
+                  "spread beyond the fluid (test PPV ~18 %), so the student over-segments around fluid.\n"
                   "- Trained at 496 x 512 phantom B-scans resized to 128 x 128; other B-scan sizes or real scans "
                   "are out of its domain.",
     },
@@ -181,9 +181,11 @@ NOTES = {
                        "threshold, was swept on the validation volumes' masks (the only use of pixel labels)",
         "full": "training/agm-synth.yaml is larger (full-width ResNet-18, BASE ablation); the paper uses ResNet-50, "
                 "512 px input and GANomaly at 512",
-        "limits": "- Only SRF is found at all (test DSC ~15 % as pseudo labels); IRF and PED stay near 0 %: at 128 px "
-                  "input a 496-px B-scan's small lesions are a few pixels and the 8 x 8 CAM cannot place them.\n"
-                  "- The classifier is weak (validation AUC ~0.75), so proposals without image labels miss "
+        "limits": "- SRF and IRF are found, weakly (test DSC ~13 % and ~9 % as proposals); PED stays at 0 %: at 128 "
+                  "px input a 496-px B-scan's small lesions are a few pixels and the 8 x 8 CAM cannot place them.\n"
+                  "- Seed-sensitive: the same recipe with seed 0 proposed SRF mostly below Bruch's membrane on the "
+                  "demo phantom (DSC 0 there, test SRF DSC 17 %, IRF 0 %); seed 1 is bundled.\n"
+                  "- The classifier is weak (validation AUC ~0.82), so proposals without image labels miss "
                   "B-scans.\n- 496 x 512 phantom B-scans resized to 128 x 128.",
     },
     "hrf": {
@@ -200,8 +202,8 @@ NOTES = {
         "limits": "- Finds bright foci in the phantom's inner and outer nuclear layers; real HRF are more varied in "
                   "shape and contrast, and the model has never seen them.\n- Without SAM 2 weights the proposer's "
                   "region step is the classical one (recorded in the provenance).\n- After the last true focus is "
-                  "occluded the classifier's probability sometimes stays just above the 0.05 stop (0.065-0.11 on "
-                  "demo-phantom B-scans 31 and 33), and the loop adds a false focus or two.\n- Trained on 160 x 192 "
+                  "occluded the classifier's probability sometimes stays just above the 0.05 stop (0.065-0.11 on two "
+                  "B-scans of the generator-v3 demo phantom), and the loop adds a false focus or two.\n- Trained on 160 x 192 "
                   "crops; it takes any B-scan size (the positional embedding is resized), and on the 496 x 512 demo "
                   "phantom it scores the DSC above.\n- Reproducible: trained twice with seed 0 on one CPU thread "
                   "(training/hrf-synth.yaml and this recipe), all 41 weight tensors came out bitwise equal and so "
@@ -215,9 +217,10 @@ NOTES = {
                 "3 validation volumes (seed 200), 4 test volumes (seed 300)",
         "supervision": "image-level labels only: a B-scan is abnormal when it shows SRF or IRF (merged into fluid)",
         "full": "training/dfp-synth.yaml; the paper uses ResNet-50 at 512 x 1024",
-        "limits": "- Fluid only (SRF + IRF as id 7).\n- Soft labels are coarse: on the test volumes DSC ~18 %, "
-                  "about twice the trivial whole-retina mask, with low precision.\n- 496 x 512 phantom B-scans "
-                  "resized to 128 x 128.",
+        "limits": "- Fluid only (SRF + IRF as id 7).\n- Soft labels are coarse: on the test volumes the propagated "
+                  "label S_0 reaches DSC ~13 %, not far above the trivial whole-retina mask (~9 %), while the "
+                  "saliency M alone reaches ~41 %: on the phantom's clustered cysts the propagation's intersections "
+                  "keep little of the fluid.\n- 496 x 512 phantom B-scans resized to 128 x 128.",
     },
 }
 
