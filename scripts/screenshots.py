@@ -57,13 +57,15 @@ def workflow(student: Path) -> None:
 
 def hrf() -> None:
     """Propose lesions with method HRF and the bundled demo-hrf checkpoint on the demo phantom (classical step)."""
+    from oct_wsss.classes import HRF
     from oct_wsss.napari._propose import HRF_PROPOSED
 
     viewer = napari.Viewer(title="napari-oct-wsss")
     populate_demo(viewer)
     _, propose = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Propose lesions")
     propose.method.value, propose.device.value = "hrf", "cpu"
-    viewer.dims.set_current_step(0, 31)
+    truth = viewer.layers["ground truth"].data
+    viewer.dims.set_current_step(0, int(np.argmax((truth == HRF).sum(axis=(1, 2)))))  # the B-scan richest in HRF
     propose.range.value = "current"
     worker = propose.propose()
     while worker.is_running or not propose.run_button.enabled:

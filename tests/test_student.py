@@ -37,7 +37,9 @@ def student_ckpt(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _phantom(seed: int, n: int = 4):
-    return make_volume(seed, n_bscans=n, height=80, width=72, prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0})
+    """A tiny phantom holding only the students' classes (SRF, IRF, PED), so its truth can stand in for corrections."""
+    return make_volume(seed, n_bscans=n, height=80, width=72,
+                       prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0, "ez": 0.0, "hrf": 0.0, "drusen": 0.0})
 
 
 def test_architectures_give_logits_at_the_input_size() -> None:

@@ -2,7 +2,8 @@
 
     python training/finetune_curve.py [--run runs/student-synth] [--counts 0 12 24 48] [--epochs 10]
 
-Ground-truth masks of training B-scans that hold a lesion stand in for a grader's corrections: for each count N the
+Ground-truth masks of training B-scans that hold a lesion stand in for a grader's corrections (the recipe's classes;
+other lesions count as background, as the student cannot predict them): for each count N the
 first N of them (a seeded shuffle) go into a fresh CorrectionStore, ``oct-wsss finetune`` continues the recipe's
 student on them, and the new checkpoint is scored on the test split, the same B-scans the recipe scored.
 Writes RUN/finetune-curve.{csv,md}.
@@ -46,7 +47,9 @@ def main() -> None:
             if not store.corrections():
                 for i in order[:n]:
                     s = pool[int(i)]
-                    store.accept(s.volume, s.bscan, s.load_mask(), image=s.load_image(), grader="ground truth")
+                    mask = s.load_mask()  # a grader correcting this student's classes: other lesions are background
+                    mask = np.where(np.isin(mask, recipe.classes), mask, 0).astype(np.uint8)
+                    store.accept(s.volume, s.bscan, mask, image=s.load_image(), grader="ground truth")
             config = replace(DEFAULTS, epochs=args.epochs)
             ckpt, _ = finetune(store.root, parent, out_dir=store.root / "checkpoints", config=config,
                                held_out=0.0, device=args.device, seed=recipe.seed, log=lambda _m: None)

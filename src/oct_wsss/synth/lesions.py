@@ -179,7 +179,7 @@ def irf_mask(i: int, height: int, surf: dict[str, np.ndarray], lesions: list[dic
             continue
         top, bottom = ("INL_OPL", "IPL_INL") if les["host"] == "INL" else ("ELM", "OPL_ONL")
         mid = 0.5 * (surf[top][i] + surf[bottom][i])
-        vx = np.broadcast_to((sub.x[0] - les["x_mm"]) / les["rx_mm"], cols.shape)[cols]
+        vx = ((sub.x[0] - les["x_mm"]) / les["rx_mm"])[cols]
         vy = (y - mid[cols]) / (0.5 * les["height_px"])
         theta = np.arctan2(vy, vx)
         outline = 1.0 + sum(a * np.cos(k * theta + phase) for k, a, phase in les["lobes"])
