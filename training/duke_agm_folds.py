@@ -1,0 +1,73 @@
+"""AGM on Duke DME with leave-one-patient-out folds: one recipe run per held-out patient, pooled.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python training/duke_agm_folds.py training/agm-duke-cpu.yaml \
+        --run runs/agm-duke-cpu
+
+Each fold is the recipe with ``split.seed`` chosen so that its test split is one patient (the recipe's
+``patient_split``: a seed's patient is printed); the run folders are RUN/fold-<patient>. Scores are the test
+pseudo labels (AGM's CAMs with the image-level labels given, the paper's Duke protocol), pooled over the folds from
+each fold's TP / FP / FN: fluid IoU, mIoU with background, and the mean per-image fluid DSC over the B-scans
+with fluid. Writes RUN/folds.json and prints a markdown row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from oct_wsss.training.data import patient_split
+from oct_wsss.training.recipe import Recipe, train_recipe
+
+
+def fold_seeds(recipe: Recipe, fraction: float) -> dict[str, int]:
+    """The first split seed whose test split is exactly one patient, for each patient."""
+    samples = recipe.dataset("data").samples
+    seeds: dict[str, int] = {}
+    for seed in range(200):
+        _, test = patient_split(samples, fraction, seed + 1)
+        patients = {s.patient for s in test}
+        if len(patients) == 1 and (p := patients.pop()) not in seeds:
+            seeds[p] = seed
+    return seeds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", type=Path)
+    ap.add_argument("--run", type=Path, required=True)
+    args = ap.parse_args()
+    base = Recipe.load(args.recipe)
+    n_patients = len({s.patient for s in base.dataset("data").samples})
+    seeds = fold_seeds(base, 1.0 / n_patients)
+    totals = {"background": [0, 0, 0], "fluid": [0, 0, 0]}
+    dsc_sum, dsc_n, folds = 0.0, 0, {}
+    for patient, seed in sorted(seeds.items()):
+        raw = dict(base.raw, split={**base.raw.get("split", {}), "seed": seed, "test_fraction": 1.0 / n_patients})
+        out = args.run / f"fold-{patient}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fold-recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        if not (out / "metrics.json").is_file():
+            train_recipe(out / "fold-recipe.yaml", out=out.resolve(), log=lambda m: print(f"{patient}: {m}", flush=True))
+        scored = json.loads((out / "metrics.json").read_text())["pseudo_labels"]["classes"]
+        for key, t in totals.items():
+            for j, field in enumerate(("tp", "fp", "fn")):
+                t[j] += int(scored[key][field])
+        fluid = scored["fluid"]
+        dsc_sum += (fluid["dice_per_image"] or 0.0) * fluid["images_scored"]
+        dsc_n += fluid["images_scored"]
+        folds[patient] = {"split_seed": seed, "fluid_iou": fluid["iou"], "fluid_dice_per_image": fluid["dice_per_image"],
+                          "images_with_fluid": fluid["images_scored"]}
+    iou = {k: tp / max(tp + fp + fn, 1) for k, (tp, fp, fn) in totals.items()}
+    pooled = {"fluid_iou": iou["fluid"], "miou_with_background": (iou["fluid"] + iou["background"]) / 2,
+              "fluid_dice_per_image": dsc_sum / max(dsc_n, 1), "images_with_fluid": dsc_n}
+    (args.run / "folds.json").write_text(json.dumps({"folds": folds, "pooled": pooled}, indent=2))
+    print(json.dumps(folds, indent=1))
+    print(f"| AGM, {len(folds)} leave-one-patient-out folds | {100 * pooled['fluid_iou']:.2f} | "
+          f"{100 * pooled['fluid_dice_per_image']:.2f} | {100 * pooled['miou_with_background']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
