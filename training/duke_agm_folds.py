@@ -18,13 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from oct_wsss.training.data import patient_split
+from oct_wsss.training.data import Sample, patient_split
 from oct_wsss.training.recipe import Recipe, train_recipe
 
 
-def fold_seeds(recipe: Recipe, fraction: float) -> dict[str, int]:
+def fold_seeds(samples: list[Sample], fraction: float) -> dict[str, int]:
     """The first split seed whose test split is exactly one patient, for each patient."""
-    samples = recipe.dataset("data").samples
     seeds: dict[str, int] = {}
     for seed in range(200):
         _, test = patient_split(samples, fraction, seed + 1)
@@ -40,8 +39,9 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     args = ap.parse_args()
     base = Recipe.load(args.recipe)
-    n_patients = len({s.patient for s in base.dataset("data").samples})
-    seeds = fold_seeds(base, 1.0 / n_patients)
+    samples = base.dataset("data").samples
+    n_patients = len({s.patient for s in samples})
+    seeds = fold_seeds(samples, 1.0 / n_patients)
     totals = {"background": [0, 0, 0], "fluid": [0, 0, 0]}
     dsc_sum, dsc_n, folds = 0.0, 0, {}
     for patient, seed in sorted(seeds.items()):

@@ -30,7 +30,7 @@ from oct_wsss.classes import DRUSEN, IRF, SRF
 from oct_wsss.synth import make_volume
 from oct_wsss.synth.phantom import GENERATOR_VERSION
 from oct_wsss.synth.realism import drusen_stats, fluid_stats, shadow_share
-from oct_wsss.training.datasets.bonn import BM_VALUES, RPE_VALUES, load_bonn
+from oct_wsss.training.datasets.bonn import BM_VALUES, RPE_VALUES, line_map_pairs, load_bonn
 from oct_wsss.training.datasets.drusen import lines_from_layer_map
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -63,8 +63,7 @@ def bonn(root: Path) -> tuple[list[tuple[int, int]], list[int], list[float]]:
             found = drusen_stats(mask)
             sizes += found
             counts.append(len(found))
-    for img_path, map_path in zip(sorted((root / "bscans").glob("*.png")), sorted((root / "rpe_bm_layers").glob("*.png")),
-                                  strict=True):
+    for img_path, map_path, _ in line_map_pairs(root):
         _, bm = lines_from_layer_map(iio.imread(map_path), RPE_VALUES, BM_VALUES)
         shadows.append(shadow_share(iio.imread(img_path), bm))
     return sizes, counts, shadows

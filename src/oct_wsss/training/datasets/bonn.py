@@ -31,7 +31,7 @@ def load_bonn(root: Path, patient: str | None = None, rpe_values: list[int] | No
               bm_values: list[int] | None = None, minimum_height: int = 2) -> LabelledSet:
     """Every B-scan of ``root`` that has a line map, labelled drusen where the derived mask holds any."""
     root = check_root(root, "bonn")
-    pairs = _pairs(root)
+    pairs = line_map_pairs(root)
     rpe_v, bm_v = tuple(rpe_values or RPE_VALUES), tuple(bm_values or BM_VALUES)
     masks = _drusen(tuple(str(m) for _, m, _ in pairs), rpe_v, bm_v, int(minimum_height))
     who, maps = patient or root.name, tuple(str(m) for _, m, _ in pairs)
@@ -44,7 +44,7 @@ def load_bonn(root: Path, patient: str | None = None, rpe_values: list[int] | No
                              "minimum_height_px": int(minimum_height)})
 
 
-def _pairs(root: Path) -> list[tuple[Path, Path, int]]:
+def line_map_pairs(root: Path) -> list[tuple[Path, Path, int]]:
     """(B-scan, line map, number) triples of the first form present, in number order."""
     for images_name, lines_name in FORMS:
         images_dir, lines_dir = root / images_name, root / lines_name
