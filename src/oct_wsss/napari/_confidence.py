@@ -8,6 +8,7 @@ import numpy as np
 from napari.utils.colormaps import Colormap
 
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.napari._layers import refresh_bscan
 
 PREFIX = "confidence "
 
@@ -44,4 +45,4 @@ class ConfidenceLayers:
         """Write one B-scan's scores (K, H, W) into the layers, in class order."""
         for layer, score in zip(self.layers, scores, strict=True):
             layer.data[index] = score
-            layer.refresh()
+            refresh_bscan(self.viewer, layer, index)

@@ -83,3 +83,13 @@ def labels_layer(labels: np.ndarray, spacing_mm: tuple[float, float, float], nam
         },
         "labels",
     )
+
+
+def refresh_bscan(viewer: Any, layer: Any, index: int) -> None:
+    """Redraw ``layer`` after its B-scan ``index`` was written in place, only if that B-scan is on screen: a B-scan
+    napari does not show is read from the array when the grader steps to it. The extent is unchanged by an in-place
+    write, so it is not recomputed (that re-emits through the whole layer list)."""
+    dims = viewer.dims
+    shown = dims.ndisplay == 3 or tuple(dims.displayed) != tuple(range(dims.ndim))[-2:]
+    if shown or int(np.round(layer.world_to_data(dims.point)[0])) == index:
+        layer.refresh(extent=False, highlight=False)

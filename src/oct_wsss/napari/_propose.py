@@ -32,7 +32,7 @@ from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._imports import preload_method
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, is_synthetic, labels_layer
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, is_synthetic, labels_layer, refresh_bscan
 from oct_wsss.propose.registry import METHODS, load_proposer, stream
 from oct_wsss.volume import OctVolume
 from oct_wsss.weights import bundled_checkpoints, real_checkpoints
@@ -300,7 +300,7 @@ class ProposeWidget(Container):
             self.scores.put(result.index, result.scores)
         target.data[result.index] = result.labels
         target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
-        target.refresh()
+        refresh_bscan(self.viewer, target, result.index)
         bar.step()
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)
             self.status.value = f"B-scan {result.index} proposed"
