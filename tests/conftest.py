@@ -12,6 +12,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# triton (which torchvision's first import pulls in through torch._dynamo) segfaults when it loads after a napari
+# viewer made an OpenGL context under Mesa; the widgets hide it (oct_wsss.napari._imports), and so does the suite, so
+# that a torch test run after a napari test in any order or selection (e.g. -k) cannot crash. Nothing uses torch.compile.
+if "triton" not in sys.modules:
+    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` raises ImportError
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

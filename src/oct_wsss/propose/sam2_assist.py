@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend, SamMask
 
@@ -59,16 +58,12 @@ class Sam2Assist:
         self.embed(bscan, key)
         start = time.perf_counter()
         coords = np.asarray([(c, r) for r, c in prompt.points], np.float32).reshape(-1, 2)  # SAM 2 takes (x, y)
-        box = None if prompt.box is None else np.asarray(_xyxy(prompt.box), np.float32)
-        multimask = len(prompt.points) + (box is not None) == 1
-        with torch.inference_mode():
-            masks, scores, _ = self.backend.predictor.predict(
-                point_coords=coords if len(coords) else None,
-                point_labels=np.asarray(prompt.labels, np.int32) if len(coords) else None,
-                box=box, multimask_output=multimask)
-        best = int(np.argmax(scores))
+        out = self.backend.predict(points=coords if len(coords) else None,
+                                   point_labels=np.asarray(prompt.labels, np.int32) if len(coords) else None,
+                                   box=None if prompt.box is None else _xyxy(prompt.box),
+                                   multimask=len(prompt.points) + (prompt.box is not None) == 1)
         self.last_prompt_s = time.perf_counter() - start
-        return SamMask(mask=np.asarray(masks[best]) > 0, score=float(scores[best]))
+        return out
 
 
 def paint(page: np.ndarray, mask: np.ndarray, class_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -109,9 +109,17 @@ class Sam2Backend:
     def box(self, crop: np.ndarray, box: tuple[float, float, float, float], key: Hashable | None = None) -> SamMask:
         """Highest-scoring mask (crop size, bool) for a box ``(x0, y0, x1, y1)`` in crop pixel coordinates."""
         self.set_image(crop, key)
+        return self.predict(box=box)
+
+    def predict(self, *, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
+                box: tuple[float, float, float, float] | None = None, multimask: bool = True) -> SamMask:
+        """SAM 2's highest-scoring mask on the current image for points (x, y; labels 1/0) and/or a box (x0, y0, x1,
+        y1); ``multimask`` lets an ambiguous prompt (one point or a box alone) pick the best of three."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.device.type == "cuda"):
-            masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32), multimask_output=True)
+            masks, scores, _ = self.predictor.predict(
+                point_coords=points, point_labels=point_labels,
+                box=None if box is None else np.asarray(box, np.float32), multimask_output=multimask)
         best = int(np.argmax(scores))
         return SamMask(mask=np.asarray(masks[best]) > 0, score=float(scores[best]))
 
