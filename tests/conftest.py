@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from oct_wsss.napari._imports import hide_triton
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # triton (which torchvision's first import pulls in through torch._dynamo) segfaults when it loads after a napari
 # viewer made an OpenGL context under Mesa; the widgets hide it (oct_wsss.napari._imports), and so does the suite, so
 # that a torch test run after a napari test in any order or selection (e.g. -k) cannot crash. Nothing uses torch.compile.
-if "triton" not in sys.modules:
-    sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` raises ImportError
+hide_triton()
 
 
 @pytest.fixture(scope="session")

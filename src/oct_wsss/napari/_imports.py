@@ -11,10 +11,15 @@ from __future__ import annotations
 import sys
 
 
+def hide_triton() -> None:
+    """Make ``import triton`` raise ImportError unless triton is loaded already (torch then runs without it)."""
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+
+
 def preload_method(method: str) -> None:
     """Import ``method``'s proposer (and torchvision) on the calling, main thread, with triton hidden."""
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
+    hide_triton()
     from oct_wsss.propose.registry import preload
 
     preload(method)
@@ -22,8 +27,7 @@ def preload_method(method: str) -> None:
 
 def preload_sam2() -> None:
     """Import SAM 2 (and torch) on the main thread, with triton hidden, before a worker builds the model."""
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]
+    hide_triton()
     import oct_wsss.propose.sam2_assist  # noqa: F401
     from oct_wsss.propose.sam2_backend import sam2_available
 
