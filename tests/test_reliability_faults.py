@@ -24,6 +24,7 @@ from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
 from oct_wsss.io.label_export import ExportCancelled, export_labels
 from oct_wsss.propose import ProposalCancelled, ProposalError, propose
+from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.store import CorrectionStore
 from oct_wsss.training.errors import TrainingCancelled
@@ -108,6 +109,26 @@ def test_oom_halves_the_batch_then_offers_the_cpu(tmp_path: Path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "--device cpu" in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "out" / "labels.tif").exists() and not list((tmp_path / "out").glob(".labels-*"))
+
+
+def test_oom_at_one_bscan_moves_to_the_cpu_when_the_proposer_can() -> None:
+    on_gpu, seen, moves = [True], [], []
+
+    def work(batch):
+        seen.append(len(batch))
+        if on_gpu[0] and len(batch) > 0:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [b * 10 for b in batch]
+
+    def to_cpu() -> None:
+        moves.append(len(seen))
+        on_gpu[0] = False
+
+    assert list(run_in_batches([1, 2, 3, 4, 5], 4, work, to_cpu=to_cpu)) == [10, 20, 30, 40, 50]
+    assert seen[:4] == [4, 2, 1, 1] and moves == [3]  # 4 -> 2 -> 1, then the CPU once, at the batch size reached
+    with pytest.raises(ProposalError, match="--device cpu"):
+        on_gpu[0] = True
+        list(run_in_batches([1], 1, work))
 
 
 def test_cancelled_propose_stops_within_a_batch(tmp_path: Path) -> None:

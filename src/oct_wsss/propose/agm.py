@@ -138,8 +138,15 @@ class AgmProposer:
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
-        """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries."""
+        """Stream results per B-scan, batched; on GPU out of memory the batch halves, then the CPU takes over."""
         yield from run_scored(self, volume, bscans, cancel, keep_scores)
+
+    def to_cpu(self) -> None:
+        """Go on on the CPU: the last step of the GPU out-of-memory fallback (the provenance then says ``cpu``)."""
+        self.device = torch.device("cpu")
+        self.net = self.net.to(self.device)
+        self.generator = None if self.generator is None else self.generator.to(self.device)
+        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=False)
 
 
 def _split_state(state: dict[str, Tensor], prefixes: Sequence[str]) -> dict[str, dict[str, Tensor]]:

@@ -178,8 +178,9 @@ class DfpProposer:
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
-        """Stream results per B-scan, batched; on GPU out of memory the batch halves and retries. Fallbacks of the
-        guard are counted per B-scan in ``self.fallbacks`` (reset here) and reported by :meth:`provenance`."""
+        """Stream results per B-scan, batched; on GPU out of memory the batch halves, then the CPU takes over.
+        Fallbacks of the guard are counted per B-scan in ``self.fallbacks`` (reset here) and reported by
+        :meth:`provenance`."""
         self.fallbacks = {}
 
         def work(batch: Sequence[int]) -> list[BscanResult]:
@@ -192,7 +193,13 @@ class DfpProposer:
         def halved(size: int) -> None:
             self.batch_size = size
 
-        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
+        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved,
+                                  to_cpu=None if self.device.type == "cpu" else self.to_cpu)
+
+    def to_cpu(self) -> None:
+        """Go on on the CPU: the last step of the GPU out-of-memory fallback (the provenance then says ``cpu``)."""
+        self.device = torch.device("cpu")
+        self.net = self.net.to(self.device)
 
 
 def dfp_checkpoint(net: DfpNet, classes: Sequence[int], input_size: tuple[int, int], *, threshold: float,

@@ -50,7 +50,8 @@ def pseudo_labels(scores: np.ndarray, class_ids: Sequence[int], alpha: float) ->
 def run_scored(proposer: Any, volume: OctVolume, bscans: Sequence[int], cancel: Cancel | None = None,
                keep_scores: bool = False) -> Iterator[BscanResult]:
     """The ``run`` of every score-map proposer (AGM, DFP): ``proposer.scores`` per batch, then :func:`pseudo_labels`
-    at ``proposer.threshold``; on GPU out of memory the batch halves (and ``proposer.batch_size`` with it)."""
+    at ``proposer.threshold``; on GPU out of memory the batch halves (and ``proposer.batch_size`` with it), then the
+    proposer moves to the CPU (``proposer.to_cpu``)."""
     def work(batch: Sequence[int]) -> list[BscanResult]:
         scores, probs = proposer.scores([volume.data[i] for i in batch])
         labels = pseudo_labels(scores, proposer.classes, proposer.threshold)
@@ -59,4 +60,5 @@ def run_scored(proposer: Any, volume: OctVolume, bscans: Sequence[int], cancel: 
     def halved(size: int) -> None:
         proposer.batch_size = size
 
-    yield from run_in_batches(list(bscans), proposer.batch_size, work, cancel, on_retry=halved)
+    yield from run_in_batches(list(bscans), proposer.batch_size, work, cancel, on_retry=halved,
+                              to_cpu=None if proposer.device.type == "cpu" else proposer.to_cpu)

@@ -123,4 +123,10 @@ class StudentProposer:
         def halved(size: int) -> None:
             self.batch_size = size
 
-        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved)
+        yield from run_in_batches(list(bscans), self.batch_size, work, cancel, on_retry=halved,
+                                  to_cpu=None if self.device.type == "cpu" else self.to_cpu)
+
+    def to_cpu(self) -> None:
+        """Go on on the CPU: the last step of the GPU out-of-memory fallback (the provenance then says ``cpu``)."""
+        self.device = torch.device("cpu")
+        self.net = self.net.to(self.device, memory_format=torch.contiguous_format)

@@ -136,7 +136,7 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
         loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                             num_workers=opts.num_workers, drop_last=len(train_set) > batch,
                             generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        loss = _epoch(model, net, gen, loader, optimizer, opts, dist, refining, cancel, pos_weight)
+        loss = train_epoch(model, net, gen, loader, optimizer, opts, dist, refining, cancel, pos_weight)
         row = {"epoch": epoch, "phase": "refine" if refining else "train", "loss": dist.mean(loss)}
         if val_set is not None:
             row.update(_validate(net, gen, val_set, classes, dist.device, opts.present_threshold))
@@ -164,10 +164,11 @@ def _phase_optimizer(net: AgmNet, opts: AgmTrainConfig, epoch: int) -> torch.opt
     return make_optimizer(net.parameters(), opts.optimizer, lr)
 
 
-def _epoch(model: torch.nn.Module, net: AgmNet, gen: Generator | None, loader: DataLoader,
-           optimizer: torch.optim.Optimizer, opts: AgmTrainConfig, dist: Dist, refining: bool,
-           cancel: Callable[[], bool] | None, pos_weight: torch.Tensor | None) -> float:
-    """One pass over ``loader``; in refinement the image channels are replaced by the CAM-enhanced input."""
+def train_epoch(model: torch.nn.Module, net: AgmNet, gen: Generator | None, loader: DataLoader,
+                optimizer: torch.optim.Optimizer, opts: AgmTrainConfig, dist: Dist, refining: bool,
+                cancel: Callable[[], bool] | None, pos_weight: torch.Tensor | None) -> float:
+    """One pass over ``loader`` (at most ``opts.max_steps_per_epoch`` steps); in refinement the image channels are
+    replaced by the CAM-enhanced input."""
     gradcam = agm_gradcam(net, opts.cam_layers, autocast=dist.device.type == "cuda") if refining else None
     lesion = list(range(int(net.config.background_logit), net.config.n_outputs))
     total, count = 0.0, 0

@@ -1,0 +1,148 @@
+"""Training throughput of a recipe (B-scans per second) under ``torchrun``: the recipe's network, batch size,
+optimizer and data pipeline on phantom B-scans at its input size, a fixed number of optimizer steps after warm-up.
+
+    torchrun --nproc_per_node 1 scripts/train_throughput.py training/agm-synth-full.yaml --steps 20 --json agm.json
+
+AGM steps go through the trainer's own ``train_epoch`` (classification phase); student steps through
+``student_loss`` and AdamW as ``train_student`` takes them. Rank 0 prints and writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from oct_wsss.models.agm import AgmConfig, AgmNet
+from oct_wsss.models.ganomaly import GanomalyConfig, Generator
+from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.synth import make_volume
+from oct_wsss.training.agm import AgmTrainConfig, make_optimizer, train_epoch
+from oct_wsss.training.data import Sample
+from oct_wsss.training.distributed import Dist, init_distributed
+from oct_wsss.training.loader import BscanDataset
+from oct_wsss.training.recipe import Recipe
+from oct_wsss.training.student import StudentTrainConfig, student_loss
+from oct_wsss.training.student_data import StudentDataset, Target
+
+
+def phantom(n: int, seed: int = 0) -> tuple[list, list]:
+    """``n`` phantom B-scans (496 x 512, every lesion class possible) and their ontology-id masks."""
+    case = make_volume(seed, n_bscans=n, height=496, width=512)
+    return list(case.volume.data), list(case.labels)
+
+
+def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[[int], int]:
+    """A function running ``k`` AGM training steps (the trainer's own epoch loop), returning the B-scans seen."""
+    spec = dict(recipe.raw["agm"])
+    config = AgmConfig.from_dict({**spec.pop("config"), "n_classes": len(recipe.classes)})
+    opts = AgmTrainConfig.from_dict(spec)
+    net = AgmNet(config).to(dist.device)
+    gen_spec = recipe.raw.get("ganomaly", {}).get("config")
+    gen = None if gen_spec is None else Generator(GanomalyConfig.from_dict(gen_spec)).to(dist.device).eval()
+    images, masks = phantom(n)
+    samples = [Sample(functools.partial(np.asarray, im), frozenset(int(c) for c in set(m.ravel().tolist()) - {0}),
+                      "phantom") for im, m in zip(images, masks, strict=True)]
+    data = BscanDataset(samples, recipe.classes, recipe.input_size, seed=recipe.seed, intensity=opts.intensity)
+    sampler = dist.sampler(data, shuffle=True, seed=recipe.seed)
+    loader = DataLoader(data, batch_size=batch, sampler=sampler, shuffle=sampler is None, drop_last=True,
+                        num_workers=opts.num_workers)
+    model, optimizer = dist.wrap(net), make_optimizer(net.parameters(), opts.optimizer)
+
+    def run(k: int) -> int:
+        steps = AgmTrainConfig.from_dict({**spec, "max_steps_per_epoch": k})
+        train_epoch(model, net, gen, loader, optimizer, steps, dist, False, None, None)
+        return k * batch
+
+    return run
+
+
+def student_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[[int], int]:
+    """A function running ``k`` student training steps (student_loss, AdamW), returning the B-scans seen."""
+    spec = dict(recipe.raw["student"])
+    arch = StudentConfig.from_dict({"n_outputs": len(recipe.classes) + 1, **spec.pop("config")})
+    config = StudentTrainConfig.from_dict(spec)
+    net = StudentNet(arch).to(dist.device)
+    images, masks = phantom(n)
+    targets = [Target(functools.partial(np.asarray, im), functools.partial(np.asarray, m), 1.0, "phantom",
+                      ("phantom", i)) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
+    data = StudentDataset(targets, recipe.classes, recipe.input_size, config.augmentation(), recipe.seed,
+                          config.intensity)
+    sampler = dist.sampler(data, shuffle=True, seed=recipe.seed)
+    loader = DataLoader(data, batch_size=batch, sampler=sampler, shuffle=sampler is None, drop_last=True)
+    model = dist.wrap(net).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    weights = torch.ones(len(recipe.classes) + 1, device=dist.device)
+
+    def run(k: int) -> int:
+        done = 0
+        while done < k:
+            for item in loader:
+                loss = student_loss(model(item["image"].to(dist.device)), item["target"].to(dist.device),
+                                    item["weight"].to(dist.device), weights, config.dice_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done += 1
+                if done == k:
+                    break
+        return k * batch
+
+    return run
+
+
+SOURCES = {"agm": agm_step_source, "student": student_step_source}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", type=Path)
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per rank (after 2 warm-up steps)")
+    ap.add_argument("--batch", type=int, help="B-scans per step and rank (default: the recipe's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path, help="also write the figures here (rank 0)")
+    args = ap.parse_args()
+    recipe = Recipe.load(args.recipe)
+    method = recipe.raw["method"]
+    if method not in SOURCES:
+        raise SystemExit(f"{args.recipe}: throughput is measured for {', '.join(SOURCES)} recipes, not {method}")
+    dist = init_distributed(args.device)
+    torch.manual_seed(recipe.seed + dist.rank)
+    batch = args.batch or int(recipe.raw[method].get("batch_size", 8))
+    run = SOURCES[method](recipe, dist, batch, n=max(2 * batch, 16))
+    run(2)  # warm-up: cuDNN autotuning, allocator
+    _sync(dist)
+    t0 = time.perf_counter()
+    seen = run(args.steps)
+    _sync(dist)
+    seconds = time.perf_counter() - t0
+    total = dist.mean(seen / seconds) * dist.world_size
+    figures = {"recipe": str(args.recipe), "method": method, "input_size": list(recipe.input_size),
+               "batch_per_rank": batch, "steps": args.steps, "ranks": dist.world_size, "device": str(dist.device),
+               "device_name": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
+               "seconds": round(seconds, 3), "bscans_per_s": round(total, 2),
+               "peak_gpu_mb": round(torch.cuda.max_memory_allocated(dist.device) / 2**20) if dist.device.type == "cuda"
+               else None}
+    if dist.is_main:
+        print(json.dumps(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+    dist.close()
+
+
+def _sync(dist: Dist) -> None:
+    """Wait for queued GPU work and for the other ranks, so the clock measures finished steps."""
+    if dist.device.type == "cuda":
+        torch.cuda.synchronize(dist.device)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
