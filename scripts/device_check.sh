@@ -36,13 +36,10 @@ step() {
     say "step $name: exit $rc after $(( $(date +%s) - t0 )) s"
 }
 
-install_offline() {  # the lent GPU machines reach no registry: their torch, plus our wheels, plus src on the path
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl
-}
-
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    # the lent GPU machines reach no registry: their own torch, plus these wheels, plus src on the path
     PY=python3; export PYTHONPATH="$SITE:$PWD/src"
-    step install 120 install_offline
+    step install 120 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" .whl/*.whl
 elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch, oct_wsss" 2>/dev/null; then
     PY=.venv/bin/python
     step install 10 echo "reusing .venv"
