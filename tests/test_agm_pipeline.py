@@ -91,6 +91,25 @@ def test_retina_mask_covers_the_phantom_retina_not_the_vitreous() -> None:
     assert not retina_mask(np.zeros((32, 32), np.uint8)).any()
 
 
+def test_retina_mask_filters_as_tensor_ops_equal_scipy_and_skimage() -> None:
+    """The GPU path of retina_masks (min/median/closing as tensor ops), run here on CPU tensors, gives the very masks
+    of the scipy/scikit-image path, borders included."""
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    from oct_wsss.propose.inputs import _closed, _smoothed, retina_masks
+
+    x = torch.from_numpy(np.stack([to_unit(b) for b in make_volume(2, n_bscans=2, height=96, width=80).volume.data]))
+    smooth = _smoothed(x[:, None], on_tensors=True)
+    expected = np.stack([ndi.median_filter(ndi.minimum_filter(b, size=3), size=5) for b in x.numpy()])
+    np.testing.assert_array_equal(smooth[:, 0].numpy(), expected)
+    tissue = smooth > 0.3
+    square = morphology.footprint_rectangle((15, 15))
+    np.testing.assert_array_equal(_closed(tissue, on_tensors=True),
+                                  np.stack([morphology.closing(t, square) for t in tissue[:, 0].numpy()]))
+    np.testing.assert_array_equal(retina_masks(x[:, None]), np.stack([retina_mask(b) for b in x.numpy()]))
+
+
 @pytest.fixture(scope="module")
 def agm_ckpt(tmp_path_factory: pytest.TempPathFactory):
     return tiny_agm_checkpoint(tmp_path_factory.mktemp("ckpt") / "agm.safetensors")

@@ -50,6 +50,13 @@ def test_agm_autocast_agrees_with_the_cpu() -> None:
     assert both and np.corrcoef(s_cpu.ravel(), s_gpu.ravel())[0, 1] > 0.95
 
 
+def test_retina_masks_on_the_gpu_equal_the_cpu() -> None:
+    from oct_wsss.propose.inputs import retina_masks
+
+    x = torch.from_numpy(make_volume(7, n_bscans=4, height=496, width=512).volume.data / 255.0).float()[:, None]
+    np.testing.assert_array_equal(retina_masks(x.cuda()), retina_masks(x))
+
+
 def test_out_of_memory_halves_the_batch_then_moves_to_the_cpu(tmp_path) -> None:
     ckpt = tiny_student(tmp_path / "big-input.safetensors", width=32, depth=3, input_size=(1024, 1024))
     volume = make_volume(5, n_bscans=6, height=248, width=256).volume

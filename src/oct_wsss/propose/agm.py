@@ -23,7 +23,7 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
 from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_mask, soft_mask
+from oct_wsss.propose.inputs import resize, retina_masks, soft_mask
 from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
@@ -124,17 +124,17 @@ class AgmProposer:
         below ``present_threshold`` (at training time the trainer passes the image-level labels instead).
         """
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None]
+        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        retina = np.stack([retina_mask(xi[0]) for xi in x.numpy()])
-        inputs = network_inputs(self.generator, x.to(self.device), torch.from_numpy(retina)[:, None].to(self.device),
+        retina = retina_masks(x)
+        inputs = network_inputs(self.generator, x, torch.from_numpy(retina)[:, None].to(self.device),
                                 self.net.config.image_channels)
         cams, logits = self.gradcam(inputs, self.lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
                                     output_size=native, return_logits=True)
         probs = torch.sigmoid(logits[:, self.lesion_outputs]).cpu().numpy()
         soft = soft_mask(resize(retina, native, order=0))
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
-        return class_scores(cams.cpu().numpy(), soft, keep), probs
+        return class_scores(cams, soft, keep).cpu().numpy(), probs
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:

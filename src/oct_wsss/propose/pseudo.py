@@ -10,25 +10,30 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.volume import OctVolume
 
 
-def class_scores(cams: np.ndarray, soft: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
-    """Scores (n, K, H, W) in [0, 1]: CAMs (n, K, H, W) × soft mask (n, H, W), min-max per class; absent -> 0."""
-    if cams.ndim != 4 or soft.shape != (cams.shape[0], *cams.shape[2:]):
-        raise ValueError(f"cams (n, K, H, W) and soft mask (n, H, W) expected; got {cams.shape}, {soft.shape}")
-    s = cams.astype(np.float32) * soft[:, None].astype(np.float32)
-    lo = s.min(axis=(2, 3), keepdims=True)
-    hi = s.max(axis=(2, 3), keepdims=True)
-    s = np.where(hi > lo, (s - lo) / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
+def class_scores(cams: np.ndarray | torch.Tensor, soft: np.ndarray | torch.Tensor,
+                 present: np.ndarray | torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
+    """Scores (n, K, H, W) in [0, 1]: CAMs (n, K, H, W) × soft mask (n, H, W), min-max per class; absent -> 0.
+
+    Computed where the CAMs live (a GPU tensor stays on the GPU; a numpy array comes back as one)."""
+    if cams.ndim != 4 or tuple(soft.shape) != (cams.shape[0], *cams.shape[2:]):
+        raise ValueError(f"cams (n, K, H, W) and soft mask (n, H, W) expected; got {tuple(cams.shape)}, "
+                         f"{tuple(soft.shape)}")
+    c = torch.as_tensor(cams).float()
+    s = c * torch.as_tensor(soft, device=c.device).float()[:, None]
+    lo, hi = s.amin(dim=(2, 3), keepdim=True), s.amax(dim=(2, 3), keepdim=True)
+    s = torch.where(hi > lo, (s - lo) / torch.clamp(hi - lo, min=1e-12), 0.0)
     if present is not None:
-        if present.shape != cams.shape[:2]:
-            raise ValueError(f"present must be (n, K) = {cams.shape[:2]}; got {present.shape}")
-        s *= present[:, :, None, None].astype(np.float32)
-    return s
+        if tuple(present.shape) != tuple(cams.shape[:2]):
+            raise ValueError(f"present must be (n, K) = {tuple(cams.shape[:2])}; got {tuple(present.shape)}")
+        s = s * torch.as_tensor(present, device=c.device).float()[:, :, None, None]
+    return s.cpu().numpy() if isinstance(cams, np.ndarray) else s
 
 
 def pseudo_labels(scores: np.ndarray, class_ids: Sequence[int], alpha: float) -> np.ndarray:
