@@ -97,7 +97,7 @@ def test_retina_mask_filters_as_tensor_ops_equal_scipy_and_skimage() -> None:
     from scipy import ndimage as ndi
     from skimage import morphology
 
-    from oct_wsss.propose.inputs import _closed, _smoothed, retina_masks
+    from oct_wsss.propose.inputs import _closed, _smoothed, resize, resize_nearest, retina_masks
 
     x = torch.from_numpy(np.stack([to_unit(b) for b in make_volume(2, n_bscans=2, height=96, width=80).volume.data]))
     smooth = _smoothed(x[:, None], on_tensors=True)
@@ -107,7 +107,11 @@ def test_retina_mask_filters_as_tensor_ops_equal_scipy_and_skimage() -> None:
     square = morphology.footprint_rectangle((15, 15))
     np.testing.assert_array_equal(_closed(tissue, on_tensors=True),
                                   np.stack([morphology.closing(t, square) for t in tissue[:, 0].numpy()]))
-    np.testing.assert_array_equal(retina_masks(x[:, None]), np.stack([retina_mask(b) for b in x.numpy()]))
+    masks = retina_masks(x[:, None])
+    np.testing.assert_array_equal(masks, np.stack([retina_mask(b) for b in x.numpy()]))
+    for size in ((496, 512), (37, 101)):  # the soft mask's resize on the proposer's device picks resize()'s pixels
+        np.testing.assert_array_equal(resize_nearest(torch.from_numpy(masks), size).numpy(),
+                                      resize(masks, size, order=0))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
 from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_masks, soft_mask
+from oct_wsss.propose.inputs import resize_nearest, retina_masks, soft_mask
 from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
@@ -126,13 +126,12 @@ class AgmProposer:
         native = tuple(bscans[0].shape)
         x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        retina = retina_masks(x)
-        inputs = network_inputs(self.generator, x, torch.from_numpy(retina)[:, None].to(self.device),
-                                self.net.config.image_channels)
+        retina = torch.from_numpy(retina_masks(x)).to(self.device)
+        inputs = network_inputs(self.generator, x, retina[:, None].float(), self.net.config.image_channels)
         cams, logits = self.gradcam(inputs, self.lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
                                     output_size=native, return_logits=True)
         probs = torch.sigmoid(logits[:, self.lesion_outputs]).cpu().numpy()
-        soft = soft_mask(resize(retina, native, order=0))
+        soft = soft_mask(resize_nearest(retina, native))
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
         return class_scores(cams, soft, keep).cpu().numpy(), probs
 

@@ -5,6 +5,8 @@ Training and proposing share these functions so that a checkpoint sees the same 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -111,6 +113,26 @@ def _largest_filled(mask: np.ndarray) -> np.ndarray:
     return ~np.isin(background, edge[edge > 0])
 
 
-def soft_mask(mask: np.ndarray) -> np.ndarray:
-    """float32 weight map: 1 inside the retina, 0.5 outside (CAMs outside are damped, not erased)."""
+def soft_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """float32 weight map: 1 inside the retina, 0.5 outside (CAMs outside are damped, not erased); a tensor stays one,
+    on its device."""
+    if isinstance(mask, torch.Tensor):
+        return torch.where(mask, 1.0, OUTSIDE_WEIGHT).float()
     return np.where(mask, 1.0, OUTSIDE_WEIGHT).astype(np.float32)
+
+
+def resize_nearest(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of the last two axes on the tensor's device, picking the very pixels that
+    :func:`resize` with ``order=0`` picks (the index maps come from scikit-image itself)."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    rows = torch.from_numpy(_nearest_index(masks.shape[-2], int(size[0]))).to(masks.device)
+    cols = torch.from_numpy(_nearest_index(masks.shape[-1], int(size[1]))).to(masks.device)
+    return masks.index_select(-2, rows).index_select(-1, cols)
+
+
+@functools.lru_cache(maxsize=64)
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` positions when scikit-image resizes ``n_in`` pixels with order 0."""
+    source = np.arange(n_in, dtype=np.float64)[:, None]
+    return resize(source, (n_out, 1), order=0)[:, 0].round().astype(np.int64)
