@@ -10,9 +10,11 @@ from oct_wsss.cli._common import CliError, ints
 
 def _train(args: argparse.Namespace) -> None:
     from oct_wsss.training import train_recipe
+    from oct_wsss.training.distributed import main_process
 
     path = train_recipe(args.recipe, out=args.out, device=args.device)
-    print(f"wrote {path}")
+    if main_process():  # under torchrun rank 0 wrote it
+        print(f"wrote {path}")
 
 
 def _finetune(args: argparse.Namespace) -> None:

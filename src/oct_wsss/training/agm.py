@@ -130,13 +130,9 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
             optimizer = _phase_optimizer(net, opts, epoch)
         train_set.set_epoch(epoch)
         batch = opts.refine_batch_size if refining else opts.batch_size
-        sampler = dist.sampler(train_set, shuffle=True, seed=seed)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                            num_workers=opts.num_workers, drop_last=len(train_set) > batch,
-                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        loader = dist.loader(train_set, batch, seed=seed, epoch=epoch, num_workers=opts.num_workers)
         loss = train_epoch(model, net, gen, loader, optimizer, opts, dist, refining, cancel, pos_weight)
+        dist.sync_buffers(net)  # rank 0's BatchNorm statistics everywhere: the same validation on every rank
         row = {"epoch": epoch, "phase": "refine" if refining else "train", "loss": dist.mean(loss)}
         if val_set is not None:
             row.update(_validate(net, gen, val_set, classes, dist.device, opts.present_threshold))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.training.agm import AgmTrainConfig, agm_checkpoint, choose_threshold, pseudo_label_scores, train_agm
 from oct_wsss.training.data import Sample
 from oct_wsss.training.datasets import load_dataset
+from oct_wsss.training.distributed import main_process
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.ganomaly import GanomalyTrainConfig, train_ganomaly
 from oct_wsss.training.recipe import Recipe, split_summary
@@ -48,7 +48,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         gen = generator if config.use_adr or config.use_asam else None
         run = train_agm(train, val, recipe.classes, config, gen, opts, recipe.input_size, vdir, device=device,
                         seed=recipe.seed, log=log, cancel=cancel)
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not main_process():
             continue  # under torchrun only rank 0 sweeps, scores and writes
         proposer = AgmProposer(run.net, gen, recipe.classes, recipe.input_size, cam_layers=opts.cam_layers,
                                present_threshold=opts.present_threshold, device=device, intensity=opts.intensity)

@@ -19,10 +19,10 @@ from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import classification_scores
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.dfp import DfpConfig, DfpNet
-from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.intensity import check_intensity
 from oct_wsss.training.agm import make_optimizer
 from oct_wsss.training.data import Sample
+from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
 from oct_wsss.training.loader import Augment, BscanDataset
 from oct_wsss.training.runlog import MetricLog, seed_everything
@@ -95,59 +95,70 @@ def train_dfp(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
               opts: DfpTrainConfig, input_size: tuple[int, int], run_dir: Path, *, device: str = "auto",
               seed: int = 0, log: Callable[[str], None] = print,
               cancel: Callable[[], bool] | None = None) -> DfpRun:
-    """Train both classifiers for ``opts.epochs``; a rerun resumes from ``run_dir/dfp-state.safetensors``."""
+    """Train both classifiers for ``opts.epochs``; a rerun resumes from ``run_dir/dfp-state.safetensors``.
+
+    Works alone or under ``torchrun``: rank 0 validates, logs and writes the state; every rank loads it.
+    """
     if not train:
         raise TrainingError("no training B-scans")
     if net_config.n_classes != len(classes):
         raise TrainingError(f"the DFP config has n_classes={net_config.n_classes} but {len(classes)} classes given")
-    try:
-        dev = resolve_device(device)
-    except ValueError as err:
-        raise TrainingError(str(err)) from err
+    with distributed(device) as dist:
+        return _train(train, val, classes, net_config, opts, input_size, run_dir, dist, seed, dist.main_log(log),
+                      cancel)
+
+
+def _train(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[int], net_config: DfpConfig,
+           opts: DfpTrainConfig, input_size: tuple[int, int], run_dir: Path, dist: Dist, seed: int,
+           log: Callable[[str], None], cancel: Callable[[], bool] | None) -> DfpRun:
+    """The epoch loop of :func:`train_dfp` in the process group ``dist`` (``log`` is already rank 0's only)."""
     seed_everything(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    net = DfpNet(net_config).to(dev)
+    net = DfpNet(net_config).to(dist.device)
     optimizer = make_optimizer(net.parameters(), opts.optimizer)
     state_path, start = run_dir / STATE_FILE, 0
     if state_path.is_file():
         start = int(load_state(state_path, {"net": net}, {"optimizer": optimizer})["epoch"]) + 1
         log(f"dfp: resuming at epoch {start} from {state_path}")
-    metrics = MetricLog(run_dir / "dfp-metrics.csv", resume=start > 0, start_epoch=start)
+    metrics = MetricLog(run_dir / "dfp-metrics.csv", resume=start > 0, start_epoch=start) if dist.is_main else None
     augment = Augment(**opts.augment) if isinstance(opts.augment, dict) else Augment() if opts.augment else None
     train_set = BscanDataset(train, classes, input_size, augment, seed=seed, cache=opts.cache, with_retina=False,
                              intensity=opts.intensity)
     val_set = BscanDataset(val, classes, input_size, cache=opts.cache, with_retina=False,
-                           intensity=opts.intensity) if val else None
-    history: list[dict[str, Any]] = []
+                           intensity=opts.intensity) if val and dist.is_main else None
+    model, history = dist.wrap(net), []
     for epoch in range(start, opts.epochs):
         train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=opts.batch_size, shuffle=True, num_workers=opts.num_workers,
-                            drop_last=len(train_set) > opts.batch_size,
-                            generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        row: dict[str, Any] = {"epoch": epoch, **_epoch(net, loader, optimizer, opts, dev, cancel)}
+        loader = dist.loader(train_set, opts.batch_size, seed=seed, epoch=epoch, num_workers=opts.num_workers)
+        row: dict[str, Any] = {"epoch": epoch, **_epoch(model, loader, optimizer, opts, dist, cancel)}
+        dist.sync_buffers(net)  # the parameters agree already (DDP averaged the gradients)
         if val_set is not None:
-            row.update(_validate(net, val_set, classes, dev))
+            row.update(_validate(net, val_set, classes, dist.device))
         history.append(row)
-        metrics.log(row)
-        save_state(state_path, {"net": net}, {"optimizer": optimizer}, {"epoch": epoch, "seed": seed})
+        if metrics is not None:
+            metrics.log(row)
+            save_state(state_path, {"net": net}, {"optimizer": optimizer}, {"epoch": epoch, "seed": seed})
         log("dfp: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    metrics.close()
+        dist.barrier()
+    if metrics is not None:
+        metrics.close()
     return DfpRun(net.eval(), history)
 
 
-def _epoch(net: DfpNet, loader: DataLoader, optimizer: torch.optim.Optimizer, opts: DfpTrainConfig,
-           device: torch.device, cancel: Callable[[], bool] | None) -> dict[str, float]:
-    """One pass: BCE of the prediction module plus ``encoder_weight`` x BCE of the encoder; mean losses."""
-    net.train()
+def _epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, opts: DfpTrainConfig,
+           dist: Dist, cancel: Callable[[], bool] | None) -> dict[str, float]:
+    """One pass: BCE of the prediction module plus ``encoder_weight`` x BCE of the encoder; mean losses (all ranks)."""
+    model.train()
+    device = dist.device
     sums, count = np.zeros(2), 0
     for step, item in enumerate(loader):
-        if cancel is not None and cancel():
+        if dist.cancelled(cancel):
             raise TrainingCancelled("DFP training cancelled; the last finished epoch is kept in the run folder")
         if opts.max_steps_per_epoch is not None and step >= opts.max_steps_per_epoch:
             break
         x, labels = item["image"].to(device), item["labels"].to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = net(x)
+            out = model(x)
         pred = F.binary_cross_entropy_with_logits(out.logits.float(), labels)
         enc = F.binary_cross_entropy_with_logits(out.encoder_logits.float(), labels)
         loss = pred + opts.encoder_weight * enc
@@ -158,7 +169,7 @@ def _epoch(net: DfpNet, loader: DataLoader, optimizer: torch.optim.Optimizer, op
         optimizer.step()
         sums += np.array([float(pred.detach()), float(enc.detach())]) * len(x)
         count += len(x)
-    pred_loss, enc_loss = sums / max(1, count)
+    pred_loss, enc_loss = (dist.mean(v) for v in sums / max(1, count))
     return {"loss": float(pred_loss + opts.encoder_weight * enc_loss), "loss_prediction": float(pred_loss),
             "loss_encoder": float(enc_loss)}
 

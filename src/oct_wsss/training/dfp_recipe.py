@@ -24,6 +24,7 @@ from oct_wsss.propose.inputs import retina_mask
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.training.data import Sample
 from oct_wsss.training.dfp import DfpTrainConfig, merge_classes, train_dfp
+from oct_wsss.training.distributed import main_process
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe, split_summary
 
@@ -54,11 +55,14 @@ def run_dfp(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         train, val, test = (merge_classes(s, classes, target) for s in (train, val, test))
         classes = (target,)
     summary = split_summary(train, val, test)
-    (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
+    if main_process():
+        (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
     log(f"data: {len(train)} train / {len(val)} val / {len(test)} test B-scans; classes "
         f"{[ONTOLOGY[c].key for c in classes]}")
     run = train_dfp(train, val, classes, net_config, opts, recipe.input_size, run_dir, device=device,
                     seed=recipe.seed, log=log, cancel=cancel)
+    if not main_process():
+        return run_dir / "dfp.safetensors"  # rank 0 chooses the thresholds, scores and writes it
     proposers = {name: DfpProposer(run.net, classes, recipe.input_size, propagation=params, device=device,
                                    propagate=name == "dfp", intensity=opts.intensity) for name in ("dfp", "saliency")}
     rule = recipe.raw.get("threshold") or {}

@@ -230,7 +230,7 @@ class _Run:
         for step, item in enumerate(self.loader):
             if self.opts.max_steps_per_epoch is not None and step >= self.opts.max_steps_per_epoch:
                 break
-            if self.cancel is not None and self.dist.mean(float(bool(self.cancel()))) > 0:
+            if self.dist.cancelled(self.cancel):
                 raise TrainingCancelled("GANomaly training cancelled; the last complete epoch's state is kept")
             g_terms, loss_d = self._step(self._inputs(item), ddp_g, ddp_d)
             sums += g_terms

@@ -30,6 +30,7 @@ from oct_wsss.models.mil import MilConfig, MilNet
 from oct_wsss.propose.hrf import DEFAULTS as PROPOSER_DEFAULTS
 from oct_wsss.propose.intensity import HARMONISED, check_intensity, unit_input
 from oct_wsss.training.data import Sample
+from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
 from oct_wsss.training.runlog import MetricLog, seed_everything
 
@@ -154,50 +155,78 @@ def predict(net: nn.Module, x: Tensor, norm: dict[str, float], label_type: str, 
 def train_hrf(train: Sequence[Sample], val: Sequence[Sample], opts: HrfTrainConfig, run_dir: Path, *,
               device: str | torch.device = "cpu", seed: int = 0, log: Callable[[str], None] = print,
               cancel: Callable[[], bool] | None = None) -> HrfRun:
-    """Train one classifier; logs loss and validation AUROC / F1 per epoch to ``run_dir/hrf-metrics.csv``."""
+    """Train one classifier; logs loss and validation AUROC / F1 per epoch to ``run_dir/hrf-metrics.csv``.
+
+    Works alone or under ``torchrun``: each rank trains on its share of every epoch, rank 0 validates and writes.
+    """
     seed_everything(seed)
-    device = torch.device(device)
-    x, counts = load_set(train, opts.min_area, opts.intensity)
-    xv, cv = load_set(val, opts.min_area, opts.intensity) if val else (x[:0], counts[:0])
-    norm: dict[str, Any] = {"mean": float(x.mean()), "std": float(x.std()) or 1.0}
-    if opts.intensity == HARMONISED:
-        norm["intensity"] = HARMONISED
-    net = build(opts, tuple(x.shape[-2:])).to(device)
-    steps = max(1, math.ceil(len(x) / opts.batch_size)) * opts.epochs
-    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=opts.lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(seed)
-    metrics = MetricLog(run_dir / "hrf-metrics.csv")
-    history = []
-    log(f"hrf: {opts.model} ({opts.label_type}), {len(x)} train B-scans at {tuple(x.shape[-2:])}, "
-        f"{int((counts > 0).sum())} with HRF; {steps} steps")
-    try:
-        for epoch in range(opts.epochs):
-            net.train()
-            order = torch.randperm(len(x), generator=gen)
-            total = 0.0
-            for i in range(0, len(x), opts.batch_size):
-                if cancel is not None and cancel():
-                    raise TrainingCancelled("HRF training cancelled")
-                idx = order[i:i + opts.batch_size]
-                xb = (augment(x[idx], opts.augment, gen) - norm["mean"]) / norm["std"]
-                loss = hrf_labels.loss(net(xb.to(device)), counts[idx].to(device), opts.label_type)
-                optim.zero_grad()
-                loss.backward()
-                optim.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(total / len(x), 5)}
-            if len(xv):
-                p = predict(net, xv, norm, opts.label_type, device)
-                row.update(val_auroc=roc_auc(p, cv.numpy() > 0), val_f1=f1_score(p >= 0.5, cv.numpy() > 0))
-            metrics.log(row)
-            history.append(row)
-            log(f"hrf epoch {epoch + 1}/{opts.epochs}: " + ", ".join(f"{k} {v}" for k, v in row.items()
-                                                                     if k != "epoch"))
-    finally:
-        metrics.close()
-    return HrfRun(net.eval(), norm, history)
+    with distributed(device) as dist:
+        return _HrfRun(train, val, opts, dist, seed).fit(run_dir, dist.main_log(log), cancel)
+
+
+class _HrfRun:
+    """One training run's tensors, network, optimizer and schedule, so the epoch loop and its parts share them."""
+
+    def __init__(self, train: Sequence[Sample], val: Sequence[Sample], opts: HrfTrainConfig, dist: Dist,
+                 seed: int) -> None:
+        self.opts, self.dist, self.seed = opts, dist, seed
+        self.x, self.counts = load_set(train, opts.min_area, opts.intensity)
+        self.xv, self.cv = load_set(val, opts.min_area, opts.intensity) if val else (self.x[:0], self.counts[:0])
+        self.norm: dict[str, Any] = {"mean": float(self.x.mean()), "std": float(self.x.std()) or 1.0}
+        if opts.intensity == HARMONISED:
+            self.norm["intensity"] = HARMONISED
+        self.net = build(opts, tuple(self.x.shape[-2:])).to(dist.device)
+        self.model = dist.wrap(self.net)
+        per_rank = math.ceil(len(self.x) / dist.world_size)
+        self.steps = max(1, math.ceil(per_rank / opts.batch_size)) * opts.epochs
+        self.optim = torch.optim.AdamW(self.net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.optim, max_lr=opts.lr, total_steps=self.steps)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def fit(self, run_dir: Path, log: Callable[[str], None], cancel: Callable[[], bool] | None) -> HrfRun:
+        """Every epoch: train, then on rank 0 validate and log; the network is left in eval mode."""
+        opts, dist = self.opts, self.dist
+        metrics = MetricLog(run_dir / "hrf-metrics.csv") if dist.is_main else None
+        history = []
+        log(f"hrf: {opts.model} ({opts.label_type}), {len(self.x)} train B-scans at {tuple(self.x.shape[-2:])}, "
+            f"{int((self.counts > 0).sum())} with HRF; {self.steps} steps on each of {dist.world_size} process(es)")
+        try:
+            for epoch in range(opts.epochs):
+                row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(self._epoch(epoch, cancel), 5)}
+                if len(self.xv) and dist.is_main:
+                    p = predict(self.net, self.xv, self.norm, opts.label_type, dist.device)
+                    truth = self.cv.numpy() > 0
+                    row.update(val_auroc=roc_auc(p, truth), val_f1=f1_score(p >= 0.5, truth))
+                if metrics is not None:
+                    metrics.log(row)
+                history.append(row)
+                log(f"hrf epoch {epoch + 1}/{opts.epochs}: " + ", ".join(f"{k} {v}" for k, v in row.items()
+                                                                         if k != "epoch"))
+                dist.barrier()
+        finally:
+            if metrics is not None:
+                metrics.close()
+        return HrfRun(self.net.eval(), self.norm, history)
+
+    def _epoch(self, epoch: int, cancel: Callable[[], bool] | None) -> float:
+        """One pass over this rank's share of the training B-scans, augmented; the mean loss over ranks."""
+        opts, dev = self.opts, self.dist.device
+        self.net.train()
+        order = self.dist.shard(len(self.x), seed=self.seed, epoch=epoch, generator=self.gen)
+        total = 0.0
+        for i in range(0, len(order), opts.batch_size):
+            if self.dist.cancelled(cancel):
+                raise TrainingCancelled("HRF training cancelled")
+            idx = order[i:i + opts.batch_size]
+            xb = (augment(self.x[idx], opts.augment, self.gen) - self.norm["mean"]) / self.norm["std"]
+            loss = hrf_labels.loss(self.model(xb.to(dev)), self.counts[idx].to(dev), opts.label_type)
+            self.optim.zero_grad()
+            loss.backward()
+            self.optim.step()
+            self.sched.step()
+            total += loss.item() * len(idx)
+        self.dist.sync_buffers(self.net)  # the parameters agree already (DDP averaged the gradients)
+        return self.dist.mean(total / len(order))
 
 
 def hrf_checkpoint(run: HrfRun, opts: HrfTrainConfig, size: tuple[int, int], *, training: dict[str, Any] | None = None,

@@ -83,7 +83,7 @@ def evaluate_hrf(proposer: HrfProposer, val: Sequence[Sample], test: Sequence[Sa
     images, truths, counts = load(test)
     out: dict[str, Any] = {"test_bscans": len(test), "refiner": proposer.refiner}
     probs = []
-    for n in (1, iterations):
+    for n in sorted({1, iterations}):  # one pass when iterations is 1
         proposer.iterations = n
         preds, found = [], []
         for i, im in enumerate(images):

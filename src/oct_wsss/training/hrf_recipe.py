@@ -9,6 +9,7 @@ from pathlib import Path
 
 from oct_wsss.evaluate import write_json
 from oct_wsss.propose.hrf import HrfProposer
+from oct_wsss.training.distributed import main_process
 from oct_wsss.training.hrf import HrfTrainConfig, hrf_checkpoint, train_hrf
 from oct_wsss.training.hrf_eval import evaluate_hrf
 from oct_wsss.training.recipe import Recipe, split_summary
@@ -21,10 +22,13 @@ def run_hrf(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
 
     train, val, test = recipe.splits()
     summary = split_summary(train, val, test)
-    (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
+    if main_process():
+        (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
     opts = HrfTrainConfig.from_dict(dict(recipe.raw.get("hrf", {})))
+    run = train_hrf(train, val, opts, run_dir, device=device, seed=recipe.seed, log=log, cancel=cancel)
+    if not main_process():
+        return run_dir / f"hrf-{opts.model}.safetensors"  # rank 0 scores and writes it
     dev = resolve_device(device)
-    run = train_hrf(train, val, opts, run_dir, device=dev, seed=recipe.seed, log=log, cancel=cancel)
     size = tuple(train[0].load_image().shape)
     metrics = {"history": run.history[-1] if run.history else {}}
     if test and all(s.mask is not None for s in test):

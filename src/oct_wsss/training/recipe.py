@@ -18,6 +18,7 @@ import yaml
 from oct_wsss.classes import ONTOLOGY, by_key
 from oct_wsss.training.data import LabelledSet, Sample, patient_split
 from oct_wsss.training.datasets import load_dataset
+from oct_wsss.training.distributed import distributed
 from oct_wsss.training.errors import TrainingError
 
 COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data", "classes", "split", "input_size",
@@ -105,6 +106,13 @@ class Recipe:
             _generate(spec, generate, self.base)
         return load_dataset(spec, self.base).restrict(self.classes)
 
+    def generate(self) -> None:
+        """Write the synthetic sets the recipe's ``generate`` blocks ask for that are not on disk yet."""
+        for key in ("data", "val_data", "test_data"):
+            spec = dict(self.raw.get(key) or {})
+            if "generate" in spec:
+                _generate(spec, spec.pop("generate"), self.base)
+
     def splits(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
         """(train, val, test), patient-level: explicit val/test sets win, else fractions of ``data``."""
         data = self.dataset("data")
@@ -171,11 +179,20 @@ def split_summary(train: list[Sample], val: list[Sample], test: list[Sample]) ->
 
 def train_recipe(path: str | Path, *, out: str | Path | None = None, device: str | None = None,
                  log: Callable[[str], None] = print, cancel: Callable[[], bool] | None = None) -> Path:
-    """Run a recipe; returns the path of the main checkpoint written into the run folder."""
+    """Run a recipe; returns the path of the main checkpoint written into the run folder.
+
+    Under ``torchrun`` every process runs it: rank 0 writes the synthetic data and the run folder's files first, the
+    trainers split each epoch across the processes, and rank 0 alone evaluates and writes the checkpoint.
+    """
     recipe = Recipe.load(path)
     module, _, func = TRAINERS[recipe.raw["method"]][0].partition(":")
     run = getattr(importlib.import_module(module), func)
     run_dir = recipe.out_dir(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2, default=str))
-    return run(recipe, run_dir, device or recipe.raw.get("device", "auto"), log, cancel)
+    device = device or recipe.raw.get("device", "auto")
+    with distributed(device) as dist:
+        if dist.is_main:
+            recipe.generate()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2, default=str))
+        dist.barrier()
+        return run(recipe, run_dir, device, dist.main_log(log), cancel)

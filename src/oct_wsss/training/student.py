@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.student import StudentConfig, StudentNet
-from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import Sample
+from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled
 from oct_wsss.training.loader import Augment
 from oct_wsss.training.runlog import MetricLog, seed_everything
@@ -122,73 +122,108 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
                   cancel: Callable[[], bool] | None = None) -> tuple[StudentNet, dict[str, Any]]:
     """Train (or continue ``init``) on ``targets``; returns the network and a summary (losses, val mIoU, weights).
 
-    Each epoch saves a resumable state in ``run_dir``; a rerun with ``resume`` continues from it.
+    Works alone or under ``torchrun`` (rank 0 validates and writes); each epoch saves a resumable state in
+    ``run_dir``, which a rerun with ``resume`` continues from.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    dev = resolve_device(device)
-    classes = tuple(classes)
-    if isinstance(architecture, dict):
-        architecture = StudentConfig.from_dict({"n_outputs": len(classes) + 1, **architecture})
-    net = (init or StudentNet(architecture)).to(dev)
-    dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed, config.intensity)
-    if config.class_weights == "auto":
-        cw = auto_class_weights(dataset)
-    elif config.class_weights is None:
-        cw = np.ones(len(classes) + 1, np.float32)
-    else:
-        cw = np.asarray(config.class_weights, np.float32)
-    class_weights = torch.from_numpy(cw).to(dev)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-                        generator=torch.Generator().manual_seed(seed))
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = max(3, config.epochs * len(loader))  # OneCycleLR needs a warm-up of more than one step
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps,
-                                                pct_start=min(0.3, max(0.1, 1.5 / steps)))
-    state_path = run_dir / STATE_FILE
-    keep_best = config.select == "val_miou"  # then the best epoch's weights travel in the state file too
-    start, best, best_state = 0, {"epoch": -1, "val_miou": None}, None
-    if resume and state_path.is_file():
-        extra = load_state(state_path, {"net": net}, {"opt": opt}, {"sched": sched})
-        start, best, best_state = int(extra["epoch"]) + 1, extra["best"], extra.get("best_state")
-        log(f"student: resuming after epoch {start - 1}")
-    metrics = MetricLog(run_dir / "student-metrics.csv", resume=resume, start_epoch=start, tensorboard=False)
-    proposer = StudentProposer(net, classes, input_size, device=dev, batch_size=4, intensity=config.intensity)
-    losses: list[float] = []
-    for epoch in range(start, config.epochs):
-        net.train()
-        dataset.set_epoch(epoch)
-        total, n = 0.0, 0
-        for batch in loader:
-            if cancel is not None and cancel():
-                raise TrainingCancelled(f"student training cancelled in epoch {epoch}; the last state is kept")
-            loss = student_loss(net(batch["image"].to(dev)), batch["target"].to(dev), batch["weight"].to(dev),
-                                class_weights, config.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, n = total + float(loss.detach()) * len(batch["image"]), n + len(batch["image"])
-        losses.append(total / max(n, 1))
-        net.eval()
-        scored = config.select == "val_miou" or epoch == config.epochs - 1  # scoring costs a pass over val
-        miou = val_miou(proposer, val) if val and scored else None
-        if not keep_best:
-            best = {"epoch": epoch, "val_miou": miou}
-        elif miou is not None and (best["val_miou"] is None or miou > best["val_miou"]):
-            best = {"epoch": epoch, "val_miou": miou}
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        metrics.log({"epoch": epoch, "loss": round(losses[-1], 5), "val_miou": miou, "lr": sched.get_last_lr()[0]})
-        log(f"student epoch {epoch}: loss {losses[-1]:.4f}" + ("" if miou is None else f", val mIoU {miou:.4f}"))
-        extra = {"epoch": epoch, "best": best, **({"best_state": best_state} if best_state is not None else {})}
-        save_state(state_path, {"net": net}, {"opt": opt}, extra, {"sched": sched})
-    metrics.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    with distributed(device) as dist:
+        classes = tuple(classes)
+        if isinstance(architecture, dict):
+            architecture = StudentConfig.from_dict({"n_outputs": len(classes) + 1, **architecture})
+        net = (init or StudentNet(architecture)).to(dist.device)
+        dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed, config.intensity)
+        cw = _class_weights(config, dataset)
+        run = _StudentRun(net, dataset, config, torch.from_numpy(cw).to(dist.device), dist, seed, cancel)
+        proposer = StudentProposer(net, classes, input_size, device=dist.device, batch_size=4,
+                                   intensity=config.intensity)
+        losses, best = run.fit(run_dir / STATE_FILE, resume, proposer, val, dist.main_log(log))
     net.eval()
     return net, {"losses": losses, "best_epoch": best["epoch"], "val_miou": best["val_miou"],
                  "class_weights": [round(float(w), 4) for w in cw], "targets": _count(dataset.targets)}
+
+
+def _class_weights(config: StudentTrainConfig, dataset: StudentDataset) -> np.ndarray:
+    """The loss's per-class weights: automatic, uniform (None) or the recipe's list."""
+    if config.class_weights == "auto":
+        return auto_class_weights(dataset)
+    if config.class_weights is None:
+        return np.ones(len(dataset.classes) + 1, np.float32)
+    return np.asarray(config.class_weights, np.float32)
+
+
+class _StudentRun:
+    """One training run's objects (network, data, optimizer, schedule), so the epoch loop and its parts share them."""
+
+    def __init__(self, net: StudentNet, dataset: StudentDataset, config: StudentTrainConfig, class_weights: Tensor,
+                 dist: Dist, seed: int, cancel: Callable[[], bool] | None) -> None:
+        self.net, self.model, self.dataset, self.config = net, dist.wrap(net), dataset, config
+        self.class_weights, self.dist, self.seed, self.cancel = class_weights, dist, seed, cancel
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        steps = max(3, config.epochs * len(self._loader(0)))  # OneCycleLR needs a warm-up of more than one step
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=steps,
+                                                         pct_start=min(0.3, max(0.1, 1.5 / steps)))
+
+    def _loader(self, epoch: int) -> DataLoader:
+        return self.dist.loader(self.dataset, self.config.batch_size, seed=self.seed, epoch=epoch,
+                                generator=self.shuffle)
+
+    def fit(self, state_path: Path, resume: bool, proposer: StudentProposer, val: Sequence[Sample],
+            log: Callable[[str], None]) -> tuple[list[float], dict[str, Any]]:
+        """Resume if asked and a state exists, train the remaining epochs; per-epoch losses and the kept epoch."""
+        config, dist = self.config, self.dist
+        keep_best = config.select == "val_miou"  # then the best epoch's weights travel in the state file too
+        start, best, best_state = 0, {"epoch": -1, "val_miou": None}, None
+        if resume and state_path.is_file():
+            extra = load_state(state_path, {"net": self.net}, {"opt": self.opt}, {"sched": self.sched})
+            start, best, best_state = int(extra["epoch"]) + 1, extra["best"], extra.get("best_state")
+            log(f"student: resuming after epoch {start - 1}")
+        metrics = MetricLog(state_path.parent / "student-metrics.csv", resume=resume, start_epoch=start,
+                            tensorboard=False) if dist.is_main else None
+        losses: list[float] = []
+        for epoch in range(start, config.epochs):
+            losses.append(self._epoch(epoch))
+            scored = config.select == "val_miou" or epoch == config.epochs - 1  # scoring costs a pass over val
+            miou = dist.share(val_miou(proposer, val) if val and scored and dist.is_main else None)
+            if not keep_best:
+                best = {"epoch": epoch, "val_miou": miou}
+            elif miou is not None and (best["val_miou"] is None or miou > best["val_miou"]):
+                best = {"epoch": epoch, "val_miou": miou}
+                best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            log(f"student epoch {epoch}: loss {losses[-1]:.4f}" + ("" if miou is None else f", val mIoU {miou:.4f}"))
+            if metrics is not None:
+                metrics.log({"epoch": epoch, "loss": round(losses[-1], 5), "val_miou": miou,
+                             "lr": self.sched.get_last_lr()[0]})
+                extra = {"epoch": epoch, "best": best, **({"best_state": best_state} if best_state is not None else {})}
+                save_state(state_path, {"net": self.net}, {"opt": self.opt}, extra, {"sched": self.sched})
+            dist.barrier()
+        if metrics is not None:
+            metrics.close()
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return losses, best
+
+    def _epoch(self, epoch: int) -> float:
+        """One pass over this rank's share of the targets; the mean loss over samples and ranks."""
+        self.net.train()
+        self.dataset.set_epoch(epoch)
+        dev = self.dist.device
+        total, n = 0.0, 0
+        for batch in self._loader(epoch):
+            if self.dist.cancelled(self.cancel):
+                raise TrainingCancelled(f"student training cancelled in epoch {epoch}; the last state is kept")
+            loss = student_loss(self.model(batch["image"].to(dev)), batch["target"].to(dev), batch["weight"].to(dev),
+                                self.class_weights, self.config.dice_weight)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            total, n = total + float(loss.detach()) * len(batch["image"]), n + len(batch["image"])
+        self.dist.sync_buffers(self.net)  # the parameters agree already (DDP averaged the gradients)
+        self.net.eval()
+        return self.dist.mean(total / max(n, 1))
 
 
 def _count(targets: Sequence[Target]) -> dict[str, int]:

@@ -21,6 +21,7 @@ from oct_wsss.propose.student import StudentProposer
 from oct_wsss.store import CorrectionStore
 from oct_wsss.training.data import Sample
 from oct_wsss.training.dfp import merge_classes
+from oct_wsss.training.distributed import Dist, distributed, main_process
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe, split_summary
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
@@ -42,13 +43,14 @@ def samples_volume(samples: Sequence[Sample]) -> OctVolume:
 
 
 def teacher_proposals(samples: Sequence[Sample], method: str, checkpoint: str | Path, out: Path, *, device: str,
-                      keep_scores: bool, log: Callable[[str], None]) -> Path:
-    """``out/<volume>/`` as ``oct-wsss propose`` writes it, for every volume of ``samples`` not already there."""
+                      keep_scores: bool, log: Callable[[str], None], part: tuple[int, int] = (0, 1)) -> Path:
+    """``out/<volume>/`` as ``oct-wsss propose`` writes it, for every volume of ``samples`` not already there; with
+    ``part`` (i, n) only every n-th volume from the i-th (one process's share)."""
     by_volume: dict[str, list[Sample]] = {}
     for s in samples:
         by_volume.setdefault(s.volume, []).append(s)
     proposer = None
-    for volume, items in sorted(by_volume.items()):
+    for volume, items in sorted(by_volume.items())[part[0]::part[1]]:
         folder = out / volume
         if (folder / "labels.tif").is_file() and (not keep_scores or (folder / "scores.npy").is_file()):
             continue
@@ -104,14 +106,16 @@ def comparison_table(report: dict[str, Any], classes: Sequence[int]) -> str:
 
 
 def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: str, soft: bool,
-            log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
-    """Where the pseudo labels are (running the teacher first when the recipe names one) and what made them."""
+            log: Callable[[str], None], dist: Dist) -> tuple[Path, dict[str, Any]]:
+    """Where the pseudo labels are (running the teacher first, each process on its share of the volumes, when the
+    recipe names one) and what made them."""
     spec = dict(recipe.raw.get("pseudo") or {})
     if "teacher" in spec:
         ckpt = Path(spec["teacher"])
         ckpt = ckpt if ckpt.is_absolute() else recipe.base / ckpt
         root = teacher_proposals(samples, spec.get("method", "agm"), ckpt, run_dir / "pseudo", device=device,
-                                 keep_scores=soft, log=log)
+                                 keep_scores=soft, log=log, part=(dist.rank, dist.world_size))
+        dist.barrier()  # every share written before any process reads the labels
         return root, {"teacher": spec.get("method", "agm"), "checkpoint": ckpt.name,
                       "image_labels": spec.get("image_labels", True)}
     if "root" in spec:
@@ -144,23 +148,27 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
         train, val, test = (merge_classes(s, classes, target) for s in (train, val, test))
         classes = (target,)
     summary = split_summary(train, val, test)
-    (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
+    if main_process():
+        (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
     spec = dict(recipe.raw.get("student") or {})
     architecture = dict(spec.pop("config", {}))
     try:
         config = StudentTrainConfig.from_dict(spec)
     except (TypeError, ValueError) as err:
         raise TrainingError(f"{recipe.path or 'recipe'}: student: {err}") from err
-    root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log)
-    image_labels = bool((recipe.raw.get("pseudo") or {}).get("image_labels", True))
-    targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels)
-    if recipe.raw.get("corrections"):
-        store_dir = Path(recipe.raw["corrections"]["store"])
-        store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)
-        targets += correction_targets(store.corrections(), config.correction_weight)
-    log(f"student: {len(targets)} training B-scans ({source})")
-    net, info = train_student(targets, classes, recipe.input_size, architecture, config, run_dir, val=val,
-                              device=device, seed=recipe.seed, log=log, cancel=cancel)
+    with distributed(device) as dist:
+        root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log, dist)
+        image_labels = bool((recipe.raw.get("pseudo") or {}).get("image_labels", True))
+        targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels)
+        if recipe.raw.get("corrections"):
+            store_dir = Path(recipe.raw["corrections"]["store"])
+            store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)
+            targets += correction_targets(store.corrections(), config.correction_weight)
+        log(f"student: {len(targets)} training B-scans ({source})")
+        net, info = train_student(targets, classes, recipe.input_size, architecture, config, run_dir, val=val,
+                                  device=device, seed=recipe.seed, log=log, cancel=cancel)
+        if not dist.is_main:
+            return run_dir / "student.safetensors"  # rank 0 scores and writes it
     proposer = StudentProposer(net, classes, recipe.input_size, device=device, intensity=config.intensity)
     report = compare_on_test(proposer, test, root, classes)
     if report:
