@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from oct_wsss.models.agm import AgmConfig, AgmNet
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator
@@ -51,14 +50,16 @@ def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[
     samples = [Sample(functools.partial(np.asarray, im), frozenset(int(c) for c in set(m.ravel().tolist()) - {0}),
                       "phantom") for im, m in zip(images, masks, strict=True)]
     data = BscanDataset(samples, recipe.classes, recipe.input_size, seed=recipe.seed, intensity=opts.intensity)
-    sampler = dist.sampler(data, shuffle=True, seed=recipe.seed)
-    loader = DataLoader(data, batch_size=batch, sampler=sampler, shuffle=sampler is None, drop_last=True,
-                        num_workers=opts.num_workers)
+    loader = dist.loader(data, batch, seed=recipe.seed, epoch=0, num_workers=opts.num_workers)
     model, optimizer = dist.wrap(net), make_optimizer(net.parameters(), opts.optimizer)
 
     def run(k: int) -> int:
-        steps = AgmTrainConfig.from_dict({**spec, "max_steps_per_epoch": k})
-        train_epoch(model, net, gen, loader, optimizer, steps, dist, False, None, None)
+        done = 0
+        while done < k:  # epochs over the phantom B-scans until k steps are done
+            todo = min(k - done, len(loader))
+            steps = AgmTrainConfig.from_dict({**spec, "max_steps_per_epoch": todo})
+            train_epoch(model, net, gen, loader, optimizer, steps, dist, False, None, None)
+            done += todo
         return k * batch
 
     return run
@@ -75,8 +76,7 @@ def student_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Calla
                       ("phantom", i)) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
     data = StudentDataset(targets, recipe.classes, recipe.input_size, config.augmentation(), recipe.seed,
                           config.intensity)
-    sampler = dist.sampler(data, shuffle=True, seed=recipe.seed)
-    loader = DataLoader(data, batch_size=batch, sampler=sampler, shuffle=sampler is None, drop_last=True)
+    loader = dist.loader(data, batch, seed=recipe.seed, epoch=0)
     model = dist.wrap(net).train()
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     weights = torch.ones(len(recipe.classes) + 1, device=dist.device)
