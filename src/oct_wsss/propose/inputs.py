@@ -67,7 +67,7 @@ def retina_masks(x: torch.Tensor) -> np.ndarray:
     smooth = _smoothed(torch.where(x.float() > SATURATED, 0.0, x.float()), on_tensors)
     flat = smooth[:, 0].cpu().numpy()
     levels = [LEVEL * filters.threshold_otsu(f) if f.max() > f.min() else np.inf for f in flat]
-    tissue = smooth > torch.tensor(levels, dtype=smooth.dtype, device=smooth.device)[:, None, None, None]
+    tissue = smooth.double() > torch.tensor(levels, dtype=torch.float64, device=smooth.device)[:, None, None, None]
     return np.stack([_largest_filled(c) for c in _closed(tissue, on_tensors)])
 
 
