@@ -15,9 +15,9 @@ from oct_wsss.evaluate import sweep_threshold
 from oct_wsss.evaluate.metrics import evaluate_labels
 from oct_wsss.explain.refine import enhance, roi_map
 from oct_wsss.io import read_labels, write_volume
+from oct_wsss.preprocess.inputs import retina_mask, soft_mask, to_unit
 from oct_wsss.propose import ProposalCancelled, propose
 from oct_wsss.propose.agm import AgmProposer
-from oct_wsss.propose.inputs import retina_mask, soft_mask, to_unit
 from oct_wsss.propose.pseudo import class_scores, pseudo_labels
 from oct_wsss.synth import make_volume
 from oct_wsss.volume import OctVolume

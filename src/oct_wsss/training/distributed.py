@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
-from oct_wsss.propose.device import resolve_device
+from oct_wsss.preprocess.device import resolve_device
 
 
 @dataclass
