@@ -15,9 +15,9 @@ from oct_wsss.evaluate import sweep_threshold
 from oct_wsss.evaluate.metrics import evaluate_labels
 from oct_wsss.explain.refine import enhance, roi_map
 from oct_wsss.io import read_labels, write_volume
+from oct_wsss.preprocess.inputs import retina_mask, soft_mask, to_unit
 from oct_wsss.propose import ProposalCancelled, propose
 from oct_wsss.propose.agm import AgmProposer
-from oct_wsss.propose.inputs import retina_mask, soft_mask, to_unit
 from oct_wsss.propose.pseudo import class_scores, pseudo_labels
 from oct_wsss.synth import make_volume
 from oct_wsss.volume import OctVolume
@@ -97,7 +97,7 @@ def test_retina_mask_filters_as_tensor_ops_equal_scipy_and_skimage() -> None:
     from scipy import ndimage as ndi
     from skimage import morphology
 
-    from oct_wsss.propose.inputs import _closed, _smoothed, resize, resize_nearest, retina_masks
+    from oct_wsss.preprocess.inputs import _closed, _smoothed, resize, resize_nearest, retina_masks
 
     x = torch.from_numpy(np.stack([to_unit(b) for b in make_volume(2, n_bscans=2, height=96, width=80).volume.data]))
     smooth = _smoothed(x[:, None], on_tensors=True)

@@ -7,8 +7,9 @@ import json
 import pytest
 from conftest import tiny_agm_checkpoint
 
+from oct_wsss.bench.run import run_bench, table
+from oct_wsss.bench.timing import timed
 from oct_wsss.cli import main
-from oct_wsss.propose.bench import run_bench, table, timed
 from oct_wsss.synth import make_volume
 
 
@@ -44,8 +45,8 @@ def test_baseline_cams_are_the_grad_cam_packages_on_our_inputs(tmp_path) -> None
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from oct_wsss.bench.baseline import BaselineCam, StackedInputs
     from oct_wsss.propose.agm import AgmProposer
-    from oct_wsss.propose.bench_baseline import BaselineCam, StackedInputs
 
     p = AgmProposer.from_checkpoint(tiny_agm_checkpoint(tmp_path / "agm.safetensors"), device="cpu")
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def test_baseline_cams_are_the_grad_cam_packages_on_our_inputs(tmp_path) -> None
 
 
 def test_hrf_stage_runs_every_iteration(tmp_path) -> None:
-    from oct_wsss.propose.bench_hrf import hrf_stages
+    from oct_wsss.bench.hrf import hrf_stages
 
     volume = make_volume(0, n_bscans=1, height=128, width=128).volume
     (stage,) = hrf_stages(volume, __import__("torch").device("cpu"), repeats=1, iterations=2, sam2=False)

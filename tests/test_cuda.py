@@ -51,7 +51,7 @@ def test_agm_autocast_agrees_with_the_cpu() -> None:
 
 
 def test_retina_masks_on_the_gpu_equal_the_cpu() -> None:
-    from oct_wsss.propose.inputs import retina_masks
+    from oct_wsss.preprocess.inputs import retina_masks
 
     x = torch.from_numpy(make_volume(7, n_bscans=4, height=496, width=512).volume.data / 255.0).float()[:, None]
     np.testing.assert_array_equal(retina_masks(x.cuda()), retina_masks(x))

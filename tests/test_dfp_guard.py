@@ -8,9 +8,9 @@ import torch
 
 from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet
+from oct_wsss.preprocess.inputs import resize, retina_mask, to_unit
 from oct_wsss.propose import propose
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
-from oct_wsss.propose.inputs import resize, retina_mask, to_unit
 from oct_wsss.synth import make_volume
 
 

@@ -111,8 +111,8 @@ def test_more_iterations_only_add_foci_on_a_trained_mil(tmp_path: Path) -> None:
 
 def test_harmonised_intensity_is_a_checkpoint_option_the_proposer_honours(tmp_path: Path) -> None:
     from oct_wsss.models.cct import Cct, CctConfig
-    from oct_wsss.propose.inputs import to_unit
-    from oct_wsss.propose.intensity import harmonise
+    from oct_wsss.preprocess.inputs import to_unit
+    from oct_wsss.preprocess.intensity import harmonise
     from oct_wsss.synth import make_volume
 
     bscan = make_volume(3, n_bscans=1, height=96, width=128).volume.data[0]

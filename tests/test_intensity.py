@@ -10,10 +10,10 @@ from scipy import ndimage as ndi
 from skimage import io
 
 from oct_wsss.checkpoint import Checkpoint
+from oct_wsss.preprocess.inputs import resize, to_unit
+from oct_wsss.preprocess.intensity import FLOOR, HIGH, MID, anchors, harmonise, normalisation_meta, unit_inputs
 from oct_wsss.propose import ProposalError, propose
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
-from oct_wsss.propose.inputs import resize, to_unit
-from oct_wsss.propose.intensity import FLOOR, HIGH, MID, anchors, harmonise, normalisation_meta, unit_inputs
 from oct_wsss.propose.student import StudentProposer, network_input
 from oct_wsss.synth import make_volume
 from oct_wsss.weights import bundled

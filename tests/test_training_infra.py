@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import oct_wsss.training.state as state_module
-from oct_wsss.propose.device import resolve_device
+from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.training.distributed import init_distributed
 from oct_wsss.training.runlog import MetricLog, seed_everything
 from oct_wsss.training.state import load_state, save_state

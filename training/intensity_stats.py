@@ -1,4 +1,4 @@
-"""Image statistics of the real shared sets and the phantom before and after ``propose.intensity.harmonise``.
+"""Image statistics of the real shared sets and the phantom before and after ``preprocess.intensity.harmonise``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/intensity_stats.py [--data ../shared/data] [--json FILE]
 
@@ -19,8 +19,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import io
 
-from oct_wsss.propose.inputs import SATURATED, resize, to_unit
-from oct_wsss.propose.intensity import harmonise, tissue_mask
+from oct_wsss.preprocess.inputs import SATURATED, resize, to_unit
+from oct_wsss.preprocess.intensity import harmonise, tissue_mask
 from oct_wsss.synth import make_volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

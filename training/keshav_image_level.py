@@ -5,7 +5,7 @@
 
 No classifier in the project is trained for these two cohorts, so this is a check of whether simple, interpretable
 features separate them at all, with leave-one-patient-out (9 patients; the two B-scans of a patient are held out
-together). Features per B-scan (harmonised, ``propose.intensity``): the **foveal thickness ratio** (least tissue
+together). Features per B-scan (harmonised, ``preprocess.intensity``): the **foveal thickness ratio** (least tissue
 thickness in the central half of the columns / median thickness: a macular hole thins or opens the centre), the
 **dark fraction** of the tissue (pixels below the harmonised noise floor + 0.05: cysts, fluid, holes) and, with
 ``--checkpoint``, the real student's **drusen** and **fluid** fractions of the tissue. Each feature alone is scored
@@ -26,7 +26,7 @@ from skimage import io
 
 from oct_wsss.classes import DRUSEN, FLUID
 from oct_wsss.evaluate import roc_auc
-from oct_wsss.propose.intensity import FLOOR, harmonise, tissue_mask
+from oct_wsss.preprocess.intensity import FLOOR, harmonise, tissue_mask
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "keshav_fau_amd_oct"
 

@@ -1,6 +1,6 @@
 """Real and synthetic B-scans side by side with the real student's proposals, so a reader sees where the phantom is
-unlike real OCT. Each panel's title gives the intensity anchors of ``propose.intensity`` (noise floor, retinal median,
-retinal 99th percentile, in [0, 1]) and the proposal's Dice against the truth.
+unlike real OCT. Each panel's title gives the intensity anchors of ``preprocess.intensity`` (noise floor, retinal
+median, retinal 99th percentile, in [0, 1]) and the proposal's Dice against the truth.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/real_vs_phantom_figure.py --out docs/images/real-vs-phantom.png
 
@@ -22,8 +22,8 @@ from real_student_figure import DATA, overlay
 from skimage import io
 
 from oct_wsss.classes import DRUSEN, FLUID, IRF, SRF
-from oct_wsss.propose.inputs import to_unit
-from oct_wsss.propose.intensity import anchors
+from oct_wsss.preprocess.inputs import to_unit
+from oct_wsss.preprocess.intensity import anchors
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.synth import demo_phantom
 from oct_wsss.training.datasets.bonn import load_bonn

@@ -11,7 +11,7 @@ from oct_wsss.cli._common import CliError
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from oct_wsss.propose.bench import run_bench, table
+    from oct_wsss.bench.run import run_bench, table
 
     read = None
     if args.volume is not None:

@@ -39,7 +39,7 @@ def _hrf_grid(args: argparse.Namespace) -> None:
 
     sam2 = None
     if args.sam2_checkpoint is not None:
-        from oct_wsss.propose.device import resolve_device
+        from oct_wsss.preprocess.device import resolve_device
         from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
 
         sam2 = Sam2Backend(args.sam2_config or DEFAULT_CONFIG, args.sam2_checkpoint, device=resolve_device(args.device))

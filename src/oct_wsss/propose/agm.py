@@ -21,10 +21,10 @@ from oct_wsss.explain.augment import IDENTITY, SMOOTHING
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
+from oct_wsss.preprocess.device import resolve_device
+from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
+from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
-from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize_nearest, retina_masks, soft_mask
-from oct_wsss.propose.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
 from oct_wsss.volume import OctVolume

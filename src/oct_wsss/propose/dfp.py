@@ -25,10 +25,10 @@ from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
+from oct_wsss.preprocess.device import resolve_device
+from oct_wsss.preprocess.inputs import resize, retina_mask
+from oct_wsss.preprocess.intensity import check_intensity, intensity_of, normalisation_meta, unit_inputs
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
-from oct_wsss.propose.device import resolve_device
-from oct_wsss.propose.inputs import resize, retina_mask
-from oct_wsss.propose.intensity import check_intensity, intensity_of, normalisation_meta, unit_inputs
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.volume import OctVolume

@@ -6,7 +6,7 @@ import torch
 
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator
-from oct_wsss.propose.device import resolve_device
+from oct_wsss.preprocess.device import resolve_device
 
 PREFIX = "generator."
 

@@ -23,11 +23,11 @@ from oct_wsss.explain.lrp import relevance
 from oct_wsss.models.cct import Cct, CctConfig
 from oct_wsss.models.hrf_labels import presence
 from oct_wsss.models.mil import MilConfig, MilNet
+from oct_wsss.preprocess.device import resolve_device
+from oct_wsss.preprocess.inputs import retina_mask
+from oct_wsss.preprocess.intensity import intensity_of, unit_input
 from oct_wsss.propose.batching import run_in_batches
-from oct_wsss.propose.device import resolve_device
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
-from oct_wsss.propose.inputs import retina_mask
-from oct_wsss.propose.intensity import intensity_of, unit_input
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
 from oct_wsss.volume import OctVolume

@@ -54,7 +54,7 @@ def preload(method: str) -> None:
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
     """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size, ...) pass on."""
     cls = proposer_class(method)
-    from oct_wsss.propose.device import resolve_device
+    from oct_wsss.preprocess.device import resolve_device
 
     try:
         options["device"] = resolve_device(options.get("device") or "auto")

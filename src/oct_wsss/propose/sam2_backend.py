@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from oct_wsss.checkpoint import CheckpointError, import_torch_weights
-from oct_wsss.propose.inputs import to_unit
+from oct_wsss.preprocess.inputs import to_unit
 from oct_wsss.propose.proposal import ProposalError
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"

@@ -21,8 +21,8 @@ from oct_wsss.explain.refine import enhance
 from oct_wsss.models.agm import AgmConfig, AgmNet
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import Generator
+from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.agm import DEFAULT_CAM_LAYERS, AgmProposer, agm_gradcam, bundle_state, network_inputs
-from oct_wsss.propose.intensity import check_intensity, normalisation_meta
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, init_distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -51,7 +51,7 @@ class AgmTrainConfig:
     present_threshold: float = 0.5
     cache: bool = True  # keep resized B-scans and retina masks in memory (input-sized, so small)
     pos_weight: str | None = None  # "balanced": BCE positives weighted n_neg / n_pos per class (clipped to 1..20)
-    intensity: str = "unit"  # or "harmonised" (propose.intensity): the GANomaly stage and the checkpoint follow it
+    intensity: str = "unit"  # or "harmonised" (preprocess.intensity): the GANomaly stage and the checkpoint follow it
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)

@@ -19,7 +19,7 @@ from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import classification_scores
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.dfp import DfpConfig, DfpNet
-from oct_wsss.propose.intensity import check_intensity
+from oct_wsss.preprocess.intensity import check_intensity
 from oct_wsss.training.agm import make_optimizer
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, distributed
@@ -43,7 +43,7 @@ class DfpTrainConfig:
     num_workers: int = 0
     max_steps_per_epoch: int | None = None
     cache: bool = True
-    intensity: str = "unit"  # or "harmonised" (propose.intensity); the checkpoint records it, the proposer applies it
+    intensity: str = "unit"  # or "harmonised" (preprocess.intensity): the checkpoint records it, proposers apply it
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)

@@ -19,8 +19,8 @@ from oct_wsss.classes import ONTOLOGY, by_key
 from oct_wsss.evaluate import binary_scores, image_confusions, mean_sd, sweep_threshold, write_json
 from oct_wsss.explain.propagation import PropagationParams
 from oct_wsss.models.dfp import DfpConfig
+from oct_wsss.preprocess.inputs import retina_mask
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
-from oct_wsss.propose.inputs import retina_mask
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.training.data import Sample
 from oct_wsss.training.dfp import DfpTrainConfig, merge_classes, train_dfp

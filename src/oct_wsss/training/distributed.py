@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from oct_wsss.propose.device import resolve_device
+from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.training.errors import TrainingError
 
 

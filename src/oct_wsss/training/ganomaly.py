@@ -31,7 +31,7 @@ from oct_wsss.models.ganomaly import (
     generator_losses,
     init_weights,
 )
-from oct_wsss.propose.intensity import check_intensity, normalisation_meta
+from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, init_distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -64,7 +64,7 @@ class GanomalyTrainConfig:
     augment: bool = False
     max_steps_per_epoch: int | None = None
     select: str = "auto"  # best epoch by "val_auc" (paper; "auto" when val has both kinds), "val_rec" or "last"
-    intensity: str = "unit"  # or "harmonised" (propose.intensity); an AGM recipe sets it from its agm block
+    intensity: str = "unit"  # or "harmonised" (preprocess.intensity); an AGM recipe sets it from its agm block
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)

@@ -27,8 +27,8 @@ from oct_wsss.models import hrf_labels
 from oct_wsss.models.cct import Cct, CctConfig
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.mil import MilConfig, MilNet
+from oct_wsss.preprocess.intensity import HARMONISED, check_intensity, unit_input
 from oct_wsss.propose.hrf import DEFAULTS as PROPOSER_DEFAULTS
-from oct_wsss.propose.intensity import HARMONISED, check_intensity, unit_input
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -50,7 +50,7 @@ class HrfTrainConfig:
     lr: float = 1e-3  # OneCycle max lr (the paper's 1e-5 is for 50k steps; short CPU runs need more)
     weight_decay: float = 0.01
     min_area: int = 5
-    intensity: str = "unit"  # "harmonised": propose.intensity.harmonise before mean/std (recorded in the checkpoint)
+    intensity: str = "unit"  # "harmonised": preprocess.intensity.harmonise before mean/std (recorded in the checkpoint)
     augment: dict[str, float] = field(default_factory=lambda: {"shift": 0.05, "flip": 0.5, "scale": 0.1,
                                                                "rotation": 5.0, "intensity": 0.2})
     proposer: dict[str, Any] = field(default_factory=dict)  # stored as checkpoint params (iterations, crop_size...)

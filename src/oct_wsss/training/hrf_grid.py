@@ -10,8 +10,8 @@ import numpy as np
 from skimage import measure
 
 from oct_wsss.classes import HRF
+from oct_wsss.preprocess.inputs import to_unit
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
-from oct_wsss.propose.inputs import to_unit
 from oct_wsss.propose.sam2_backend import Sam2Backend
 from oct_wsss.training.data import Sample
 from oct_wsss.training.hrf_eval import dice

@@ -18,7 +18,7 @@ from oct_wsss.training.recipe import Recipe, split_summary
 def run_hrf(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
             cancel: Callable[[], bool] | None) -> Path:
     """Train, evaluate on the test split when it has masks (classical refinement), save ``hrf-<model>.safetensors``."""
-    from oct_wsss.propose.device import resolve_device
+    from oct_wsss.preprocess.device import resolve_device
 
     train, val, test = recipe.splits()
     summary = split_summary(train, val, test)

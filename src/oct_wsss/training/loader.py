@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from oct_wsss.propose.inputs import resize, retina_mask
-from oct_wsss.propose.intensity import check_intensity, unit_input
+from oct_wsss.preprocess.inputs import resize, retina_mask
+from oct_wsss.preprocess.intensity import check_intensity, unit_input
 from oct_wsss.training.data import Sample
 
 
@@ -64,7 +64,7 @@ class BscanDataset(Dataset):
                  augment: Augment | None = None, seed: int = 0, with_mask: bool = False, cache: bool = False,
                  with_retina: bool = True, intensity: str = "unit") -> None:
         self.samples, self.classes, self.size = list(samples), tuple(classes), tuple(size)
-        self.intensity = check_intensity(intensity)  # "harmonised": propose.intensity.harmonise at native size
+        self.intensity = check_intensity(intensity)  # "harmonised": preprocess.intensity.harmonise at native size
         self.augment, self.seed, self.with_mask, self.with_retina = augment, seed, with_mask, with_retina
         self.epoch = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None

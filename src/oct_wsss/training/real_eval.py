@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from oct_wsss.io import write_labels
-from oct_wsss.propose.inputs import retina_mask, to_unit
+from oct_wsss.preprocess.inputs import retina_mask, to_unit
 from oct_wsss.training.data import Sample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

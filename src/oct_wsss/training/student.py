@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.student import StudentConfig, StudentNet
-from oct_wsss.propose.intensity import check_intensity, normalisation_meta
+from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, distributed
@@ -47,7 +47,7 @@ class StudentTrainConfig:
     soft: bool = False  # train on the proposer's score maps (scores.npy) rather than its labels
     augment: bool | dict[str, float] = field(default_factory=lambda: {"rotation": 5.0})
     select: str = "last"  # or "val_miou": keep the epoch with the best validation mIoU (needs validation masks)
-    intensity: str = "unit"  # or "harmonised": inputs through propose.intensity.harmonise, recorded in the checkpoint
+    intensity: str = "unit"  # or "harmonised": inputs via preprocess.intensity.harmonise, recorded in the checkpoint
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from oct_wsss.io import read_labels
-from oct_wsss.propose.inputs import resize
-from oct_wsss.propose.intensity import unit_input
+from oct_wsss.preprocess.inputs import resize
+from oct_wsss.preprocess.intensity import unit_input
 from oct_wsss.store import ACCEPTED, Correction
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError

@@ -11,7 +11,7 @@ or noise clipped at 0) are left out of the anchors and keep their value.
 
 It is a preprocessing option a checkpoint records: ``normalisation = {"input": "unit", "intensity": "harmonised"}``.
 Proposers call :func:`unit_inputs` with the checkpoint's setting; a checkpoint without the key gets plain
-:func:`~oct_wsss.propose.inputs.to_unit`, exactly as before. Training applies it when a recipe asks for it.
+:func:`~oct_wsss.preprocess.inputs.to_unit`, exactly as before. Training applies it when a recipe asks for it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology
 
-from oct_wsss.propose.inputs import SATURATED, to_unit
+from oct_wsss.preprocess.inputs import SATURATED, to_unit
 
 #: targets (fractions of full scale): the phantom's noise floor, retinal median and retinal 99th percentile
 FLOOR, MID, HIGH = 0.088, 0.25, 0.765

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from oct_wsss.propose.bench import Stage, timed
+from oct_wsss.bench.timing import Stage, timed
 from oct_wsss.volume import OctVolume
 
 CROP = 72  # the HRF proposer's default crop side (px)
