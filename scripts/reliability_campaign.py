@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seed names (default: all)")
     parser.add_argument("--hypothesis-scale", type=float, default=1.0, help="OCT_FUZZ_SCALE for the slow tests")
     args = parser.parse_args()
+    args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
