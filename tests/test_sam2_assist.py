@@ -92,7 +92,8 @@ def test_stride_deconv_is_the_transposed_convolution_bitwise() -> None:
     torch.manual_seed(0)
     for c, o, side in ((256, 64, 16), (64, 32, 32)):
         conv = torch.nn.ConvTranspose2d(c, o, 2, 2)
-        for x in (torch.randn(1, side * side, c).transpose(1, 2).view(1, c, side, side), torch.randn(2, c, side, side)):
+        sam_view = torch.randn(1, side * side, c).transpose(1, 2).view(1, c, side, side)
+        for x in (sam_view, torch.randn(2, c, side, side)):
             with torch.inference_mode():
                 ref, got = conv(x), StrideDeconv(conv)(x)
             assert torch.equal(ref, got) and ref.stride() == got.stride()
