@@ -97,7 +97,8 @@ def test_stride_deconv_is_the_transposed_convolution_bitwise() -> None:
             with torch.inference_mode():
                 ref, got = conv(x), StrideDeconv(conv)(x)
             assert torch.equal(ref, got) and ref.stride() == got.stride()
-    layers = torch.nn.Sequential(torch.nn.ConvTranspose2d(8, 4, 2, 2), torch.nn.GELU(), torch.nn.ConvTranspose2d(4, 2, 3))
+    layers = torch.nn.Sequential(torch.nn.ConvTranspose2d(8, 4, 2, 2), torch.nn.GELU(),
+                                 torch.nn.ConvTranspose2d(4, 2, 3))
     keys = list(layers.state_dict())
     fast = _fast_upscaling(layers)
     assert isinstance(fast[0], StrideDeconv) and isinstance(fast[2], torch.nn.ConvTranspose2d)  # 3x3/1 overlaps
