@@ -7,6 +7,7 @@ tests/test_sam2_assist.py. Usage: ``python scripts/sam2_prompt_latency.py [--thr
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -29,9 +30,14 @@ def main() -> None:
     assist.embed(bscan, 0)
     print(f"embedding {time.perf_counter() - start:.1f} s ({args.threads} threads)")
     prompt = Prompt(((60.0, 80.0),), (1,))
+    walls, cpus = [], []
     for _ in range(args.prompts):
+        cpu = time.process_time()
         assist.segment(bscan, prompt, 0)
-        print(f"prompt {assist.last_prompt_s * 1000:.0f} ms")
+        walls.append(assist.last_prompt_s * 1000)
+        cpus.append((time.process_time() - cpu) * 1000)
+        print(f"prompt {walls[-1]:.0f} ms (CPU {cpus[-1]:.0f} ms)")
+    print(f"median of {args.prompts}: {statistics.median(walls):.1f} ms wall, {statistics.median(cpus):.1f} ms CPU")
     if args.profile:
         from torch.profiler import profile
 

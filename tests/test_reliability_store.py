@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import multiprocessing
 import os
 import random
@@ -130,13 +131,17 @@ def verify(root: Path, acks: list[list[str]]) -> dict[str, int]:
     return {"rows": len(rows), "acks": len(acks), "lost": lost, "orphans": orphans, "temp_files": partials}
 
 
-def crash_runs(root: Path, runs: int, seed: int) -> dict[str, int]:
-    """``runs`` rounds of one or two writers on one store, each SIGKILLed after a random delay (or let finish)."""
+def crash_runs(root: Path, runs: int, seed: int, min_kills: int = 0) -> dict[str, int]:
+    """``runs`` rounds (more until ``min_kills`` SIGKILLs) of one or two writers on one store, each SIGKILLed after a
+    random delay (or let finish)."""
     rng = random.Random(seed)
-    totals = {"runs": runs, "kills": 0, "acks": 0, "lost": 0, "two_writer_runs": 0, "survivor_finished": 0}
+    totals = {"runs": 0, "kills": 0, "acks": 0, "lost": 0, "two_writer_runs": 0, "survivor_finished": 0}
     acks: list[list[str]] = []
     last: dict[str, int] = {}
-    for run in range(runs):
+    for run in itertools.count():
+        if run >= runs and totals["kills"] >= min_kills:
+            break
+        totals["runs"] += 1
         if run % 10 == 0:
             root_run = root / f"store{run // 10}"  # a fresh store now and then: kills during its creation too
             acks = []
@@ -180,8 +185,9 @@ def test_random_sigkills_lose_no_acknowledged_accept(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_random_sigkills_long(tmp_path: Path) -> None:
+    """300 runs, or as many as ``OCT_CRASH_KILLS`` SIGKILLs need (scripts/reliability_campaign.py: 1,000)."""
     t0 = time.monotonic()
-    totals = crash_runs(tmp_path, runs=300, seed=2026)
+    totals = crash_runs(tmp_path, runs=300, seed=2026, min_kills=int(os.environ.get("OCT_CRASH_KILLS", "0")))
     totals["seconds"] = round(time.monotonic() - t0, 1)
     report("crash_long", totals)
     assert totals["lost"] == 0

@@ -82,3 +82,24 @@ def test_points_and_box_from_one_cached_embedding(sam2_pt, make_napari_viewer, q
     assert "embedding cached" in w.status.value
     print(f"\nSAM 2 (hiera tiny, random weights, CPU, 1 thread): embedding {embed_s:.1f} s, prompt after the embedding "
           f"{min(latencies):.0f}-{max(latencies):.0f} ms")
+
+
+def test_stride_deconv_is_the_transposed_convolution_bitwise() -> None:
+    """SAM 2's decoder upscaling runs as matmul + pixel shuffle (faster prompts on a CPU): same values, same layout,
+    same state-dict keys, for SAM 2's own input layout (a transposed view) and a contiguous one."""
+    from oct_wsss.propose.sam2_backend import StrideDeconv, _fast_upscaling
+
+    torch.manual_seed(0)
+    for c, o, side in ((256, 64, 16), (64, 32, 32)):
+        conv = torch.nn.ConvTranspose2d(c, o, 2, 2)
+        sam_view = torch.randn(1, side * side, c).transpose(1, 2).view(1, c, side, side)
+        for x in (sam_view, torch.randn(2, c, side, side)):
+            with torch.inference_mode():
+                ref, got = conv(x), StrideDeconv(conv)(x)
+            assert torch.equal(ref, got) and ref.stride() == got.stride()
+    layers = torch.nn.Sequential(torch.nn.ConvTranspose2d(8, 4, 2, 2), torch.nn.GELU(),
+                                 torch.nn.ConvTranspose2d(4, 2, 3))
+    keys = list(layers.state_dict())
+    fast = _fast_upscaling(layers)
+    assert isinstance(fast[0], StrideDeconv) and isinstance(fast[2], torch.nn.ConvTranspose2d)  # 3x3/1 overlaps
+    assert list(fast.state_dict()) == keys

@@ -11,7 +11,6 @@ without it (the napari layer may list checkpoints without touching torch).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -143,23 +142,22 @@ class Checkpoint:
     @classmethod
     def load(cls, path: str | Path, expect_method: str | None = None) -> Checkpoint:
         """Read a ``.safetensors`` checkpoint, checking header, metadata and sizes before any tensor is made."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
         path = _checked_path(path)
-        data = path.read_bytes()  # read once: what is checked, hashed and loaded are the same bytes
-        meta = _parse(path, _read_header(path, io.BytesIO(data), len(data)), len(data))
+        with path.open("rb") as f:  # read once: what is checked, hashed and loaded are the same bytes
+            size = os.fstat(f.fileno()).st_size
+            head = _read_header(path, f, size)
+            data = bytearray(size)
+            data[:len(head)] = head
+            if f.readinto(memoryview(data)[len(head):]) != size - len(head):
+                raise CheckpointError(path, "the file changed while it was read")
+        meta = _parse(path, head, len(data))
         if expect_method is not None and meta["method"] != expect_method:
             raise CheckpointError(path, f"this is a {meta['method']!r} checkpoint, expected {expect_method!r}")
-        try:
-            tensors = load(data)
-        except SafetensorError as e:
-            raise CheckpointError(path, f"safetensors could not read the tensors: {e}") from e
-        return cls(tensors, meta, hashlib.sha256(data).hexdigest())
+        return cls(_tensors(path, data, len(head)), meta, hashlib.sha256(data).hexdigest())
 
     def build(self, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-        """``factory()`` loaded with these weights, after a first build on torch's meta device (no memory): an
-        architecture in the metadata that does not fit the weights (e.g. a tampered width of 10^6) fails here."""
+        """``factory()`` holding these very tensors (no copy: the module's parameters share their memory), built on
+        torch's meta device first, so an architecture that does not fit the weights (a tampered width) fails here."""
         import torch
 
         try:
@@ -169,7 +167,11 @@ class Checkpoint:
             raise CheckpointError(None, f"checkpoint {self.id}: its architecture {self.meta['architecture']} cannot "
                                         f"be built ({str(err).splitlines()[0][:200]})") from err
         self._check_fits(probe)
-        return self.load_into(factory())
+        own = probe.state_dict()
+        probe.load_state_dict({k: v.to(own[k].dtype) for k, v in self.state_dict.items()}, strict=True, assign=True)
+        if any(t.is_meta for t in (*probe.parameters(), *probe.buffers())):  # a buffer the state dict lacks
+            return self.load_into(factory())
+        return probe
 
     def load_into(self, module: torch.nn.Module) -> torch.nn.Module:
         """Strictly load the weights into ``module``; a mismatch lists missing, unexpected and mis-shaped keys."""
@@ -270,6 +272,28 @@ def import_torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
     ):
         raise CheckpointError(path, "does not hold a state dict (a mapping of names to tensors)")
     return dict(obj)
+
+
+_TORCH_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+                 "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32",
+                 "U32": "uint32", "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64"}
+
+
+def _tensors(path: Path, data: bytearray, start: int) -> dict[str, torch.Tensor]:
+    """The tensors of a checked safetensors file as views of ``data`` (its layout was validated: no second copy)."""
+    import torch
+
+    header = json.loads(data[8:start].decode("utf-8"))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        dtype, size = getattr(torch, _TORCH_DTYPES[info["dtype"]]), DTYPE_SIZES[info["dtype"]]
+        begin, end = (start + o for o in info["data_offsets"])
+        buf = data if begin % size == 0 else bytearray(data[begin:end])  # misaligned (not safetensors-written): copy
+        flat = (torch.frombuffer(buf, dtype=dtype, offset=begin if buf is data else 0, count=(end - begin) // size)
+                if end > begin else torch.empty(0, dtype=dtype))
+        out[name] = flat.reshape(info["shape"])
+    return out
 
 
 def _plain_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,9 +5,12 @@ The first input byte picks the format (suffix), the rest is the file. Needs the 
     python tests/fuzz/fuzz_readers.py --make-corpus corpus/       # valid seeds of every format, one per file
     python tests/fuzz/fuzz_readers.py corpus/ -max_total_time=300 -timeout=10 -rss_limit_mb=3072
     OCT_FUZZ_SUFFIX=.vol python tests/fuzz/fuzz_readers.py corpus/ ...   # one format: all bytes are the file
+    OCT_FUZZ_SEED=retouch-mhd python tests/fuzz/fuzz_readers.py corpus/ ...  # one seed of oct_fuzz_harness, in its
+                                          # folder (sidecars, RETOUCH, image folders); an empty corpus gets the seed
 
 A hang is a libFuzzer timeout (``-timeout``), an unbounded allocation an ``-rss_limit_mb``/``-malloc_limit_mb`` crash,
-any exception other than OctReadError an uncaught-exception crash; crashing inputs are written by libFuzzer.
+any exception other than OctReadError (or one with only read_volume's catch-all reason) an uncaught-exception crash;
+crashing inputs are written by libFuzzer.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 SUFFIXES = (".vol", ".e2e", ".fds", ".fda", ".OCT", ".dcm", ".tif", ".npy", ".npz", ".png", ".jpg", ".bmp", ".mat",
             ".xml", ".img")
 FIXED = os.environ.get("OCT_FUZZ_SUFFIX")
+SEED = os.environ.get("OCT_FUZZ_SEED")
 _DIR = Path(tempfile.mkdtemp(prefix="oct-fuzz-"))
+_TARGET: list[Path] = []  # seed mode: [file the input replaces, path read_volume is given]
 
 
 def split(data: bytes) -> tuple[str, bytes]:
@@ -33,27 +37,27 @@ def split(data: bytes) -> tuple[str, bytes]:
 
 
 def test_one_input(data: bytes) -> None:
-    from oct_wsss.io import OctReadError, read_volume
-    from oct_wsss.volume import OctVolume
-
-    suffix, body = split(data)
-    path = _DIR / f"input{suffix}"
-    path.write_bytes(body)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            volume = read_volume(path)
-    except OctReadError as exc:
-        if any(isinstance(e, MemoryError) for e in (exc.__cause__, exc.__context__)):
-            raise AssertionError(f"allocation the header asked for: {exc}") from exc
-        return
-    assert isinstance(volume, OctVolume) and volume.data.ndim == 3
+    if _TARGET:
+        _TARGET[0].write_bytes(data)
+        path = _TARGET[1]
+    else:
+        suffix, body = split(data)
+        path = _DIR / f"input{suffix}"
+        path.write_bytes(body)
+    kind, detail, generic = _harness().classify(str(path))
+    if kind not in ("volume", "error") or generic:  # same rule as the hypothesis tests
+        raise AssertionError(f"{kind}{' (no reader-specific reason)' if generic else ''}: {detail}")
 
 
-def make_corpus(folder: Path) -> None:
+def _harness():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import oct_fuzz_harness as fh
 
+    return fh
+
+
+def make_corpus(folder: Path) -> None:
+    fh = _harness()
     folder.mkdir(parents=True, exist_ok=True)
     seeds = fh.build_seeds(Path(tempfile.mkdtemp()), include_zeiss=False)
     for seed in seeds.values():
@@ -65,10 +69,34 @@ def make_corpus(folder: Path) -> None:
         (folder / seed.name).write_bytes(prefix + seed.data)
 
 
+def build_seed(name: str, folder: Path) -> None:
+    """Write the harness's seed ``name`` under ``folder``; print the file to mutate and the path to read."""
+    seeds = _harness().build_seeds(folder, include_zeiss=name == "zeiss")
+    if name not in seeds:
+        raise SystemExit(f"no seed {name!r}; seeds: {', '.join(seeds)}")
+    print(seeds[name].target, seeds[name].read_path, sep="\n")
+
+
+def use_seed(name: str, corpus: Path | None) -> None:
+    """Seed mode: the seed is built in a child (so the readers are first imported under instrumentation here)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, "--build-seed", name, str(_DIR / "seeds")], check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    _TARGET[:] = [Path(out[-2]), Path(out[-1])]
+    if corpus is not None and corpus.is_dir() and not any(corpus.iterdir()):
+        (corpus / name).write_bytes(_TARGET[0].read_bytes())
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--make-corpus":
         make_corpus(Path(sys.argv[2]))
         return
+    if len(sys.argv) > 3 and sys.argv[1] == "--build-seed":
+        build_seed(sys.argv[2], Path(sys.argv[3]))
+        return
+    if SEED:
+        use_seed(SEED, next((Path(a) for a in sys.argv[1:] if not a.startswith("-")), None))
     import atheris
 
     with atheris.instrument_imports(include=["oct_wsss", "eyepy", "oct_converter", "construct", "pydicom",

@@ -198,7 +198,7 @@ def healthy_counterpart(generator: Generator, x: torch.Tensor) -> torch.Tensor:
         if z.shape[1] != 1 and cfg.nc != 1:
             raise ValueError(f"generator takes {cfg.nc} channels, got {z.shape[1]}")
         z = z.expand(-1, cfg.nc, -1, -1) if z.shape[1] == 1 else z.mean(dim=1, keepdim=True)
-    x_hat = generator(z)[0]
+    x_hat = generator.decoder(generator.encoder1(z))  # x̂ only: encoder2's ẑ is not needed here
     if x_hat.shape[1] != x.shape[1]:
         x_hat = x_hat.mean(dim=1, keepdim=True).expand(-1, x.shape[1], -1, -1)
     if size != tuple(x_hat.shape[-2:]):

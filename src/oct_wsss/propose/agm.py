@@ -31,6 +31,9 @@ from oct_wsss.volume import OctVolume
 
 DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)
 DEFAULT_THRESHOLD = 0.5
+#: CPU GradCAM forwards hold at most this many input pixels (2 paper-size images: ~0.4 GB less peak than 12;
+#: a CPU gains nothing from bigger batches); GPUs batch up to 12 augmented images
+CPU_CAM_PIXELS = 2 * 512 * 512
 
 
 def network_inputs(generator: Generator | None, x: Tensor, retina: Tensor, channels: int) -> list[Tensor]:
@@ -78,7 +81,9 @@ class AgmProposer:
         self.threshold, self.smooth, self.present_threshold = float(threshold), smooth, float(present_threshold)
         self.cam_layers = tuple(cam_layers)
         self.batch_size = batch_size or default_batch_size(self.device)
-        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=self.device.type == "cuda")
+        cuda = self.device.type == "cuda"
+        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=cuda, max_batch=12 if cuda else
+                                   max(1, min(12, CPU_CAM_PIXELS // (self.input_size[0] * self.input_size[1]))))
         self.checkpoint = checkpoint
         #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
         self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
