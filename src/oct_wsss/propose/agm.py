@@ -81,9 +81,7 @@ class AgmProposer:
         self.threshold, self.smooth, self.present_threshold = float(threshold), smooth, float(present_threshold)
         self.cam_layers = tuple(cam_layers)
         self.batch_size = batch_size or default_batch_size(self.device)
-        cuda = self.device.type == "cuda"
-        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=cuda, max_batch=12 if cuda else
-                                   max(1, min(12, CPU_CAM_PIXELS // (self.input_size[0] * self.input_size[1]))))
+        self.gradcam = self._gradcam()
         self.checkpoint = checkpoint
         #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
         self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
@@ -150,7 +148,14 @@ class AgmProposer:
         self.device = torch.device("cpu")
         self.net = self.net.to(self.device)
         self.generator = None if self.generator is None else self.generator.to(self.device)
-        self.gradcam = agm_gradcam(self.net, self.cam_layers, autocast=False)
+        self.gradcam = self._gradcam()
+
+    def _gradcam(self) -> GradCam:
+        """GradCAM for this device: bf16 autocast and chunks of 12 images on CUDA; on the CPU, chunks small enough
+        that a paper-size forward stays within memory (``CPU_CAM_PIXELS``)."""
+        cuda = self.device.type == "cuda"
+        return agm_gradcam(self.net, self.cam_layers, autocast=cuda, max_batch=12 if cuda else
+                           max(1, min(12, CPU_CAM_PIXELS // (self.input_size[0] * self.input_size[1]))))
 
 
 def _split_state(state: dict[str, Tensor], prefixes: Sequence[str]) -> dict[str, dict[str, Tensor]]:
