@@ -50,7 +50,8 @@ def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[
     samples = [Sample(functools.partial(np.asarray, im), frozenset(int(c) for c in set(m.ravel().tolist()) - {0}),
                       "phantom") for im, m in zip(images, masks, strict=True)]
     data = BscanDataset(samples, recipe.classes, recipe.input_size, seed=recipe.seed, intensity=opts.intensity)
-    loader = dist.loader(data, batch, seed=recipe.seed, epoch=0, num_workers=opts.num_workers)
+    loader = dist.loader(data, batch, seed=recipe.seed, epoch=0, num_workers=opts.num_workers,
+                         persistent_workers=opts.num_workers > 0)  # workers start in the warm-up, not per epoch
     model, optimizer = dist.wrap(net), make_optimizer(net.parameters(), opts.optimizer)
 
     def run(k: int) -> int:
