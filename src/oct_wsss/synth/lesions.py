@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from oct_wsss.classes import DRUSEN, EZ, HRF, IRF, PED, SRF
+from oct_wsss.synth import dme
 from oct_wsss.synth.anatomy import Grid
 
 #: Probability that a (non-healthy) volume contains each class.
@@ -86,6 +87,8 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
                     out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
                                     rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
                                     septum=septum, lobes=_lobes(rng)))
+        if rng.uniform() < dme.DME_SHARE:  # DME: large confluent septated cysts between the ILM and the ELM
+            out += dme.plan_dme(rng, grid, h)
     if present.get("hrf"):
         n = grid.z.shape[0]
         zidx = np.abs(grid.z[:, 0] - grid.fovea[0]) < 2.5
@@ -121,6 +124,10 @@ def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
         kind = les["kind"]
         if kind == "hrf":
             continue
+        if kind == "dme":
+            bump = dme.swelling(grid, les)
+            maps["ONL"], maps["INL"] = np.maximum(maps["ONL"], 0.7 * bump), np.maximum(maps["INL"], 0.3 * bump)
+            continue
         fp = footprint(grid, les)
         if kind == "srf":
             maps["SRF"] += les["height_px"] * fp
@@ -143,8 +150,9 @@ def _rows(height: int) -> np.ndarray:
 
 
 def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[str, np.ndarray],
-                lesions: list[dict], grid: Grid) -> np.ndarray:
-    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8; later draws win (module precedence)."""
+                lesions: list[dict], grid: Grid, dme_cysts: np.ndarray | None = None) -> np.ndarray:
+    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8; later draws win (module precedence);
+    ``dme_cysts``: the B-scan's DME cyst mask (``dme.masks``), labelled IRF."""
     y = _rows(height)
     lab = np.zeros((height, surf["ILM"].shape[1]), np.uint8)
 
@@ -159,6 +167,8 @@ def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[
     lab[sub & ped_wins] = PED
     lab[band("SRF", "RPE") & (changes["SRF"][i] > 0.5)] = SRF
     lab[irf_mask(i, height, surf, lesions, grid)] = IRF
+    if dme_cysts is not None:
+        lab[dme_cysts] = IRF
     lab[hrf_mask(i, height, surf, lesions, grid)] = HRF
     return lab
 
