@@ -7,14 +7,15 @@ thickness, so a cyst stays inside the retina however much it swells; lobes meet 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from oct_wsss.synth.anatomy import Grid
 
 #: Probability that a volume with IRF also holds DME clusters, and the clusters per such volume.
 DME_SHARE, DME_CLUSTERS = 0.7, (1, 3)
 #: Lobes per cluster, and the depth share (v) a lobe keeps clear of the ILM and of the ELM.
-DME_LOBES, V_MARGIN = (2, 6), 0.05
-#: Septum thickness in px (where two lobes' normalised distances meet).
+DME_LOBES, V_MARGIN = (3, 6), 0.05
+#: Septum half-width in px where two lobes' normalised distances meet (then closed by one px, so it separates).
 SEPTUM_PX = 1.2
 
 
@@ -27,16 +28,16 @@ def plan_dme(rng: np.random.Generator, grid: Grid, h: float) -> list[dict]:
         r, a = (0.2 if c == 0 else 1.0) * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
         zc = float(np.clip(grid.fovea[0] + r * np.sin(a), -0.8 * zmax, 0.8 * zmax))
         xc = float(np.clip(grid.fovea[1] + r * np.cos(a), -0.8 * xmax, 0.8 * xmax))
-        severe = rng.uniform() < 0.5  # a central cyst filling most of the retinal thickness
+        severe = rng.uniform() < 0.35  # a central cyst filling most of the retinal thickness
         rx = float(rng.uniform(0.25, 0.6) if severe else rng.uniform(0.12, 0.35))
         lobes = [{"z_mm": zc, "x_mm": xc, "rx_mm": rx, "rz_mm": float(max(rx * rng.uniform(0.6, 1.2), 1.5 * dz)),
                   "v": float(rng.uniform(0.45, 0.6)), "hv": float(rng.uniform(0.33, 0.45) if severe
                                                              else rng.uniform(0.15, 0.3))}]
         for _ in range(int(rng.integers(DME_LOBES[0], DME_LOBES[1] + 1)) - 1):
-            s, a = rng.uniform(0.35, 0.85), rng.uniform(0, 2 * np.pi)
-            d = rx * rng.uniform(0.6, 1.2)
-            lobes.append({"z_mm": float(zc + 0.5 * d * np.sin(a)), "x_mm": float(xc + d * np.cos(a)),
-                          "rx_mm": rx * s, "rz_mm": float(max(lobes[0]["rz_mm"] * s, 1.2 * dz)),
+            s, a = rng.uniform(0.55, 1.0), rng.uniform(0, 2 * np.pi)
+            d = rx * rng.uniform(0.8, 1.4)
+            lobes.append({"z_mm": float(zc + 0.15 * d * np.sin(a)), "x_mm": float(xc + d * np.cos(a)),
+                          "rx_mm": rx * s, "rz_mm": float(max(lobes[0]["rz_mm"] * rng.uniform(0.6, 1.0), 1.2 * dz)),
                           "v": float(rng.uniform(0.25, 0.75)), "hv": float(lobes[0]["hv"] * rng.uniform(0.4, 0.9))})
         for lobe in lobes:  # keep every lobe strictly between the ILM and the ELM
             lobe["hv"] = float(min(lobe["hv"], lobe["v"] - V_MARGIN, 1 - V_MARGIN - lobe["v"]))
@@ -83,4 +84,5 @@ def masks(i: int, height: int, surf: dict[str, np.ndarray], clusters: list[dict]
                 near = np.abs(qa - qb) * np.minimum(ha, hb) < SEPTUM_PX
                 septum |= near & inside[a] & inside[b]
     inner = (v > 0) & (v < 1)
-    return cyst & ~septum & inner, septum & inner
+    septum = ndimage.binary_dilation(septum) & cyst & inner
+    return cyst & ~septum & inner, septum

@@ -60,7 +60,7 @@ def form_image(rng: np.random.Generator, refl: np.ndarray, noise_floor: np.ndarr
     g1 = _unit_field(rng, shape, NOISE_SPECKLE_SIGMA_PX)
     g2 = _unit_field(rng, shape, NOISE_SPECKLE_SIGMA_PX)
     frame = signal / noise_floor + _gamma(np.float32(0.5) * g1 + np.float32(0.75 ** 0.5) * g2, 1.0)
-    intensity = signal + noise_floor * _gamma(g1, look["noise_k"])
+    intensity = np.maximum(signal + noise_floor * _gamma(g1, look["noise_k"]), 0.0)  # band sums may round below 0
     e = look["exponent"]
     compressed = np.sqrt(np.sqrt(intensity)) if e == 0.25 else intensity ** np.float32(e) * np.float32(I_REF ** (0.25 - e))
     out = compressed * np.float32(DISPLAY_A * look["gain"]) - np.float32(DISPLAY_O + look["offset"])
