@@ -74,8 +74,8 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
     refl += reflectivity(95.0) * np.exp(-0.5 * ((y + 0.5 - surf["ELM"][i]) / 0.6) ** 2) * 0.5
     irf, hrf = labels == IRF, labels == HRF
     refl[irf], mu[irf] = reflectivity(BAND_P50["FLUID"]), MU_PER_PX["FLUID"]
-    refl[hrf], mu[hrf] = reflectivity(HRF_P50), MU_HRF
     refl[septum] = reflectivity(SEPTUM_P50)
+    refl[hrf], mu[hrf] = reflectivity(HRF_P50), MU_HRF
     chord, diam = vmap[0][i], vmap[1][i]
     if chord.any():
         half_px = 0.5 * diam * chord * grid.px_per_um * 1e3
@@ -130,6 +130,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
     for i in range(n_bscans):
         cyst, septum = dme.masks(i, height, surf, clusters, grid)
         labels[i] = lesions.label_bscan(i, height, surf, changes, plan, grid, cyst)
+        labels[i][septum & (labels[i] == IRF)] = 0  # a septum is tissue, also where a small cyst reaches it
         refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, texture["brightness"], labels[i],
                              septum)
         if dev["vignetting"] or dev["shadows"]:
