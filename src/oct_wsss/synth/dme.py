@@ -11,8 +11,8 @@ from scipy import ndimage
 
 from oct_wsss.synth.anatomy import Grid
 
-#: Probability that a volume with IRF also holds DME clusters, and the clusters per such volume.
-DME_SHARE, DME_CLUSTERS = 0.7, (1, 3)
+#: Clusters per volume that holds them.
+DME_CLUSTERS = (1, 3)
 #: Lobes per cluster, and the depth share (v) a lobe keeps clear of the ILM and of the ELM.
 DME_LOBES, V_MARGIN = (3, 6), 0.05
 #: Septum half-width in px where two lobes' normalised distances meet (then closed by one px, so it separates).

@@ -38,8 +38,14 @@ def _near_fovea(rng: np.random.Generator, grid: Grid, radius_mm: float) -> tuple
     return z, x
 
 
-def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool], px_per_um: float) -> list[dict]:
-    """Draw the lesions of one volume as JSON-serialisable dicts (kind, centre mm, radii mm, height px)."""
+#: Probability that a volume with IRF also holds DME cyst clusters (``synth.dme``).
+DME_SHARE = 0.7
+
+
+def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool], px_per_um: float,
+                 dme_share: float = DME_SHARE) -> list[dict]:
+    """Draw the lesions of one volume as JSON-serialisable dicts (kind, centre mm, radii mm, height px); with IRF,
+    DME clusters follow with probability ``dme_share`` (0 draws nothing, so the rest is as without them)."""
     h = px_per_um * 3.872  # heights are specified in px at the Spectralis axial spacing
     dz = float(grid.z[1, 0] - grid.z[0, 0]) if grid.z.shape[0] > 1 else 0.12
     out: list[dict] = []
@@ -87,7 +93,7 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
                     out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
                                     rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
                                     septum=septum, lobes=_lobes(rng)))
-        if rng.uniform() < dme.DME_SHARE:  # DME: large confluent septated cysts between the ILM and the ELM
+        if dme_share > 0 and rng.uniform() < dme_share:  # DME: large confluent septated cysts between the ILM and the ELM
             out += dme.plan_dme(rng, grid, h)
     if present.get("hrf"):
         n = grid.z.shape[0]

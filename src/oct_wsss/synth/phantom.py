@@ -89,11 +89,13 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
 def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: int = 512, healthy: bool = False,
                 prevalence: dict[str, float] | None = None,
                 spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM,
-                laterality: str = "OD", look: str | dict | None = None) -> SyntheticVolume:
+                laterality: str = "OD", look: str | dict | None = None,
+                dme_share: float = lesions.DME_SHARE) -> SyntheticVolume:
     """Generate a synthetic macular volume (uint8) and its ground truth; same seed -> identical bytes.
 
     ``look``: None for the calibrated Spectralis look, "random" or a profile name ("spectralis", "cirrus",
-    "topcon") for a device look drawn from the seed (``synth.look``; it may change the width), or a dict."""
+    "topcon") for a device look drawn from the seed (``synth.look``; it may change the width), or a dict.
+    ``dme_share``: probability that a volume with IRF also holds DME cyst clusters (``synth.dme``)."""
     prev = dict(lesions.DEFAULT_PREVALENCE)
     unknown = set(prevalence or {}) - set(prev)
     if unknown:
@@ -107,7 +109,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
         geom["bm_row"] = float(height * dev["bm_row_fraction"])
     present = {k: (not healthy) and bool(rng.uniform() < prev[k]) for k in LESION_KEYS}
     grid = anatomy.make_grid(n_bscans, width, spacing_mm, laterality, tuple(geom["fovea_mm"]))
-    plan = lesions.plan_lesions(rng, grid, present, grid.px_per_um)
+    plan = lesions.plan_lesions(rng, grid, present, grid.px_per_um, dme_share)
     vplan = vessels.plan_vessels(rng, grid)
     display = {"gain": float(rng.normal(1.0, 0.025)), "offset": float(rng.uniform(-3.0, 6.0))}
 
@@ -133,8 +135,8 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
         labels[i][septum & (labels[i] == IRF)] = 0  # a septum is tissue, also where a small cyst reaches it
         refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, texture["brightness"], labels[i],
                              septum)
-        if dev["vignetting"] or dev["shadows"]:
-            refl *= devlook.signal_factor(look_rng, dev, height, surf["ILM"][i])
+        if dev["vignetting"] or dev["shadows"] or dev["snr"] != 1.0:
+            refl *= dev["snr"] * devlook.signal_factor(look_rng, dev, height, surf["ILM"][i])
         data[i] = noise.form_image(rng, refl, floor, fmt)
     layers = {name: surf[name].astype(np.float32) for name in BOUNDARIES}
     if dev["n_ascans"] is not None and dev["n_ascans"] != width:
