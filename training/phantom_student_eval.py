@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/phantom_student_eval.py CKPT [--data ../shared/data]
         [--seeds 5000-5005] [--json FILE]    # or CKPT = "ceiling" for the resolution ceiling alone
 
-- **Resolution ceiling** (no model): each truth mask resized to 256² and 512² (one-hot, bilinear) and back to its
+- **Resolution ceiling** (no model): each truth mask resized to 128², 256² and 512² (one-hot, bilinear) and back to its
   native size, per-class IoU against itself: what a perfect student at that input size could reach.
 - **Phantom, unseen seeds** (generator v5, random device look, the recipe's prevalence): pooled IoU per class and
   lesion mIoU over the classes present.
@@ -105,7 +105,7 @@ def main() -> None:
     lo, hi = map(int, args.seeds.split("-"))
     pairs = phantom_pairs(list(range(lo, hi + 1)))
     out: dict = {"seeds": args.seeds, "bscans": len(pairs),
-                 "ceiling": {str(s): ceiling(pairs, s) for s in (256, 512)}}
+                 "ceiling": {str(s): ceiling(pairs, s) for s in (128, 256, 512)}}
     if args.checkpoint != "ceiling":
         student = load_proposer("student", args.checkpoint, device="cpu")
         out["phantom"] = per_class([t for _, t in pairs], [student.predict(b) for b, _ in pairs])
