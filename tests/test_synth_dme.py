@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from oct_wsss.classes import IRF
-from oct_wsss.synth import make_volume
 from oct_wsss.synth import look as devlook
+from oct_wsss.synth import make_volume
 
 ONLY_IRF = {"irf": 1.0, "srf": 0.0, "ped": 0.0, "ez": 0.0, "hrf": 0.0, "drusen": 0.0}
 SMALL = {"n_bscans": 9, "prevalence": ONLY_IRF}

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-
 from intensity_stats import SETS, stats  # the sibling script (training/ is on sys.path when run as a file)
 
 from oct_wsss.classes import DRUSEN, IRF, SRF

@@ -50,7 +50,8 @@ def swelling(grid: Grid, cluster: dict) -> np.ndarray:
     """Extra retinal thickness (px) the cluster causes: a smooth bump over its lobes, (n, W)."""
     out = np.zeros((grid.z.shape[0], grid.x.shape[1]), np.float32)
     for lobe in cluster["lobes"]:
-        rho2 = ((grid.x - lobe["x_mm"]) / (1.5 * lobe["rx_mm"])) ** 2 + ((grid.z - lobe["z_mm"]) / (1.5 * lobe["rz_mm"])) ** 2
+        rho2 = (((grid.x - lobe["x_mm"]) / (1.5 * lobe["rx_mm"])) ** 2
+                + ((grid.z - lobe["z_mm"]) / (1.5 * lobe["rz_mm"])) ** 2)
         out = np.maximum(out, cluster["swell_px"] * lobe["hv"] / cluster["lobes"][0]["hv"] * np.exp(-1.5 * rho2))
     return out
 

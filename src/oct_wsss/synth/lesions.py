@@ -93,7 +93,7 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
                     out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
                                     rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
                                     septum=septum, lobes=_lobes(rng)))
-        if dme_share > 0 and rng.uniform() < dme_share:  # DME: large confluent septated cysts between the ILM and the ELM
+        if dme_share > 0 and rng.uniform() < dme_share:  # DME: large confluent septated cysts, ILM to ELM
             out += dme.plan_dme(rng, grid, h)
     if present.get("hrf"):
         n = grid.z.shape[0]

@@ -14,22 +14,22 @@ from scipy import ndimage
 from oct_wsss.synth.anatomy import NOISE_SPECKLE_K, TISSUE_SPECKLE_K
 
 #: The calibrated Spectralis look (``noise.form_image`` defaults): no randomisation.
-DEFAULT_LOOK = {"profile": "spectralis", "exponent": 0.25, "gain": 1.0, "offset": 0.0, "snr": 1.0, "tissue_k": TISSUE_SPECKLE_K,
-                "noise_k": NOISE_SPECKLE_K, "speckle_scale": 1.0, "psf_scale": 1.0, "floor_falloff": 0.65,
-                "zeros": True, "n_ascans": None, "bm_row_fraction": None, "vignetting": 0.0,
+DEFAULT_LOOK = {"profile": "spectralis", "exponent": 0.25, "gain": 1.0, "offset": 0.0, "snr": 1.0,
+                "tissue_k": TISSUE_SPECKLE_K, "noise_k": NOISE_SPECKLE_K, "speckle_scale": 1.0, "psf_scale": 1.0,
+                "floor_falloff": 0.65, "zeros": True, "n_ascans": None, "bm_row_fraction": None, "vignetting": 0.0,
                 "shadows": 0.0, "padding": 0.0}
 #: Per profile, (low, high) of each randomised quantity; fixed values as they are. ``snr``: tissue signal over the
 #: noise floor (Bonn and Keshav: dark floor, bright retina). Spectralis: 4th-root display, exact zeros, frame
 #: averaging; Cirrus-like: fewer frames (noisier, coarser grain), raised floor, no zeros; Topcon-like: heavy
 #: averaging (smooth), more blur, darker floor and brighter tissue.
 PROFILES: dict[str, dict] = {
-    "spectralis": {"exponent": (0.23, 0.28), "gain": (0.9, 1.2), "offset": (0.0, 32.0), "snr": (0.7, 6.0),
+    "spectralis": {"exponent": (0.23, 0.28), "gain": (0.9, 1.2), "offset": (0.0, 32.0), "snr": (0.7, 10.0),
                    "tissue_k": (2.3, 4.0),
                    "noise_k": (3.0, 6.0), "speckle_scale": (0.85, 1.25), "psf_scale": (0.8, 1.4), "zeros": True},
     "cirrus": {"exponent": (0.26, 0.34), "gain": (0.85, 1.15), "offset": (-12.0, 12.0), "snr": (0.6, 3.0),
                "tissue_k": (1.4, 2.4),
                "noise_k": (1.5, 3.0), "speckle_scale": (1.1, 1.6), "psf_scale": (0.9, 1.5), "zeros": False},
-    "topcon": {"exponent": (0.22, 0.3), "gain": (0.95, 1.2), "offset": (5.0, 32.0), "snr": (1.0, 6.0),
+    "topcon": {"exponent": (0.22, 0.3), "gain": (0.95, 1.2), "offset": (5.0, 32.0), "snr": (1.0, 10.0),
                "tissue_k": (4.5, 9.0),
                "noise_k": (5.0, 10.0), "speckle_scale": (1.2, 1.8), "psf_scale": (1.2, 2.0), "zeros": True},
 }

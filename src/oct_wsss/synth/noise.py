@@ -10,7 +10,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from oct_wsss.synth.anatomy import DISPLAY_A, DISPLAY_O, NOISE_SPECKLE_K, NOISE_ZERO_THRESHOLD, TISSUE_SPECKLE_K
+from oct_wsss.synth.anatomy import DISPLAY_A, DISPLAY_O, NOISE_ZERO_THRESHOLD
 
 #: Optical point-spread function (Gaussian sigma in px: axial, lateral).
 PSF_SIGMA_PX = (0.6, 0.8)
@@ -62,7 +62,10 @@ def form_image(rng: np.random.Generator, refl: np.ndarray, noise_floor: np.ndarr
     frame = signal / noise_floor + _gamma(np.float32(0.5) * g1 + np.float32(0.75 ** 0.5) * g2, 1.0)
     intensity = np.maximum(signal + noise_floor * _gamma(g1, look["noise_k"]), 0.0)  # band sums may round below 0
     e = look["exponent"]
-    compressed = np.sqrt(np.sqrt(intensity)) if e == 0.25 else intensity ** np.float32(e) * np.float32(I_REF ** (0.25 - e))
+    if e == 0.25:
+        compressed = np.sqrt(np.sqrt(intensity))
+    else:
+        compressed = intensity ** np.float32(e) * np.float32(I_REF ** (0.25 - e))
     out = compressed * np.float32(DISPLAY_A * look["gain"]) - np.float32(DISPLAY_O + look["offset"])
     if look["zeros"]:
         out[frame < NOISE_ZERO_THRESHOLD] = 0
