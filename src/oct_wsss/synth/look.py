@@ -11,19 +11,19 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from oct_wsss.synth.anatomy import NOISE_SPECKLE_K, TISSUE_SPECKLE_K
+from oct_wsss.synth.anatomy import BAND_P50, NOISE_SPECKLE_K, TISSUE_SPECKLE_K
 
 #: The calibrated Spectralis look (``noise.form_image`` defaults): no randomisation.
 DEFAULT_LOOK = {"profile": "spectralis", "exponent": 0.25, "gain": 1.0, "offset": 0.0, "snr": 1.0,
                 "tissue_k": TISSUE_SPECKLE_K, "noise_k": NOISE_SPECKLE_K, "speckle_scale": 1.0, "psf_scale": 1.0,
                 "floor_falloff": 0.65, "zeros": True, "n_ascans": None, "bm_row_fraction": None, "vignetting": 0.0,
-                "shadows": 0.0, "padding": 0.0}
-#: Per profile, (low, high) of each randomised quantity; fixed values as they are. ``snr``: tissue signal over the
-#: noise floor (Bonn and Keshav: dark floor, bright retina). Spectralis: 4th-root display, exact zeros, frame
+                "shadows": 0.0, "padding": 0.0, "fluid_p50": BAND_P50["FLUID"]}
+#: Per profile, (low, high) of each randomised quantity (``snr`` log-uniform); fixed values as they are. ``snr``:
+#: tissue signal over the noise floor (Bonn and Keshav: dark floor, bright retina). Spectralis: 4th-root display, exact zeros, frame
 #: averaging; Cirrus-like: fewer frames (noisier, coarser grain), raised floor, no zeros; Topcon-like: heavy
 #: averaging (smooth), more blur, darker floor and brighter tissue.
 PROFILES: dict[str, dict] = {
-    "spectralis": {"exponent": (0.23, 0.28), "gain": (0.9, 1.2), "offset": (0.0, 32.0), "snr": (0.7, 10.0),
+    "spectralis": {"exponent": (0.23, 0.28), "gain": (0.9, 1.2), "offset": (0.0, 32.0), "snr": (0.7, 16.0),
                    "tissue_k": (2.3, 4.0),
                    "noise_k": (3.0, 6.0), "speckle_scale": (0.85, 1.25), "psf_scale": (0.8, 1.4), "zeros": True},
     "cirrus": {"exponent": (0.26, 0.34), "gain": (0.85, 1.15), "offset": (-12.0, 12.0), "snr": (0.6, 3.0),
@@ -37,6 +37,9 @@ PROFILES: dict[str, dict] = {
 #: vignetting depth, probability of a shadow and of 255 padding rows.
 N_ASCANS, BM_ROW_FRACTION = (500, 1024), (0.4, 0.85)
 VIGNETTING, SHADOW_P, PADDING_P = (0.0, 0.45), 0.5, 0.25
+#: Display median of fluid content (SRF, IRF, serous PED): noise-dark (20, the calibrated look) to faintly turbid,
+#: as Duke's cysts (fluid median 46 with rims) are barely darker than its ONL (50).
+FLUID_P50 = (20.0, 42.0)
 
 
 def sample_look(rng: np.random.Generator, profile: str | None = None) -> dict:
@@ -46,12 +49,16 @@ def sample_look(rng: np.random.Generator, profile: str | None = None) -> dict:
         raise ValueError(f"unknown device look {name!r}; known: {', '.join(PROFILES)} or 'random'")
     look = dict(DEFAULT_LOOK, profile=name)
     for key, value in PROFILES[name].items():
-        look[key] = float(rng.uniform(*value)) if isinstance(value, tuple) else value
+        if key == "snr":
+            look[key] = float(np.exp(rng.uniform(*np.log(value))))
+        else:
+            look[key] = float(rng.uniform(*value)) if isinstance(value, tuple) else value
     look["floor_falloff"] = float(rng.uniform(0.4, 0.8))
     look["n_ascans"] = int(rng.integers(N_ASCANS[0], N_ASCANS[1] + 1))
     look["bm_row_fraction"] = float(rng.uniform(*BM_ROW_FRACTION))
     look["vignetting"] = float(rng.uniform(*VIGNETTING))
     look["shadows"], look["padding"] = SHADOW_P, PADDING_P
+    look["fluid_p50"] = float(rng.uniform(*FLUID_P50))
     return look
 
 

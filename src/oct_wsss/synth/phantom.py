@@ -30,7 +30,8 @@ class SyntheticVolume:
     params: dict = field(default_factory=dict)
 
 
-def _band_tables(i: int, changes: dict, lesion_list: list[dict], bright: dict) -> tuple[dict, dict]:
+def _band_tables(i: int, changes: dict, lesion_list: list[dict], bright: dict,
+                 fluid_p50: float) -> tuple[dict, dict]:
     """Per-band reflectivity and attenuation for B-scan ``i`` (scalars or per-column rows)."""
     refl = {b: reflectivity(BAND_P50[b]) * (bright[b][i] if b in bright else 1.0) for b in BANDS if b in BAND_P50}
     mu = {b: MU_PER_PX["retina"] for b in BANDS}
@@ -38,9 +39,9 @@ def _band_tables(i: int, changes: dict, lesion_list: list[dict], bright: dict) -
     refl["EZ"] = refl["EZ"] * (1 - gap) + reflectivity(BAND_P50["MYOID"]) * gap
     refl["IZ"] = refl["IZ"] * (1 - gap) + reflectivity(BAND_P50["MYOID"]) * gap
     refl["OS"] = refl["OS"] * (1 - 0.6 * gap) + reflectivity(BAND_P50["MYOID"]) * 0.6 * gap
-    refl["SRF"], mu["SRF"] = reflectivity(BAND_P50["FLUID"]), MU_PER_PX["FLUID"]
+    refl["SRF"], mu["SRF"] = reflectivity(fluid_p50), MU_PER_PX["FLUID"]
     ped_content = next((les["content"] for les in lesion_list if les["kind"] == "ped"), "serous")
-    ped_p50 = BAND_P50["FLUID"] if ped_content == "serous" else PED_FIBROVASCULAR_P50
+    ped_p50 = fluid_p50 if ped_content == "serous" else PED_FIBROVASCULAR_P50
     ped_wins = changes["PED"][i] >= changes["DRUSEN"][i]
     refl["SUBRPE"] = np.where(ped_wins, reflectivity(ped_p50), reflectivity(DRUSEN_P50))
     mu["SUBRPE"] = np.where(ped_wins, MU_PER_PX["FLUID"], MU_PER_PX["retina"] * 2)
@@ -51,11 +52,11 @@ def _band_tables(i: int, changes: dict, lesion_list: list[dict], bright: dict) -
 
 def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: list[dict],
                   grid: anatomy.Grid, vmap: tuple[np.ndarray, np.ndarray], choroid: tuple[np.ndarray, np.ndarray],
-                  bright: dict, labels: np.ndarray, septum: np.ndarray) -> np.ndarray:
+                  bright: dict, labels: np.ndarray, septum: np.ndarray, fluid_p50: float) -> np.ndarray:
     """Attenuated linear reflectivity (H, W) of B-scan ``i`` from its bands, lesions, DME septa and vessels."""
     width = surf["ILM"].shape[1]
     y = np.arange(height, dtype=np.float32)[:, None]
-    refl_t, mu_t = _band_tables(i, changes, lesion_list, bright)
+    refl_t, mu_t = _band_tables(i, changes, lesion_list, bright, fluid_p50)
     refl_t["CHOROID"] = refl_t["CHOROID"] * vessels.choroid_texture(choroid, i, surf["BM_BOTTOM"][i],
                                                                       surf["CSI"][i], height)
     refl = np.zeros((height, width), np.float32)
@@ -73,7 +74,7 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
     # The ELM: a thin faint line at the top of the myoid zone.
     refl += reflectivity(95.0) * np.exp(-0.5 * ((y + 0.5 - surf["ELM"][i]) / 0.6) ** 2) * 0.5
     irf, hrf = labels == IRF, labels == HRF
-    refl[irf], mu[irf] = reflectivity(BAND_P50["FLUID"]), MU_PER_PX["FLUID"]
+    refl[irf], mu[irf] = reflectivity(fluid_p50), MU_PER_PX["FLUID"]
     refl[septum] = reflectivity(SEPTUM_P50)
     refl[hrf], mu[hrf] = reflectivity(HRF_P50), MU_HRF
     chord, diam = vmap[0][i], vmap[1][i]
@@ -134,7 +135,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
         labels[i] = lesions.label_bscan(i, height, surf, changes, plan, grid, cyst)
         labels[i][septum & (labels[i] == IRF)] = 0  # a septum is tissue, also where a small cyst reaches it
         refl = _render_bscan(i, height, surf, changes, plan, grid, vmap, choroid, texture["brightness"], labels[i],
-                             septum)
+                             septum, dev["fluid_p50"])
         if dev["vignetting"] or dev["shadows"] or dev["snr"] != 1.0:
             refl *= dev["snr"] * devlook.signal_factor(look_rng, dev, height, surf["ILM"][i])
         data[i] = noise.form_image(rng, refl, floor, fmt)
