@@ -19,9 +19,9 @@ DEFAULT_LOOK = {"profile": "spectralis", "exponent": 0.25, "gain": 1.0, "offset"
                 "floor_falloff": 0.65, "zeros": True, "n_ascans": None, "bm_row_fraction": None, "vignetting": 0.0,
                 "shadows": 0.0, "padding": 0.0, "fluid_p50": BAND_P50["FLUID"]}
 #: Per profile, (low, high) of each randomised quantity (``snr`` log-uniform); fixed values as they are. ``snr``:
-#: tissue signal over the noise floor (Bonn and Keshav: dark floor, bright retina). Spectralis: 4th-root display, exact zeros, frame
-#: averaging; Cirrus-like: fewer frames (noisier, coarser grain), raised floor, no zeros; Topcon-like: heavy
-#: averaging (smooth), more blur, darker floor and brighter tissue.
+#: tissue signal over the noise floor (Bonn and Keshav: dark floor, bright retina). Spectralis: 4th-root display,
+#: exact zeros, frame averaging; Cirrus-like: fewer frames (noisier, coarser grain), raised floor, no zeros;
+#: Topcon-like: heavy averaging (smooth), more blur, darker floor and brighter tissue.
 PROFILES: dict[str, dict] = {
     "spectralis": {"exponent": (0.23, 0.28), "gain": (0.9, 1.2), "offset": (0.0, 32.0), "snr": (0.7, 16.0),
                    "tissue_k": (2.3, 4.0),
