@@ -126,3 +126,26 @@ def test_soft_labels_from_scores_are_distributions_over_labelled_classes(run: Pa
         for j, c in enumerate((1, 2), start=1):
             if c not in s.labels:
                 assert not y[j].any()  # a class the image labels deny carries no soft mass
+
+
+def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
+    """``pseudo: {truth: true}``: the phantom's own masks are the targets (random device look, every lesion class);
+    the shipped phantom-student recipe is of that kind; samples without masks are refused."""
+    from oct_wsss.training.data import Sample
+    from oct_wsss.training.errors import TrainingError
+    from oct_wsss.training.student_data import truth_targets
+
+    raw = {"method": "student", "seed": 0, "out": str(tmp_path / "run"), "device": "cpu",
+           "data": {"layout": "synth", "root": str(tmp_path / "synth"),
+                    "generate": {"volumes": 3, "n_bscans": 2, "height": 64, "width": 64, "seed": 0, "look": "random",
+                                 "healthy_fraction": 0.0, "prevalence": {"irf": 1.0, "hrf": 1.0}}},
+           "classes": ["srf", "irf", "ped", "ez", "hrf", "drusen"], "input_size": [64, 64],
+           "split": {"val_fraction": 0.34, "seed": 0}, "pseudo": {"truth": True},
+           "student": {"config": {"arch": "unet", "width": 4, "depth": 3}, "epochs": 1, "batch_size": 2}}
+    assert main(["train", str(write_recipe(tmp_path, raw))]) == 0
+    ckpt = Checkpoint.load(tmp_path / "run" / "student.safetensors")
+    assert ckpt.meta["classes"] == [1, 2, 3, 4, 5, 6] and "truth" in ckpt.meta["training"]["pseudo_labels"]
+    shipped = Recipe.load(ROOT / "training" / "phantom-student.yaml")
+    assert shipped.raw["pseudo"] == {"truth": True} and shipped.raw["data"]["generate"]["look"] == "random"
+    with pytest.raises(TrainingError, match="needs pixel masks"):
+        truth_targets([Sample(tmp_path / "x.png", frozenset(), "P0")])

@@ -11,7 +11,10 @@ that leaves out, on the ground truth masks (the same pixel scale: Spectralis, 3.
 - **drusen**: the Bonn eye's drusen (RPE elevation above BM, the adapter's rule) against the phantom's (volumes
   with drusen, seeds 0-5). Per B-scan with drusen: drusen count (runs of drusen columns), their widths and heights.
 - **shadows**: share of columns whose outer choroid (5-40 px below BM) is under 0.6 x the B-scan's median column,
-  on Duke (BM = top of label 8), Bonn (its BM line) and the phantom (its BM surface).
+  on Duke (BM = top of label 8), Bonn (its BM line) and the phantom (its BM surface), calibrated and random look.
+- **device look**: ``intensity_stats.stats`` (noise floor, retinal median, p90, p99, contrast) per real set (mean
+  over its B-scans) against the phantom with ``look="random"`` (seeds 0-11, 4 B-scans each: p5-p95 over B-scans).
+  A real set inside the phantom's p5-p95 on every statistic is inside the randomisation's range.
 
 Prints one markdown table per statistic (docs/synthetic.md, docs/results-real.md).
 """
@@ -25,8 +28,11 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from intensity_stats import SETS, stats  # the sibling script (training/ is on sys.path when run as a file)
 
 from oct_wsss.classes import DRUSEN, IRF, SRF
+from oct_wsss.propose.inputs import to_unit
+from oct_wsss.propose.intensity import tissue_mask
 from oct_wsss.synth import make_volume
 from oct_wsss.synth.phantom import GENERATOR_VERSION
 from oct_wsss.synth.realism import drusen_stats, fluid_stats, shadow_share
@@ -85,6 +91,28 @@ def phantom() -> tuple[list[dict], list[tuple[int, int]], list[int], list[float]
     return fluid, sizes, counts, shadows
 
 
+LOOK_STATS = ("floor", "retinal median", "retinal p90", "retinal p99", "contrast")
+
+
+def look_rows(data: Path) -> tuple[dict, list[float]]:
+    """Device-look statistics: real sets' means and the random-look phantom's p5/p95 per statistic; shadows too."""
+    def one(b: np.ndarray) -> list[float]:
+        unit = to_unit(b if b.ndim == 2 else b[..., 0])
+        return stats(unit, tissue_mask(unit))
+
+    out = {name: np.mean([one(iio.imread(p)) for p in sorted(data.glob(pattern))], 0) for name, pattern in SETS.items()}
+    rows, shadows = [], []
+    for seed in range(12):
+        v = make_volume(seed, n_bscans=4, look="random", prevalence={"irf": 1.0, "drusen": 1.0})
+        rows += [one(b) for b in v.volume.data]
+        shadows += [shadow_share(b, v.layers["BM"][i]) for i, b in enumerate(v.volume.data)]
+    table = {name: dict(zip(LOOK_STATS, map(float, vals), strict=True)) for name, vals in out.items()}
+    for q in (5, 95):
+        table[f"phantom v{GENERATOR_VERSION} random look p{q}"] = dict(
+            zip(LOOK_STATS, map(float, np.percentile(rows, q, axis=0)), strict=True))
+    return table, shadows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -93,6 +121,7 @@ def main() -> None:
     d_fluid, d_shadow = duke(args.data / "duke_dme_chiu2015")
     b_sizes, b_counts, b_shadow = bonn(args.data / "bonn_drusen_volume")
     p_fluid, p_sizes, p_counts, p_shadow = phantom()
+    look, r_shadow = look_rows(args.data)
     out = {"generator_version": GENERATOR_VERSION,
            "fluid": {"duke": summarise(d_fluid), "phantom": summarise(p_fluid)},
            "drusen": {}, "shadow": {}}
@@ -102,7 +131,8 @@ def main() -> None:
                                "per B-scan p90": float(np.percentile(counts, 90)),
                                "width median": float(np.median(w)), "width p90": float(np.percentile(w, 90)),
                                "height median": float(np.median(h)), "height p90": float(np.percentile(h, 90))}
-    for name, vals in (("duke", d_shadow), ("bonn", b_shadow), ("phantom", p_shadow)):
+    for name, vals in (("duke", d_shadow), ("bonn", b_shadow), ("phantom", p_shadow),
+                       ("phantom random look", r_shadow)):
         out["shadow"][name] = {"bscans": len(vals), "shadowed columns (median)": float(np.nanmedian(vals)),
                                "p90": float(np.nanpercentile(vals, 90))}
     print(f"phantom generator v{GENERATOR_VERSION}, seeds {SEEDS.start}-{SEEDS.stop - 1}, 49 x 496 x 512, "
@@ -115,6 +145,12 @@ def main() -> None:
         for name, row in table.items():
             print(f"| {name} | " + " | ".join(f"{row[k]:.3g}" for k in keys) + " |")
         print()
+    out["device look"] = look
+    lo, hi = (look[f"phantom v{GENERATOR_VERSION} random look p{q}"] for q in (5, 95))
+    print("| device look | " + " | ".join(LOOK_STATS) + " | inside p5-p95 |\n|---|" + "---|" * (len(LOOK_STATS) + 1))
+    for name, row in look.items():
+        inside = all(lo[k] <= row[k] <= hi[k] for k in LOOK_STATS)
+        print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in LOOK_STATS) + f" | {'yes' if inside else 'no'} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

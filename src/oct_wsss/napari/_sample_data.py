@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from oct_wsss.napari._layers import LayerData, image_layer, labels_layer
-from oct_wsss.synth import make_volume
+from oct_wsss.synth import demo_phantom, make_volume
 
 
 def synthetic_lesions() -> list[LayerData]:
-    """A 49-B-scan phantom with every lesion class present, plus its ground-truth Labels layer."""
-    phantom = make_volume(seed=7, prevalence={key: 1.0 for key in ("srf", "irf", "ped", "ez", "hrf", "drusen")})
+    """The demo phantom (49 B-scans, every lesion class present), plus its ground-truth Labels layer."""
+    phantom = demo_phantom()
     return [
         image_layer(phantom.volume, "synthetic OCT (lesions)"),
         labels_layer(phantom.labels, phantom.volume.spacing_mm, "ground truth"),

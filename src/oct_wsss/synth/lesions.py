@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from oct_wsss.classes import DRUSEN, EZ, HRF, IRF, PED, SRF
+from oct_wsss.synth import dme
 from oct_wsss.synth.anatomy import Grid
 
 #: Probability that a (non-healthy) volume contains each class.
@@ -37,8 +38,14 @@ def _near_fovea(rng: np.random.Generator, grid: Grid, radius_mm: float) -> tuple
     return z, x
 
 
-def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool], px_per_um: float) -> list[dict]:
-    """Draw the lesions of one volume as JSON-serialisable dicts (kind, centre mm, radii mm, height px)."""
+#: Probability that a volume with IRF also holds DME cyst clusters (``synth.dme``).
+DME_SHARE = 0.7
+
+
+def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool], px_per_um: float,
+                 dme_share: float = DME_SHARE) -> list[dict]:
+    """Draw the lesions of one volume as JSON-serialisable dicts (kind, centre mm, radii mm, height px); with IRF,
+    DME clusters follow with probability ``dme_share`` (0 draws nothing, so the rest is as without them)."""
     h = px_per_um * 3.872  # heights are specified in px at the Spectralis axial spacing
     dz = float(grid.z[1, 0] - grid.z[0, 0]) if grid.z.shape[0] > 1 else 0.12
     out: list[dict] = []
@@ -86,6 +93,8 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
                     out.append(dict(cyst, z_mm=z + d * np.sin(a), x_mm=x + d * np.cos(a), rx_mm=r * s,
                                     rz_mm=max(cyst["rz_mm"] * s, 1.2 * dz), height_px=cyst["height_px"] * s,
                                     septum=septum, lobes=_lobes(rng)))
+        if dme_share > 0 and rng.uniform() < dme_share:  # DME: large confluent septated cysts, ILM to ELM
+            out += dme.plan_dme(rng, grid, h)
     if present.get("hrf"):
         n = grid.z.shape[0]
         zidx = np.abs(grid.z[:, 0] - grid.fovea[0]) < 2.5
@@ -121,6 +130,10 @@ def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
         kind = les["kind"]
         if kind == "hrf":
             continue
+        if kind == "dme":
+            bump = dme.swelling(grid, les)
+            maps["ONL"], maps["INL"] = np.maximum(maps["ONL"], 0.7 * bump), np.maximum(maps["INL"], 0.3 * bump)
+            continue
         fp = footprint(grid, les)
         if kind == "srf":
             maps["SRF"] += les["height_px"] * fp
@@ -143,8 +156,9 @@ def _rows(height: int) -> np.ndarray:
 
 
 def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[str, np.ndarray],
-                lesions: list[dict], grid: Grid) -> np.ndarray:
-    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8; later draws win (module precedence)."""
+                lesions: list[dict], grid: Grid, dme_cysts: np.ndarray | None = None) -> np.ndarray:
+    """Ground-truth ontology ids of B-scan ``i`` (H, W) uint8; later draws win (module precedence);
+    ``dme_cysts``: the B-scan's DME cyst mask (``dme.masks``), labelled IRF."""
     y = _rows(height)
     lab = np.zeros((height, surf["ILM"].shape[1]), np.uint8)
 
@@ -159,6 +173,8 @@ def label_bscan(i: int, height: int, surf: dict[str, np.ndarray], changes: dict[
     lab[sub & ped_wins] = PED
     lab[band("SRF", "RPE") & (changes["SRF"][i] > 0.5)] = SRF
     lab[irf_mask(i, height, surf, lesions, grid)] = IRF
+    if dme_cysts is not None:
+        lab[dme_cysts] = IRF
     lab[hrf_mask(i, height, surf, lesions, grid)] = HRF
     return lab
 

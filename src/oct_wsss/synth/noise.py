@@ -10,7 +10,7 @@ import functools
 import numpy as np
 from scipy import ndimage
 
-from oct_wsss.synth.anatomy import DISPLAY_A, DISPLAY_O, NOISE_SPECKLE_K, NOISE_ZERO_THRESHOLD, TISSUE_SPECKLE_K
+from oct_wsss.synth.anatomy import DISPLAY_A, DISPLAY_O, NOISE_ZERO_THRESHOLD
 
 #: Optical point-spread function (Gaussian sigma in px: axial, lateral).
 PSF_SIGMA_PX = (0.6, 0.8)
@@ -19,6 +19,8 @@ PSF_SIGMA_PX = (0.6, 0.8)
 #: ONL 0.87/0.65 axial, 0.90/0.77 lateral: the tissue grain is coarser and elongated laterally).
 TISSUE_SPECKLE_SIGMA_PX = (1.3, 1.8)
 NOISE_SPECKLE_SIGMA_PX = (1.1, 1.0)
+#: Intensity (noise-floor units) a changed display exponent keeps at its Spectralis value (mid-retina).
+I_REF = 13.0
 
 
 @functools.cache
@@ -47,24 +49,31 @@ def attenuate(refl: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return refl * np.exp(-depth)
 
 
-def form_image(rng: np.random.Generator, refl: np.ndarray, noise_floor: np.ndarray,
-               gain: float, offset: float) -> np.ndarray:
-    """Blur, speckle, add the noise floor and compress like a Spectralis export (uint8 = A*I**0.25 - O);
-    pixels whose single-frame signal is under the noise threshold are exported as 0."""
+def form_image(rng: np.random.Generator, refl: np.ndarray, noise_floor: np.ndarray, look: dict) -> np.ndarray:
+    """Blur, speckle, add the noise floor and compress like a device export (``look``: ``synth.look``; the
+    calibrated Spectralis look is uint8 = A*I**0.25 - O with sub-threshold single-frame pixels exported as 0)."""
     shape = refl.shape
-    signal = ndimage.gaussian_filter(refl, PSF_SIGMA_PX, mode="nearest", truncate=2.5)
-    signal *= _gamma(_unit_field(rng, shape, TISSUE_SPECKLE_SIGMA_PX), TISSUE_SPECKLE_K)
+    psf = tuple(s * look["psf_scale"] for s in PSF_SIGMA_PX)
+    grain = tuple(s * look["speckle_scale"] for s in TISSUE_SPECKLE_SIGMA_PX)
+    signal = ndimage.gaussian_filter(refl, psf, mode="nearest", truncate=2.5)
+    signal *= _gamma(_unit_field(rng, shape, grain), look["tissue_k"])
     g1 = _unit_field(rng, shape, NOISE_SPECKLE_SIGMA_PX)
     g2 = _unit_field(rng, shape, NOISE_SPECKLE_SIGMA_PX)
     frame = signal / noise_floor + _gamma(np.float32(0.5) * g1 + np.float32(0.75 ** 0.5) * g2, 1.0)
-    intensity = signal + noise_floor * _gamma(g1, NOISE_SPECKLE_K)
-    out = np.sqrt(np.sqrt(intensity)) * np.float32(DISPLAY_A * gain) - np.float32(DISPLAY_O + offset)
-    out[frame < NOISE_ZERO_THRESHOLD] = 0
+    intensity = np.maximum(signal + noise_floor * _gamma(g1, look["noise_k"]), 0.0)  # band sums may round below 0
+    e = look["exponent"]
+    if e == 0.25:
+        compressed = np.sqrt(np.sqrt(intensity))
+    else:
+        compressed = intensity ** np.float32(e) * np.float32(I_REF ** (0.25 - e))
+    out = compressed * np.float32(DISPLAY_A * look["gain"]) - np.float32(DISPLAY_O + look["offset"])
+    if look["zeros"]:
+        out[frame < NOISE_ZERO_THRESHOLD] = 0
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def noise_floor_profile(height: int) -> np.ndarray:
-    """Noise floor vs depth (column vector): flat over the top third, falling to 0.35 at the bottom
+def noise_floor_profile(height: int, falloff: float = 0.65) -> np.ndarray:
+    """Noise floor vs depth (column vector): flat over the top third, falling by ``falloff`` to the bottom
     (Duke: vitreous mean 24-29 at rows 0-200, deep choroid/sclera mean 10-15 at rows 350-496)."""
     y = np.arange(height, dtype=np.float32) / max(height - 1, 1)
-    return (1.0 - 0.65 * np.clip((y - 0.35) / 0.65, 0, 1))[:, None].astype(np.float32)
+    return (1.0 - falloff * np.clip((y - 0.35) / 0.65, 0, 1))[:, None].astype(np.float32)

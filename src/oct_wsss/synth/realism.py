@@ -10,12 +10,13 @@ from skimage import measure
 
 
 def fluid_stats(mask: np.ndarray) -> dict[str, float]:
-    """Pieces, area, largest share and area-weighted solidity of one B-scan's fluid mask."""
+    """Pieces, area, largest share, largest piece (px) and area-weighted solidity of one B-scan's fluid mask."""
     pieces = [p for p in measure.regionprops(measure.label(mask, connectivity=2)) if p.area >= 5]
     area = sum(p.area for p in pieces)
     big = [p for p in pieces if p.area >= 30]
     solidity = sum(p.area * p.solidity for p in big) / max(sum(p.area for p in big), 1)
-    return {"pieces": len(pieces), "area": area, "largest": max((p.area for p in pieces), default=0) / max(area, 1),
+    largest = max((p.area for p in pieces), default=0)
+    return {"pieces": len(pieces), "area": area, "largest": largest / max(area, 1), "largest px": largest,
             "solidity": solidity if big else float("nan")}
 
 

@@ -25,7 +25,7 @@ from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.loader import Augment
 
-PSEUDO, CORRECTION = "pseudo", "correction"
+PSEUDO, CORRECTION, TRUTH = "pseudo", "correction", "truth"
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,15 @@ def pseudo_targets(samples: Sequence[Sample], root: str | Path, classes: Sequenc
                 target = partial(_only, target, frozenset(s.labels), classes)
             out.append(Target(s.load_image, target, 1.0, PSEUDO, (volume, s.bscan)))
     return out
+
+
+def truth_targets(samples: Sequence[Sample]) -> list[Target]:
+    """Targets from the samples' own pixel masks (the phantom's ground truth), weight 1."""
+    missing = [s.volume or str(s.image) for s in samples if s.mask is None]
+    if missing:
+        raise TrainingError(f"pseudo: {{truth: true}} needs pixel masks; {len(missing)} samples have none "
+                            f"(first: {missing[0]})")
+    return [Target(s.load_image, s.load_mask, 1.0, TRUTH, (s.volume, s.bscan)) for s in samples]
 
 
 def _stored(correction: Correction, key: str) -> np.ndarray:

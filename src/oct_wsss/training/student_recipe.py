@@ -25,7 +25,7 @@ from oct_wsss.training.distributed import Dist, distributed, main_process
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe, split_summary
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
-from oct_wsss.training.student_data import Target, correction_targets, pseudo_targets
+from oct_wsss.training.student_data import Target, correction_targets, pseudo_targets, truth_targets
 from oct_wsss.volume import OctVolume
 
 
@@ -106,10 +106,13 @@ def comparison_table(report: dict[str, Any], classes: Sequence[int]) -> str:
 
 
 def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: str, soft: bool,
-            log: Callable[[str], None], dist: Dist) -> tuple[Path, dict[str, Any]]:
+            log: Callable[[str], None], dist: Dist) -> tuple[Path | None, dict[str, Any]]:
     """Where the pseudo labels are (running the teacher first, each process on its share of the volumes, when the
-    recipe names one) and what made them."""
+    recipe names one; None with ``pseudo: {truth: true}``, where the data's pixel masks are the targets) and what
+    made them."""
     spec = dict(recipe.raw.get("pseudo") or {})
+    if spec.get("truth"):
+        return None, {"truth": "the data's own pixel masks"}
     if "teacher" in spec:
         ckpt = Path(spec["teacher"])
         ckpt = ckpt if ckpt.is_absolute() else recipe.base / ckpt
@@ -122,7 +125,8 @@ def _pseudo(recipe: Recipe, samples: Sequence[Sample], run_dir: Path, device: st
         root = Path(spec["root"])
         return (root if root.is_absolute() else recipe.base / root), {"root": str(spec["root"]),
                                                                        "image_labels": spec.get("image_labels", True)}
-    raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf} or pseudo: {root: DIR}")
+    raise TrainingError("a student recipe needs pseudo: {teacher: CKPT, method: agm|dfp|hrf}, pseudo: {root: DIR} "
+                        "or pseudo: {truth: true}")
 
 
 def _distinct_volumes(*parts: list[Sample]) -> list[list[Sample]]:
@@ -159,7 +163,8 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
     with distributed(device) as dist:
         root, source = _pseudo(recipe, [*train, *test], run_dir, device, config.soft, log, dist)
         image_labels = bool((recipe.raw.get("pseudo") or {}).get("image_labels", True))
-        targets: list[Target] = pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels)
+        targets: list[Target] = (truth_targets(train) if root is None else
+                                 pseudo_targets(train, root, classes, soft=config.soft, image_labels=image_labels))
         if recipe.raw.get("corrections"):
             store_dir = Path(recipe.raw["corrections"]["store"])
             store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)

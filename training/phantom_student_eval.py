@@ -1,0 +1,120 @@
+"""Score a phantom multi-class student: unseen phantom seeds per class, the demo volume, and real Duke fluid.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python training/phantom_student_eval.py CKPT [--data ../shared/data]
+        [--seeds 5000-5005] [--json FILE]    # or CKPT = "ceiling" for the resolution ceiling alone
+
+- **Resolution ceiling** (no model): each truth mask resized to 128², 256² and 512² (one-hot, bilinear) and back to its
+  native size, per-class IoU against itself: what a perfect student at that input size could reach.
+- **Phantom, unseen seeds** (generator v5, random device look, the recipe's prevalence): pooled IoU per class and
+  lesion mIoU over the classes present.
+- **Demo volume** (``synth.demo_phantom``, calibrated Spectralis look): pooled Dice of fluid (SRF + IRF), PED, drusen.
+- **Duke DME** (five shared patients, grader 1; evaluation only, never selection): predicted SRF or IRF as fluid
+  against label 9, pooled IoU and per-image DSC (B-scans with fluid), raw and inside Duke's own retina (layer labels
+  1-7 and 9: an oracle standing in for a layer model's retina mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from oct_wsss.classes import DRUSEN, FLUID, IRF, ONTOLOGY, PED, SRF, by_key
+from oct_wsss.evaluate import image_confusions, segmentation_scores
+from oct_wsss.propose import load_proposer
+from oct_wsss.propose.inputs import resize
+from oct_wsss.synth import demo_phantom, make_volume
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CLASSES = tuple(by_key(k).id for k in ("srf", "irf", "ped", "ez", "hrf", "drusen"))
+PREVALENCE = {"srf": 0.5, "irf": 0.6, "ped": 0.4, "ez": 0.4, "hrf": 0.6, "drusen": 0.25}
+
+
+def phantom_pairs(seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(B-scan, truth) of unseen phantom volumes, 12 B-scans each, random device look."""
+    out = []
+    for seed in seeds:
+        v = make_volume(seed, n_bscans=12, look="random", prevalence=PREVALENCE)
+        out += list(zip(v.volume.data, v.labels, strict=True))
+    return out
+
+
+def per_class(truths: list[np.ndarray], preds: list[np.ndarray]) -> dict:
+    """Pooled IoU per class present in the truth and their mean (lesion mIoU over classes present)."""
+    cms = image_confusions(truths, preds)
+    s = segmentation_scores(cms, CLASSES).to_dict()["classes"]
+    present = [ONTOLOGY[c].key for c in CLASSES if any((t == c).any() for t in truths)]
+    ious = {k: s[k]["iou"] for k in present}
+    return {"iou": ious, "miou_present": float(np.mean([v for v in ious.values() if v is not None]))}
+
+
+def ceiling(pairs: list[tuple[np.ndarray, np.ndarray]], size: int) -> dict:
+    """Per-class IoU of the truth after a round trip through ``size``² (one-hot, bilinear, argmax)."""
+    back = []
+    for _, t in pairs:
+        hot = np.stack([(t == c) for c in (0, *CLASSES)]).astype(np.float32)
+        small = resize(hot, (size, size))
+        up = resize(small, t.shape)
+        back.append(np.asarray((0, *CLASSES), np.uint8)[up.argmax(0)])
+    return per_class([t for _, t in pairs], back)
+
+
+def fluid_scores(truths: list[np.ndarray], preds: list[np.ndarray]) -> dict:
+    cms = image_confusions(truths, preds)
+    every = segmentation_scores(cms, (FLUID,)).classes["fluid"]
+    lesion = segmentation_scores(cms, (FLUID,), lesion_images_only=True).classes["fluid"]
+    return {"iou": every.iou, "dice_pooled": every.dice_pooled, "dice_per_image_fluid_bscans": lesion.dice_per_image}
+
+
+def duke(root: Path, predict) -> dict:
+    """Fluid on the shared Duke B-scans, raw and inside Duke's layer-label retina."""
+    truths, raw, inside = [], [], []
+    for r in csv.DictReader(open(root / "index.csv")):
+        img, lab = iio.imread(root / r["image"]), iio.imread(root / r["label"])
+        wet = np.isin(predict(img), (SRF, IRF))
+        retina = np.isin(lab, (1, 2, 3, 4, 5, 6, 7, 9))
+        truths.append(np.where(lab == 9, FLUID, 0).astype(np.uint8))
+        raw.append(np.where(wet, FLUID, 0).astype(np.uint8))
+        inside.append(np.where(wet & retina, FLUID, 0).astype(np.uint8))
+    return {"bscans": len(truths), "raw": fluid_scores(truths, raw), "inside_retina": fluid_scores(truths, inside)}
+
+
+def demo(predict) -> dict:
+    """Pooled Dice on the demo volume: fluid (SRF + IRF), PED, drusen."""
+    v = demo_phantom()
+    preds = [predict(b) for b in v.volume.data]
+    out = {}
+    for name, ids in (("fluid", (SRF, IRF)), ("ped", (PED,)), ("drusen", (DRUSEN,))):
+        t = np.isin(v.labels, ids)
+        p = np.isin(np.stack(preds), ids)
+        out[name] = float(2 * (t & p).sum() / max(t.sum() + p.sum(), 1))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--seeds", default="5000-5005")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    lo, hi = map(int, args.seeds.split("-"))
+    pairs = phantom_pairs(list(range(lo, hi + 1)))
+    out: dict = {"seeds": args.seeds, "bscans": len(pairs),
+                 "ceiling": {str(s): ceiling(pairs, s) for s in (128, 256, 512)}}
+    if args.checkpoint != "ceiling":
+        student = load_proposer("student", args.checkpoint, device="cpu")
+        out["phantom"] = per_class([t for _, t in pairs], [student.predict(b) for b, _ in pairs])
+        out["demo_dice"] = demo(student.predict)
+        out["duke"] = duke(args.data / "duke_dme_chiu2015", student.predict)
+    print(json.dumps(out, indent=1, default=float))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
