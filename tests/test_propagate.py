@@ -94,3 +94,65 @@ def test_bad_requests(labels_shape: tuple, source: int, start: int, end: int, me
     labels[1, 3, 3] = 12
     with pytest.raises(PropagationError, match=r"ids \[12\] outside the ontology"):
         check_request((4, 8, 8), np.resize(labels, (4, 8, 8)), 1, 0, 3)
+
+
+def test_cli_writes_labels_and_provenance(tmp_path) -> None:
+    import json
+
+    import tifffile
+
+    from oct_wsss.cli import main
+    from oct_wsss.io import write_labels
+
+    data, truth = shifted_volume(n=7, present=5)
+    tifffile.imwrite(tmp_path / "vol.tif", data)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[2][truth[2]] = 2
+    labels[6, :4, :4] = 3  # outside the range: unchanged
+    write_labels(tmp_path / "in.tif", labels)
+    out = tmp_path / "out"
+    assert main([ "propagate", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "in.tif"), "--from", "2",
+                 "--to", "1:5", "--out", str(out)]) == 0
+    got = tifffile.imread(out / "labels.tif")
+    assert got.shape == data.shape and (got[2] == labels[2]).all() and (got[[0, 6]] == labels[[0, 6]]).all()
+    assert dice(got[4] == 2, truth[4]) >= 0.85 and not (got[5] == 2).any()  # the lesion ends after B-scan 4
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["engine"] == "flow" and prov["range"] == [1, 5] and prov["proposed_bscans"] == [1, 3, 4]
+    forward = [s for s in prov["stops"] if s["direction"] == "forward"]
+    assert forward[0]["last_filled"] == 4 and "B-scan 5" in forward[0]["reason"]
+    assert str(tmp_path) not in (out / "provenance.json").read_text()  # no paths (they can hold names)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--from", "6", "--to", "1:5"], "B-scan 6 is outside the range 1:5"),
+    (["--from", "2", "--to", "1:9"], "outside the volume's B-scans 0..6"),
+    (["--from", "2", "--to", "1-5"], "--to takes a B-scan range A:B"),
+    (["--from", "2", "--to", "1:5", "--labels-of", "small"], "do not fit the volume"),
+    (["--from", "2", "--to", "1:5", "--labels-of", "bad-ids"], r"ids \[9\] outside the ontology"),
+    (["--from", "2", "--to", "1:5", "--engine", "sam2"], "--engine sam2 needs --sam2-checkpoint"),
+])
+def test_cli_refuses_bad_input(tmp_path, capsys, argv: list[str], message: str) -> None:
+    import tifffile
+
+    from oct_wsss.cli import main
+    from oct_wsss.io import write_labels
+
+    data, truth = shifted_volume(n=7, h=32, w=48, present=5)
+    tifffile.imwrite(tmp_path / "vol.tif", data)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[2, 10:20, 10:20] = 2
+    kind = argv.pop(argv.index("--labels-of") + 1) if "--labels-of" in argv else ""
+    if "--labels-of" in argv:
+        argv.remove("--labels-of")
+    if kind == "small":
+        labels = labels[:, :16]
+    elif kind == "bad-ids":
+        labels[3, 0, 0] = 9
+    tifffile.imwrite(tmp_path / "in.tif", labels)
+    out = tmp_path / "out"
+    assert main(["propagate", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "in.tif"), *argv,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("oct-wsss propagate: error:") and (
+        __import__("re").search(message, err)), err
+    assert not out.exists()
