@@ -135,7 +135,6 @@ def test_cli_refuses_bad_input(tmp_path, capsys, argv: list[str], message: str) 
     import tifffile
 
     from oct_wsss.cli import main
-    from oct_wsss.io import write_labels
 
     data, truth = shifted_volume(n=7, h=32, w=48, present=5)
     tifffile.imwrite(tmp_path / "vol.tif", data)

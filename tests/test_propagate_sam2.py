@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from oct_wsss.propose.proposal import ProposalError
 from oct_wsss.propose.propagate import propagate
+from oct_wsss.propose.proposal import ProposalError
 
 pytest.importorskip("sam2")
 
@@ -20,7 +20,7 @@ def test_the_engine_needs_a_checkpoint() -> None:
         build_video_predictor(None)
 
 
-@pytest.mark.slow  # three SAM 2 image encodings per direction on a CPU: ~100 s on two shared cores
+@pytest.mark.slow  # four SAM 2 frame encodings on a CPU: 100-180 s on two shared cores
 def test_sam2_video_engine_runs_on_a_tiny_volume() -> None:
     from oct_wsss.napari._imports import hide_triton
     from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine

@@ -59,7 +59,8 @@ def _propagate(args: argparse.Namespace) -> None:
     result.provenance["volume"] = {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
                                    "format": volume.source.get("format")}
     args.out.mkdir(parents=True, exist_ok=True)
-    files = [write_labels(args.out / "labels.tif", result.labels, tuple(volume.spacing_mm)), args.out / "provenance.json"]
+    files = [write_labels(args.out / "labels.tif", result.labels, tuple(volume.spacing_mm)),
+             args.out / "provenance.json"]
     atomic_write(files[1], lambda tmp: Path(tmp).write_text(json.dumps(result.provenance, indent=2)))
     print(f"proposed {int(result.proposed.sum())} B-scans from B-scan {args.source} ({args.engine})")
     for stop in result.provenance["stops"]:

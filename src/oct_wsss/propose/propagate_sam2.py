@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oct_wsss.propose.proposal import ProposalError
 from oct_wsss.propose.propagate import Engine
+from oct_wsss.propose.proposal import ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, _read_checkpoint, config_file, sam2_available, to_rgb8
 
 
