@@ -135,7 +135,7 @@ def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end
     total, t0 = end - start, time.perf_counter()
     for done, result in enumerate(propagate_stream(data, labels, source, start, end, engine_fn, cancel=cancel,
                                                    stops=stops, **options), start=1):
-        apply_page(out, result)
+        apply_page(out[result.index], result)
         proposed[result.index] = True
         confidence[result.index] = result.confidence
         if progress is not None:
@@ -152,10 +152,9 @@ def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end
     return Propagation(out, proposed, confidence, stops, prov)
 
 
-def apply_page(labels: np.ndarray, result: PropagatedBscan) -> None:
-    """Write one propagated B-scan into ``labels``: each carried class replaces that class on the page; other
-    classes stay where the carried masks do not cover them."""
-    page = labels[result.index]
+def apply_page(page: np.ndarray, result: PropagatedBscan) -> None:
+    """Write one propagated B-scan into its ``page`` (H, W) in place: each carried class replaces that class there;
+    other classes stay where the carried masks do not cover them."""
     for c in result.confidence:
         page[page == c] = 0
     page[result.page > 0] = result.page[result.page > 0]
