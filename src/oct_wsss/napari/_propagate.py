@@ -120,8 +120,9 @@ class PropagateWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.undo_button.enabled = bool(self.previous)
         what = "cancelled: " if self._cancel else ""
-        self.status.value = (f"{what}{len(self.previous)} B-scans proposed ({', '.join(map(str, sorted(self.previous)))})"
-                             "; review and accept them" if self.previous else f"{what}nothing propagated")
+        done = ", ".join(map(str, sorted(self.previous)))
+        self.status.value = (f"{what}{len(self.previous)} B-scans proposed ({done}); review and accept them"
+                             if self.previous else f"{what}nothing propagated")
 
     def cancel(self, *_: Any) -> None:
         """Stop after the B-scan being propagated; what was written stays (Undo removes it)."""
