@@ -2,7 +2,9 @@
 
 The napari SAM 2 widget, scripts and ``oct-wsss sam2-assist`` call this. The B-scan's image embedding is computed
 once (``embed``, seconds on a CPU) and kept in an LRU cache keyed by (volume key, B-scan index); every further
-prompt on that B-scan only runs SAM 2's prompt encoder and mask decoder. Coordinates are (row, column) pixels.
+prompt on that B-scan only runs SAM 2's prompt encoder and mask decoder. With ``cache_dir`` (a folder of the
+project) embeddings also go to disk per (volume hash, model hash, B-scan), so reopening a volume reads them back
+instead of recomputing them (``sam2_cache``). Coordinates are (row, column) pixels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend, SamMask
+from oct_wsss.propose.sam2_cache import DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -38,24 +41,28 @@ class Sam2Assist:
     """Interactive SAM 2 on whole B-scans with cached embeddings (``last_embed_s``, ``last_prompt_s``: timings)."""
 
     def __init__(self, checkpoint: str | Path | None, config: str = DEFAULT_CONFIG, device: str = "cpu",
-                 cache_size: int = 16, allow_random: bool = False) -> None:
-        self.backend = Sam2Backend(config, checkpoint, device=device, cache_size=cache_size, allow_random=allow_random)
+                 cache_size: int = 16, allow_random: bool = False, cache_dir: str | Path | None = None,
+                 cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.backend = Sam2Backend(config, checkpoint, device=device, cache_size=cache_size, allow_random=allow_random,
+                                   cache_dir=cache_dir, cache_bytes=cache_bytes)
         self.last_embed_s = 0.0
         self.last_prompt_s = 0.0
 
-    def embed(self, bscan: np.ndarray, key: Hashable) -> bool:
-        """Make ``bscan`` current (embedding computed unless cached under ``key``); True when it was computed now."""
+    def embed(self, bscan: np.ndarray, key: Hashable, where: tuple[str, int] | None = None) -> bool:
+        """Make ``bscan`` current (embedding computed unless cached under ``key``, or on disk under ``where``: volume
+        hash and B-scan index); True when it was computed now."""
         before = self.backend.embeddings_computed
         start = time.perf_counter()
-        self.backend.set_image(bscan, key)
+        self.backend.set_image(bscan, key, where)
         computed = self.backend.embeddings_computed > before
         if computed:
             self.last_embed_s = time.perf_counter() - start
         return computed
 
-    def segment(self, bscan: np.ndarray, prompt: Prompt, key: Hashable) -> SamMask:
+    def segment(self, bscan: np.ndarray, prompt: Prompt, key: Hashable,
+                where: tuple[str, int] | None = None) -> SamMask:
         """SAM 2's mask (bool, B-scan size) for ``prompt`` on ``bscan``; one point alone picks the best of three."""
-        self.embed(bscan, key)
+        self.embed(bscan, key, where)
         start = time.perf_counter()
         coords = np.asarray([(c, r) for r, c in prompt.points], np.float32).reshape(-1, 2)  # SAM 2 takes (x, y)
         out = self.backend.predict(points=coords if len(coords) else None,

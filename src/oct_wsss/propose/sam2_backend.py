@@ -1,5 +1,6 @@
 """SAM 2 on in-memory crops (package ``sam2``; METHODS.md section 4): build a packaged config, load a user checkpoint,
-prompt with boxes, and cache image embeddings so repeated prompts on the same crop pay ``set_image`` once.
+prompt with boxes, and cache image embeddings so repeated prompts on the same crop pay ``set_image`` once (in memory,
+and with ``cache_dir`` on disk per volume, model and B-scan: ``sam2_cache``).
 
 Nothing is downloaded: ``build_sam2(config, ckpt_path=None)`` builds the model and the checkpoint (a pickle with a
 ``"model"`` state dict) is read with ``torch.load(weights_only=True)``. Without a checkpoint the weights are random,
@@ -21,6 +22,7 @@ import torch
 from oct_wsss.checkpoint import CheckpointError, import_torch_weights
 from oct_wsss.preprocess.inputs import to_unit
 from oct_wsss.propose.proposal import ProposalError
+from oct_wsss.propose.sam2_cache import DEFAULT_MAX_BYTES, EmbeddingCache, model_hash
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"
 CONFIGS: tuple[str, ...] = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
@@ -65,10 +67,12 @@ class SamMask:
 
 
 class Sam2Backend:
-    """A SAM 2 image predictor with an LRU cache of image embeddings keyed by content (or a caller's key)."""
+    """A SAM 2 image predictor with an LRU cache of image embeddings keyed by content (or a caller's key), and an
+    optional disk cache (``cache_dir``, at most ``cache_bytes``) of whole B-scans' embeddings (needs a checkpoint)."""
 
     def __init__(self, config: str = DEFAULT_CONFIG, checkpoint: str | Path | None = None,
-                 device: str | torch.device = "cpu", cache_size: int = 8, allow_random: bool = False) -> None:
+                 device: str | torch.device = "cpu", cache_size: int = 8, allow_random: bool = False,
+                 cache_dir: str | Path | None = None, cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if not sam2_available():
             raise ProposalError("the sam2 package is not installed; install it with "
                                 "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2 (after torch), "
@@ -87,10 +91,13 @@ class Sam2Backend:
         model.sam_mask_decoder.output_upscaling = _fast_upscaling(model.sam_mask_decoder.output_upscaling)
         self.predictor = SAM2ImagePredictor(model)
         self.cache: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()
-        self.cache_size, self.embeddings_computed = int(cache_size), 0
+        self.cache_size, self.embeddings_computed, self.embeddings_loaded = int(cache_size), 0, 0
+        self.disk = None if cache_dir is None or checkpoint is None else EmbeddingCache(cache_dir, cache_bytes)
+        self.model_hash = None if self.disk is None else model_hash(self.config, checkpoint)
 
-    def set_image(self, crop: np.ndarray, key: Hashable | None = None) -> None:
-        """Make ``crop`` the predictor's image, from the cache when its key (default: content hash) was seen."""
+    def set_image(self, crop: np.ndarray, key: Hashable | None = None, where: tuple[str, int] | None = None) -> None:
+        """Make ``crop`` the predictor's image, from the cache when its key (default: content hash) was seen, else
+        from the disk cache when ``where`` (volume hash, B-scan index) names a stored embedding."""
         rgb = to_rgb8(crop)
         key = key if key is not None else hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
         p = self.predictor
@@ -99,10 +106,23 @@ class Sam2Backend:
             p._features, p._orig_hw = self.cache[key]
             p._is_image_set = True
             return
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.device.type == "cuda"):
-            p.set_image(rgb)
-        self.embeddings_computed += 1
+        stored = None if self.disk is None or where is None else self.disk.get(where[0], self.model_hash, where[1])
+        if stored is not None:
+            p.reset_predictor()
+            p._features = {"image_embed": stored["image_embed"].to(self.device),
+                           "high_res_feats": [stored[f"high_res_{k}"].to(self.device) for k in range(2)]}
+            p._orig_hw, p._is_image_set = [tuple(stored["orig_hw"].tolist())], True
+            self.embeddings_loaded += 1
+        else:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                        enabled=self.device.type == "cuda"):
+                p.set_image(rgb)
+            self.embeddings_computed += 1
+            if self.disk is not None and where is not None:
+                feats = p._features
+                self.disk.put(where[0], self.model_hash, where[1],
+                              {"image_embed": feats["image_embed"], "orig_hw": torch.tensor(p._orig_hw[0]),
+                               **{f"high_res_{k}": f for k, f in enumerate(feats["high_res_feats"])}})
         self.cache[key] = (p._features, p._orig_hw)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)

@@ -1,0 +1,88 @@
+"""The ``propagate`` subcommand: carry the labels of B-scan K over the B-scans A..B (docs/propagation.md); writes
+``labels.tif`` (the input labels with the propagated B-scans filled) and ``provenance.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from oct_wsss.cli._common import CliError
+
+
+def parse_span(text: str) -> tuple[int, int]:
+    """'10:20' -> (10, 20), one-line error otherwise."""
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(lo), int(hi)
+    except ValueError as err:
+        raise CliError(f"--to takes a B-scan range A:B, e.g. 10:20; got {text!r}") from err
+
+
+def _propagate(args: argparse.Namespace) -> None:
+    from oct_wsss.io import atomic_write, read_labels, read_volume, write_labels
+    from oct_wsss.propose.propagate import PropagationError, check_request, propagate
+
+    start, end = parse_span(args.to)
+    if not args.labels.exists():
+        raise CliError(f"{args.labels}: no such labels file or folder")
+    volume = read_volume(args.volume)
+    try:
+        labels = read_labels(args.labels)
+        check_request(volume.shape, labels, args.source, start, end)  # before loading SAM 2
+    except ValueError as err:  # PropagationError, or a labels file that is not label pages
+        raise CliError(str(err)) from err
+    engine_fn = None
+    if args.engine == "sam2":
+        from oct_wsss.preprocess.device import resolve_device
+        from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine
+
+        if args.sam2_checkpoint is None:
+            raise CliError("--engine sam2 needs --sam2-checkpoint (a SAM 2 .pt file); or use --engine flow")
+        device = str(resolve_device(args.device))
+        engine_fn = sam2_engine(build_video_predictor(args.sam2_checkpoint, args.sam2_config, device=device))
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rpropagating: {done}/{total} B-scans", end="", file=sys.stderr, flush=True)
+
+    try:
+        result = propagate(volume.data, labels, args.source, start, end, args.engine, engine_fn=engine_fn,
+                           progress=progress, min_confidence=args.min_confidence)
+    except PropagationError as err:
+        raise CliError(str(err)) from err
+    print(file=sys.stderr)
+    if args.engine == "sam2":
+        result.provenance["sam2"] = {"config": args.sam2_config, "checkpoint": Path(args.sam2_checkpoint).name}
+    result.provenance["volume"] = {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
+                                   "format": volume.source.get("format")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = [write_labels(args.out / "labels.tif", result.labels, tuple(volume.spacing_mm)),
+             args.out / "provenance.json"]
+    atomic_write(files[1], lambda tmp: Path(tmp).write_text(json.dumps(result.provenance, indent=2)))
+    print(f"proposed {int(result.proposed.sum())} B-scans from B-scan {args.source} ({args.engine})")
+    for stop in result.provenance["stops"]:
+        print(f"  class {stop['class']} {stop['direction']}: last B-scan {stop['last_filled']} ({stop['reason']})")
+    for file in files:
+        print(f"wrote {file}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the ``oct-wsss`` parser."""
+    p = sub.add_parser("propagate", help="carry the labels of one B-scan to its neighbours; writes labels.tif and "
+                       "provenance.json")
+    p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens)")
+    p.add_argument("--labels", required=True, type=Path, help="labels.tif or mask folder of the volume (ontology ids)")
+    p.add_argument("--from", dest="source", required=True, type=int, help="the corrected B-scan K (0-based)")
+    p.add_argument("--to", required=True, help="B-scans A:B to fill (inclusive, holding K); others are unchanged")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--engine", choices=("flow", "sam2"), default="flow",
+                   help="flow: optical flow, no weights (default); sam2: SAM 2's video predictor")
+    p.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt) for --engine sam2")
+    p.add_argument("--sam2-config", default="sam2.1_hiera_t", help="packaged SAM 2 config (default sam2.1_hiera_t)")
+    p.add_argument("--min-confidence", type=float, default=0.5,
+                   help="stop a class where its confidence drops below this (default 0.5)")
+    p.add_argument("--device", default="auto", help="sam2 engine: auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_propagate)

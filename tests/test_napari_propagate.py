@@ -1,0 +1,41 @@
+"""The Propagate widget: the current B-scan's lesion is carried over the range in a worker, each B-scan written
+undoably and marked proposed (accepted B-scans untouched); Undo puts the previous pages back; bad ranges are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari_helpers import MemorySettings
+from test_propagate import shifted_volume
+
+from oct_wsss.napari import _propagate
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
+from oct_wsss.napari._propagate import PropagateWidget
+
+
+def test_propagate_accepted_untouched_undo(make_napari_viewer, qtbot, monkeypatch) -> None:
+    monkeypatch.setattr(_propagate, "QSettings", lambda *a: MemorySettings())
+    data, truth = shifted_volume(n=6)
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="oct")
+    start = np.zeros(data.shape, np.uint8)
+    start[2][truth[2]] = 2
+    start[4, :3, :3] = 5  # B-scan 4 is accepted: propagation leaves it alone
+    layer = viewer.add_labels(start.copy(), name="lesions (proposed)")
+    layer.metadata[ACCEPTED_KEY] = {4}
+    w = PropagateWidget(viewer)
+    viewer.dims.set_current_step(0, 2)
+    assert (w.start.value, w.end.value) == (0, 5)
+    w.end.value = 7
+    assert w.propagate() is None and "outside the volume" in w.status.value
+    w.end.value = 5
+    worker = w.propagate()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.run_button.enabled)
+    assert sorted(w.previous) == [0, 1, 3, 5] and sorted(layer.metadata[PROPOSED_KEY]) == [0, 1, 3, 5]
+    for i in (1, 3):
+        d = 2 * ((layer.data[i] == 2) & truth[i]).sum() / ((layer.data[i] == 2).sum() + truth[i].sum())
+        assert d >= 0.9, (i, d)
+    assert (layer.data[4] == start[4]).all() and w.undo_button.enabled
+    w.undo()
+    assert (np.asarray(layer.data) == start).all() and layer.metadata[PROPOSED_KEY] == {}
