@@ -32,9 +32,9 @@ def test_manifest_validates_and_lists_every_contribution() -> None:
         "Synthetic OCT volume (lesions)",
         "Synthetic OCT volume (healthy)",
     }
-    assert [w.display_name for w in contributions.widgets] == ["Synthetic OCT phantom", "Propose lesions",
-                                                               "Review and accept", "Quantify", "Fine-tune",
-                                                               "SAM 2 assist", "Propagate"]
+    assert [w.display_name for w in contributions.widgets] == [
+        "Synthetic OCT phantom", "OCT workspace", "Propose lesions", "Review and accept", "Quantify", "Fine-tune",
+        "SAM 2 assist", "Propagate"]
 
 
 def test_top_level_manifest_is_the_packaged_one() -> None:
@@ -168,7 +168,7 @@ def test_demo_viewer_shows_the_lesion_volume_truth_and_widget(make_napari_viewer
 
     viewer = make_napari_viewer()
     populate_demo(viewer)
-    assert [layer.name for layer in viewer.layers] == ["synthetic OCT (lesions)", "ground truth"]
+    assert [layer.name for layer in viewer.layers][:2] == ["synthetic OCT (lesions)", "ground truth"]
     assert viewer.dims.current_step[0] == 24
     assert viewer.dims.axis_labels[0] == "B-scan"
-    assert "Synthetic OCT phantom" in " ".join(viewer.window.dock_widgets)
+    assert "OCT workspace" in " ".join(viewer.window.dock_widgets)

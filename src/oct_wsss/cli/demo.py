@@ -67,14 +67,12 @@ def populate_demo(viewer: Any, propose: str | None = None, checkpoint: Path | No
                   device: str = "auto") -> Any:
     """Fill a napari viewer with the demo through the plugin's manifest (sample data, widgets), as a user would;
     with ``propose`` (a method) the Propose widget is preset to ``checkpoint`` and started (returns its worker)."""
-    canvas = getattr(viewer, "canvas", None)  # napari >= 0.9 moved the scale bar to the canvas overlays
-    (canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar).visible = True
     viewer.open_sample(PLUGIN, "synthetic_lesions")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Synthetic OCT phantom")
     viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
+    _, workspace = viewer.window.add_plugin_dock_widget(PLUGIN, "OCT workspace")  # one tabbed dock; scale bar on
     if propose is None:
         return None
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Propose lesions")
+    widget = workspace.panels["Propose"]
     widget.image.value = viewer.layers[0]
     widget.method.value = propose
     widget.checkpoint.value = str(checkpoint)  # after the method: choosing one restores its remembered checkpoint

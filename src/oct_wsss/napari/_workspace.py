@@ -1,0 +1,61 @@
+"""The plugin's panels as one tabbed dock (Propose, Review, Propagate, Quantify, Fine-tune, SAM 2) that keeps the
+canvas usable on a 1366 x 768 screen: each panel scrolls inside its tab instead of growing the window, as separate
+docks did (four of them grew the window to 1863 px high there, and the B-scan shrank to a thumbnail)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari
+from magicgui.widgets import Container
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import QScrollArea, QTabWidget
+
+from oct_wsss.napari._finetune import FinetuneWidget
+from oct_wsss.napari._propagate import PropagateWidget
+from oct_wsss.napari._propose import ProposeWidget
+from oct_wsss.napari._quantify import QuantifyWidget
+from oct_wsss.napari._review import ReviewWidget
+from oct_wsss.napari._sam2 import Sam2Widget
+
+#: tab title -> panel class, in the grader's order of work
+PANELS: dict[str, type[Container]] = {"Propose": ProposeWidget, "Review": ReviewWidget, "Propagate": PropagateWidget,
+                                      "Quantify": QuantifyWidget, "Fine-tune": FinetuneWidget, "SAM 2": Sam2Widget}
+
+
+class WorkspaceWidget(QTabWidget):
+    """One dock holding every panel in a scrolling tab; ``panels[title]`` is the panel (e.g. ``panels["Propose"]``)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.panels: dict[str, Container] = {title: cls(viewer) for title, cls in PANELS.items()}
+        for title, panel in self.panels.items():
+            self.addTab(_scrolling(panel), title)
+        show_scale_bar(viewer)
+        QTimer.singleShot(0, viewer.reset_view)  # fit the B-scan once the dock has taken its place beside the canvas
+
+    def sizeHint(self) -> QSize:
+        """A dock about 420 px wide: wider panels scroll sideways rather than take the canvas's room."""
+        return QSize(420, super().sizeHint().height())
+
+    def reset_choices(self, *_: Any) -> None:
+        """Relist every panel's layer and checkpoint choices (napari calls this on layer events)."""
+        for panel in self.panels.values():
+            panel.reset_choices()
+
+
+def _scrolling(panel: Container) -> QScrollArea:
+    """``panel`` in a scroll area that lets it be taller than the screen without growing the window."""
+    area = QScrollArea()
+    area.setWidget(panel.native)
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+    return area
+
+
+def show_scale_bar(viewer: napari.viewer.Viewer) -> None:
+    """Turn the scale bar on (napari >= 0.9 keeps it among the canvas overlays)."""
+    canvas = getattr(viewer, "canvas", None)
+    (canvas.overlays.scale_bar if canvas is not None else viewer.scale_bar).visible = True
+

@@ -1,0 +1,43 @@
+"""The OCT workspace: every panel in one tabbed dock that keeps the canvas usable on a 1366 x 768 screen (four
+separate docks grew the window to 1863 px high there), relists its panels' choices, and fits the B-scan."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+
+from oct_wsss.napari._workspace import PANELS, WorkspaceWidget
+
+PLUGIN = "napari-oct-wsss"
+
+
+def _settle(qtbot) -> None:
+    for _ in range(3):
+        napari.qt.get_qapp().processEvents()
+        qtbot.wait(50)
+
+
+def test_the_workspace_fits_a_small_screen(make_napari_viewer, qtbot) -> None:
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(np.zeros((5, 496, 512), np.uint8), name="oct", scale=(0.12, 0.0039, 0.0113))
+    _, workspace = viewer.window.add_plugin_dock_widget(PLUGIN, "OCT workspace")
+    assert isinstance(workspace, WorkspaceWidget)
+    assert [workspace.tabText(i) for i in range(workspace.count())] == list(PANELS)
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    _settle(qtbot)
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert window.height() <= 768 and window.width() <= 1366  # the tallest panel scrolls instead of growing it
+    assert canvas.width() >= 0.4 * window.width() and canvas.height() >= 0.6 * window.height()
+    scale_bar = viewer.canvas.overlays.scale_bar if hasattr(viewer, "canvas") else viewer.scale_bar
+    assert scale_bar.visible
+
+
+def test_workspace_panels_relist_their_choices(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    workspace = WorkspaceWidget(viewer)
+    propose = workspace.panels["Propose"]
+    assert propose.image.value is None
+    layer = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="scan")
+    workspace.reset_choices()
+    assert propose.image.value is layer and workspace.panels["Review"].image.value is layer
