@@ -81,7 +81,7 @@ def test_student_trains_on_synthetic_masks_and_its_loss_falls(tmp_path) -> None:
 
 
 def test_corrections_outweigh_conflicting_pseudo_labels(tmp_path) -> None:
-    """Same B-scans: pseudo labels call every lesion SRF (2 copies each), corrections call it PED (1 copy).
+    """Same B-scans: pseudo labels call every lesion SRF (3 copies each), corrections call it PED (1 copy).
 
     The cross-entropy alone decides such a conflict by weighted vote, so equal weights let the pseudo labels win
     and the correction weight turns it; the Dice term balances classes by design, so with it only the weighted
@@ -89,7 +89,7 @@ def test_corrections_outweigh_conflicting_pseudo_labels(tmp_path) -> None:
     """
     vols = [_phantom(3, n=3)]
     lesion_as = lambda c: (lambda lab: np.where(lab > 0, c, 0).astype(np.uint8))  # noqa: E731
-    pseudo = [t for _ in range(2) for t in _targets(vols, PSEUDO, 1.0, lesion_as(1))]
+    pseudo = [t for _ in range(3) for t in _targets(vols, PSEUDO, 1.0, lesion_as(1))]
     lesion = vols[0].labels[0] > 0
 
     def vote(weight: float, dice: float) -> tuple[float, float]:
@@ -102,7 +102,7 @@ def test_corrections_outweigh_conflicting_pseudo_labels(tmp_path) -> None:
         return float(probs[1][lesion].mean()), float(probs[3][lesion].mean())
 
     srf, ped = vote(1.0, dice=0.0)
-    assert srf > ped  # two pseudo labels outvote one equal-weight correction
+    assert srf > ped  # three pseudo labels outvote one equal-weight correction
     srf, ped = vote(8.0, dice=0.0)
     assert ped > srf  # weighted, the correction wins
     srf, ped = vote(8.0, dice=1.0)
