@@ -27,6 +27,29 @@ def test_loaded_proposer_holds_one_copy_of_the_weights(tmp_path: Path) -> None:
     assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values() if t.is_floating_point())
 
 
+def test_a_proposal_does_not_hold_ganomalys_second_encoder(tmp_path: Path) -> None:
+    """Encoder 2 (ẑ) is a training term: the proposer loads without its weights, and the file's hash is unchanged,
+    and x̂ is bitwise what the full generator makes."""
+    import hashlib
+
+    from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
+
+    path = tiny_agm_checkpoint(tmp_path / "agm.safetensors")
+    full = Checkpoint.load(path)
+    assert any(k.startswith("generator.encoder2.") for k in full.state_dict)
+    proposer = AgmProposer.from_checkpoint(path, device="cpu")
+    held = proposer.checkpoint.state_dict
+    assert held and not any(k.startswith("generator.encoder2.") for k in held)
+    assert set(held) == {k for k in full.state_dict if not k.startswith("generator.encoder2.")}
+    assert proposer.checkpoint.sha256 == full.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    generator = Generator(GanomalyConfig.from_dict(full.meta["architecture"]["ganomaly"]))
+    generator.load_state_dict({k[len("generator."):]: v for k, v in full.state_dict.items()
+                               if k.startswith("generator.")})
+    x = torch.rand(2, 1, 40, 48)
+    with torch.no_grad():
+        assert torch.equal(healthy_counterpart(proposer.generator, x), healthy_counterpart(generator.eval(), x))
+
+
 def test_loaded_tensors_equal_the_saved_ones(tmp_path: Path) -> None:
     torch.manual_seed(1)
     state = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int64), "c": torch.zeros(0, 4),

@@ -140,20 +140,22 @@ class Checkpoint:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, expect_method: str | None = None) -> Checkpoint:
-        """Read a ``.safetensors`` checkpoint, checking header, metadata and sizes before any tensor is made."""
+    def load(cls, path: str | Path, expect_method: str | None = None, skip: tuple[str, ...] = ()) -> Checkpoint:
+        """Read a ``.safetensors`` checkpoint, checking header, metadata and sizes before any tensor is made.
+
+        Tensors whose names start with a prefix in ``skip`` are read and hashed but not kept (a proposer that never
+        runs a sub-network need not hold its weights); ``sha256`` is always the whole file's.
+        """
         path = _checked_path(path)
         with path.open("rb") as f:  # read once: what is checked, hashed and loaded are the same bytes
             size = os.fstat(f.fileno()).st_size
             head = _read_header(path, f, size)
-            data = bytearray(size)
-            data[:len(head)] = head
-            if f.readinto(memoryview(data)[len(head):]) != size - len(head):
-                raise CheckpointError(path, "the file changed while it was read")
-        meta = _parse(path, head, len(data))
-        if expect_method is not None and meta["method"] != expect_method:
-            raise CheckpointError(path, f"this is a {meta['method']!r} checkpoint, expected {expect_method!r}")
-        return cls(_tensors(path, data, len(head)), meta, hashlib.sha256(data).hexdigest())
+            meta = _parse(path, head, size)
+            if expect_method is not None and meta["method"] != expect_method:
+                raise CheckpointError(path, f"this is a {meta['method']!r} checkpoint, expected {expect_method!r}")
+            digest = hashlib.sha256(head)
+            state = _read_tensors(path, f, json.loads(head[8:].decode("utf-8")), digest, skip)
+        return cls(state, meta, digest.hexdigest())
 
     def build(self, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         """``factory()`` holding these very tensors (no copy: the module's parameters share their memory), built on
@@ -279,21 +281,44 @@ _TORCH_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E4M3": "float8
                  "U32": "uint32", "F32": "float32", "I64": "int64", "U64": "uint64", "F64": "float64"}
 
 
-def _tensors(path: Path, data: bytearray, start: int) -> dict[str, torch.Tensor]:
-    """The tensors of a checked safetensors file as views of ``data`` (its layout was validated: no second copy)."""
+def _read_tensors(path: Path, f: BinaryIO, header: dict[str, Any], digest: Any,
+                  skip: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors of a checked safetensors file, read in file order into one buffer (each slot 8-byte aligned, the
+    tensors are views of it: no second copy); skipped tensors only feed ``digest``."""
     import torch
 
-    header = json.loads(data[8:start].decode("utf-8"))
     header.pop("__metadata__", None)
+    spans = sorted((info["data_offsets"][0], info["data_offsets"][1], name, info) for name, info in header.items())
+    keep = [(name, end - begin) for begin, end, name, _ in spans if not name.startswith(skip)]
+    slots, position = {}, 0
+    for name, n in keep:
+        slots[name], position = position, position + -(-n // 8) * 8
+    data = bytearray(position)
     out = {}
-    for name, info in header.items():
-        dtype, size = getattr(torch, _TORCH_DTYPES[info["dtype"]]), DTYPE_SIZES[info["dtype"]]
-        begin, end = (start + o for o in info["data_offsets"])
-        buf = data if begin % size == 0 else bytearray(data[begin:end])  # misaligned (not safetensors-written): copy
-        flat = (torch.frombuffer(buf, dtype=dtype, offset=begin if buf is data else 0, count=(end - begin) // size)
-                if end > begin else torch.empty(0, dtype=dtype))
-        out[name] = flat.reshape(info["shape"])
+    for begin, end, name, info in spans:
+        view = memoryview(data)[slots[name]:slots[name] + end - begin] if name in slots else None
+        _read_exactly(path, f, end - begin, digest, view)
+        if view is not None:
+            dtype, width = getattr(torch, _TORCH_DTYPES[info["dtype"]]), DTYPE_SIZES[info["dtype"]]
+            flat = (torch.frombuffer(data, dtype=dtype, offset=slots[name], count=(end - begin) // width)
+                    if end > begin else torch.empty(0, dtype=dtype))
+            out[name] = flat.reshape(info["shape"])
     return out
+
+
+def _read_exactly(path: Path, f: BinaryIO, n: int, digest: Any, into: memoryview | None) -> None:
+    """Read ``n`` bytes into ``into`` (or a bounded scratch buffer when None), feeding ``digest``."""
+    if into is not None:
+        if f.readinto(into) != n:
+            raise CheckpointError(path, "the file changed while it was read")
+        digest.update(into)
+        return
+    while n > 0:
+        chunk = f.read(min(n, 16 << 20))
+        if not chunk:
+            raise CheckpointError(path, "the file changed while it was read")
+        digest.update(chunk)
+        n -= len(chunk)
 
 
 def _plain_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -111,6 +111,19 @@ class Generator(nn.Module):
         return x_hat, z, self.encoder2(x_hat)
 
 
+class Reconstructor(nn.Module):
+    """The generator's encoder 1 and decoder alone (same state-dict keys): all a proposal needs for x̂."""
+
+    def __init__(self, config: GanomalyConfig) -> None:
+        super().__init__()
+        cfg = self.config = config
+        self.encoder1 = Encoder(cfg.image_size, cfg.nc, cfg.ngf, cfg.nz, cfg.extra_layers)
+        self.decoder = Decoder(cfg.image_size, cfg.nc, cfg.ngf, cfg.nz, cfg.extra_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder1(x))
+
+
 class Discriminator(nn.Module):
     """Encoder whose last conv is a real/fake classifier; ``forward(x)`` returns (P(real) of shape (B,), features)."""
 
@@ -186,7 +199,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def healthy_counterpart(generator: Generator, x: torch.Tensor) -> torch.Tensor:
+HealthyModel = Generator | Reconstructor
+"""What makes x̂: the full GANomaly generator, or the encoder-decoder half that a proposal needs."""
+
+
+def healthy_counterpart(generator: HealthyModel, x: torch.Tensor) -> torch.Tensor:
     """x̂ in [0, 1] for images x (B, C, H, W) in [0, 1]: scaled to [-1, 1], resized to the generator's square size
     and back, grey replicated to its channels and averaged back (METHODS.md §1: x̂ rescaled to [0, 1] like x)."""
     cfg = generator.config

@@ -20,7 +20,7 @@ from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.explain.augment import IDENTITY, SMOOTHING
 from oct_wsss.explain.gradcam import GradCam
 from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
-from oct_wsss.models.ganomaly import GanomalyConfig, Generator, healthy_counterpart
+from oct_wsss.models.ganomaly import GanomalyConfig, Generator, HealthyModel, Reconstructor, healthy_counterpart
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
 from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
@@ -34,9 +34,11 @@ DEFAULT_THRESHOLD = 0.5
 #: CPU GradCAM forwards hold at most this many input pixels (2 paper-size images: ~0.4 GB less peak than 12;
 #: a CPU gains nothing from bigger batches); GPUs batch up to 12 augmented images
 CPU_CAM_PIXELS = 2 * 512 * 512
+#: GANomaly's second encoder (ẑ) is a training term only; a proposal never reads its weights (about a third of them)
+UNUSED_GENERATOR = "encoder2."
 
 
-def network_inputs(generator: Generator | None, x: Tensor, retina: Tensor, channels: int) -> list[Tensor]:
+def network_inputs(generator: HealthyModel | None, x: Tensor, retina: Tensor, channels: int) -> list[Tensor]:
     """[x, x̂, anomaly] for AgmNet from grey images x (B, 1, h, w) in [0, 1] and retina masks (B, 1, h, w).
 
     x̂ comes from the frozen generator (no gradient); images are replicated to ``channels``.
@@ -66,7 +68,7 @@ class AgmProposer:
 
     method = "agm"
 
-    def __init__(self, net: AgmNet, generator: Generator | None, classes: Sequence[int], input_size: tuple[int, int],
+    def __init__(self, net: AgmNet, generator: HealthyModel | None, classes: Sequence[int], input_size: tuple[int, int],
                  *, threshold: float = DEFAULT_THRESHOLD, cam_layers: Sequence[str] = DEFAULT_CAM_LAYERS,
                  smooth: bool = True, present_threshold: float = 0.5, device: str | torch.device = "auto",
                  batch_size: int | None = None, checkpoint: Checkpoint | None = None,
@@ -92,7 +94,8 @@ class AgmProposer:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> AgmProposer:
         """Build from an ``agm`` checkpoint; options override its stored threshold, CAM layers, device, batch."""
-        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint, expect_method="agm")
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(
+            checkpoint, expect_method="agm", skip=(f"generator.{UNUSED_GENERATOR}",))
         arch = ckpt.meta["architecture"]
         try:
             net_config = AgmConfig.from_dict(arch["agm"])
@@ -101,8 +104,9 @@ class AgmProposer:
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid AGM architecture ({err})") from err
         split = _split_state(ckpt.state_dict, ("agm.", "generator."))
         net = Checkpoint(split["agm."], ckpt.meta).build(lambda: AgmNet(net_config))
+        used = {k: v for k, v in split["generator."].items() if not k.startswith(UNUSED_GENERATOR)}
         generator = None if gen_config is None else \
-            Checkpoint(split["generator."], ckpt.meta).build(lambda: Generator(gen_config))
+            Checkpoint(used, ckpt.meta).build(lambda: Reconstructor(gen_config))
         params = ckpt.meta.get("params", {})
         settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
                     "cam_layers": params.get("cam_layers", DEFAULT_CAM_LAYERS),
