@@ -29,6 +29,8 @@ def test_the_workspace_fits_a_small_screen(make_napari_viewer, qtbot) -> None:
     canvas = viewer.window._qt_viewer.canvas.native
     assert window.height() <= 768 and window.width() <= 1366  # the tallest panel scrolls instead of growing it
     assert canvas.width() >= 0.4 * window.width() and canvas.height() >= 0.6 * window.height()
+    room = workspace.currentWidget().viewport().width()
+    assert all(panel.native.minimumSizeHint().width() <= room for panel in workspace.panels.values())  # no sideways
     scale_bar = viewer.canvas.overlays.scale_bar if hasattr(viewer, "canvas") else viewer.scale_bar
     assert scale_bar.visible
 

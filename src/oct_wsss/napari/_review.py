@@ -42,8 +42,9 @@ class ReviewWidget(Container):
         self.status = Label(value="no project open")
         self.present = {c.id: CheckBox(text=c.key.upper(), value=False, tooltip=f"{c.name} present in this B-scan")
                         for c in ONTOLOGY[1:]}
-        self.present_row = Container(widgets=list(self.present.values()), layout="horizontal", labels=False,
-                                     label="image labels")
+        boxes = list(self.present.values())
+        rows = [Container(widgets=boxes[i:i + 3], layout="horizontal", labels=False) for i in range(0, len(boxes), 3)]
+        self.present_row = Container(widgets=rows, labels=False, label="image labels")  # two rows: fits a narrow dock
         self.extend([self.image, self.labels, self.project, self.grader, self.open_button, *buttons,
                      self.present_row, self.status])
         self.strip = StatusStrip(lambda i: self.viewer.dims.set_current_step(0, i))

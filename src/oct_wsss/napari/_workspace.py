@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import napari
-from magicgui.widgets import Container
+from magicgui.widgets import Container, Label
 from qtpy.QtCore import QSize, Qt, QTimer
-from qtpy.QtWidgets import QScrollArea, QTabWidget
+from qtpy.QtWidgets import QComboBox, QScrollArea, QSizePolicy, QTabWidget
 
 from oct_wsss.napari._finetune import FinetuneWidget
 from oct_wsss.napari._propagate import PropagateWidget
@@ -23,6 +23,12 @@ PANELS: dict[str, type[Container]] = {"Propose": ProposeWidget, "Review": Review
                                       "Quantify": QuantifyWidget, "Fine-tune": FinetuneWidget, "SAM 2": Sam2Widget}
 
 
+#: the dock's preferred width (px); every panel fits it without scrolling sideways
+DOCK_WIDTH = 380
+#: the narrowest a wrapped message or field label may become (px)
+MIN_TEXT_WIDTH = 80
+
+
 class WorkspaceWidget(QTabWidget):
     """One dock holding every panel in a scrolling tab; ``panels[title]`` is the panel (e.g. ``panels["Propose"]``)."""
 
@@ -31,18 +37,30 @@ class WorkspaceWidget(QTabWidget):
         self.viewer = viewer
         self.panels: dict[str, Container] = {title: cls(viewer) for title, cls in PANELS.items()}
         for title, panel in self.panels.items():
+            _compact(panel)
             self.addTab(_scrolling(panel), title)
         show_scale_bar(viewer)
         QTimer.singleShot(0, viewer.reset_view)  # fit the B-scan once the dock has taken its place beside the canvas
 
     def sizeHint(self) -> QSize:
-        """A dock about 420 px wide: wider panels scroll sideways rather than take the canvas's room."""
-        return QSize(420, super().sizeHint().height())
+        """A dock about 380 px wide: beside napari's layer docks the canvas keeps ≥ 40 % of a 1366 px window."""
+        return QSize(DOCK_WIDTH, super().sizeHint().height())
 
     def reset_choices(self, *_: Any) -> None:
         """Relist every panel's layer and checkpoint choices (napari calls this on layer events)."""
         for panel in self.panels.values():
             panel.reset_choices()
+
+
+def _compact(panel: Container) -> None:
+    """Let long choices (checkpoint names, class lists) and messages shrink to the dock instead of widening it."""
+    for combo in panel.native.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(6)
+    for message in (w.native for w in panel if isinstance(w, Label)):
+        message.setWordWrap(True)
+        message.setMinimumWidth(MIN_TEXT_WIDTH)  # wrapped text would otherwise ask for its heuristic width
+        message.setSizePolicy(QSizePolicy.Policy.Expanding, message.sizePolicy().verticalPolicy())
 
 
 def _scrolling(panel: Container) -> QScrollArea:

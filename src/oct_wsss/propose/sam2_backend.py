@@ -154,7 +154,8 @@ class Sam2Backend:
 
 class StrideDeconv(torch.nn.Module):
     """A ``ConvTranspose2d`` whose kernel equals its stride (no overlap) as one matmul and a pixel shuffle: the same
-    sums, bitwise-equal output (NCHW), 2-4x faster on a CPU than the deconvolution kernel at SAM 2's decoder sizes."""
+    sums (to float32 rounding; the order differs by CPU kernel), the same NCHW layout, 2-4x faster on a CPU than the
+    deconvolution kernel at SAM 2's decoder sizes."""
 
     def __init__(self, conv: torch.nn.ConvTranspose2d) -> None:
         super().__init__()
