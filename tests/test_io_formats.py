@@ -145,6 +145,34 @@ def test_duke_mat_through_eyepy(tmp_path: Path) -> None:
     assert v.spacing_mm == pytest.approx((0.067, 0.0045, 0.0067)) and v.patient == {"age": 70}
 
 
+def test_duke_mat_parser_process_is_kept_and_replaced_when_it_dies(tmp_path: Path) -> None:
+    """The spawned .mat parser serves file after file (no interpreter start per file); if it dies, the read is a
+    clear error and the next file gets a fresh parser."""
+    import os
+    import signal
+
+    from scipy.io import savemat
+
+    from oct_wsss.io import heyex
+
+    images = np.random.default_rng(9).integers(0, 255, (20, 30, 2), dtype=np.uint8)
+    path = tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1002.mat"
+    savemat(path, {"images": images, "layerMaps": np.zeros((2, 30, 3)), "Age": np.array([[61]])})
+    read_volume(path)
+    pool = heyex._duke_parser()
+    pid = pool.submit(os.getpid).result()
+    read_volume(path)
+    assert heyex._duke_parser() is pool and pool.submit(os.getpid).result() == pid
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(os.kill, pid, signal.SIGKILL).result()
+    with pytest.raises(OctReadError, match="parser crashed"):
+        read_volume(path)
+    np.testing.assert_array_equal(read_volume(path).data, np.moveaxis(images, -1, 0))
+    assert heyex._duke_parser().submit(os.getpid).result() != pid
+
+
 def _e2e_codes(n: int = 3, h: int = 64, w: int = 96) -> np.ndarray:
     """Heidelberg float16 codes: exponents 50-63 (values 1e-4..1) plus a few 'empty region' values (> 1.99);
     each B-scan brighter than the one before, so the order of the B-scans is visible in the voxels."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
@@ -384,7 +385,6 @@ def _parse_duke_isolated(path: Path, farsiu: bool) -> tuple[np.ndarray, tuple[fl
     which must cost the user an error message, not the napari session. A daemonic process (e.g. a DataLoader
     worker) may not have children, so there it parses in-process."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     if multiprocessing.current_process().daemon:
@@ -392,13 +392,38 @@ def _parse_duke_isolated(path: Path, farsiu: bool) -> tuple[np.ndarray, tuple[fl
             return _parse_duke(str(path), farsiu)
         except Exception as exc:
             raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(_parse_duke, str(path), farsiu).result()
-        except BrokenProcessPool as exc:
-            raise OctReadError(path, "corrupt .mat file (the MATLAB parser crashed reading it)") from exc
-        except Exception as exc:
-            raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+    try:
+        return _duke_parser().submit(_parse_duke, str(path), farsiu).result()
+    except BrokenProcessPool as exc:
+        _close_duke_parser()
+        raise OctReadError(path, "corrupt .mat file (the MATLAB parser crashed reading it)") from exc
+    except Exception as exc:
+        raise OctReadError(path, f"Duke .mat unreadable ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+
+
+_duke_pool: Any = None  # the one parser process (a ProcessPoolExecutor), started on first use
+_duke_lock = threading.Lock()
+
+
+def _duke_parser() -> Any:
+    """The spawned parser process, kept between files: isolation without a ~1 s interpreter start per .mat."""
+    global _duke_pool
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _duke_lock:
+        if _duke_pool is None:
+            _duke_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return _duke_pool
+
+
+def _close_duke_parser() -> None:
+    """Drop a parser whose process died, so the next file starts a fresh one."""
+    global _duke_pool
+    with _duke_lock:
+        if _duke_pool is not None:
+            _duke_pool.shutdown(wait=False, cancel_futures=True)
+        _duke_pool = None
 
 
 def _parse_duke(path: str, farsiu: bool) -> tuple[np.ndarray, tuple[float, float, float], Any]:
