@@ -3,6 +3,8 @@ optimizer and data pipeline on phantom B-scans at its input size, a fixed number
 
     torchrun --nproc_per_node 1 scripts/train_throughput.py training/agm-synth-full.yaml --steps 20 --json agm.json
 
+``--bf16`` (autocast) and ``--channels-last`` measure the precision and layout options (docs/benchmarks.md).
+
 AGM steps go through the trainer's own ``train_epoch`` (classification phase); student steps through
 ``student_loss`` and AdamW as ``train_student`` takes them. Rank 0 prints and writes the figures.
 """
@@ -38,12 +40,13 @@ def phantom(n: int, seed: int = 0) -> tuple[list, list]:
     return list(case.volume.data), list(case.labels)
 
 
-def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[[int], int]:
+def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int,
+                    channels_last: bool = False) -> Callable[[int], int]:
     """A function running ``k`` AGM training steps (the trainer's own epoch loop), returning the B-scans seen."""
     spec = dict(recipe.raw["agm"])
     config = AgmConfig.from_dict({**spec.pop("config"), "n_classes": len(recipe.classes)})
     opts = AgmTrainConfig.from_dict(spec)
-    net = AgmNet(config).to(dist.device)
+    net = AgmNet(config).to(dist.device, memory_format=_layout(channels_last))
     gen_spec = recipe.raw.get("ganomaly", {}).get("config")
     gen = None if gen_spec is None else Generator(GanomalyConfig.from_dict(gen_spec)).to(dist.device).eval()
     images, masks = phantom(n)
@@ -66,12 +69,13 @@ def agm_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[
     return run
 
 
-def student_step_source(recipe: Recipe, dist: Dist, batch: int, n: int) -> Callable[[int], int]:
+def student_step_source(recipe: Recipe, dist: Dist, batch: int, n: int,
+                        channels_last: bool = False) -> Callable[[int], int]:
     """A function running ``k`` student training steps (student_loss, AdamW), returning the B-scans seen."""
     spec = dict(recipe.raw["student"])
     arch = StudentConfig.from_dict({"n_outputs": len(recipe.classes) + 1, **spec.pop("config")})
     config = StudentTrainConfig.from_dict(spec)
-    net = StudentNet(arch).to(dist.device)
+    net = StudentNet(arch).to(dist.device, memory_format=_layout(channels_last))
     images, masks = phantom(n)
     targets = [Target(functools.partial(np.asarray, im), functools.partial(np.asarray, m), 1.0, "phantom",
                       ("phantom", i)) for i, (im, m) in enumerate(zip(images, masks, strict=True))]
@@ -109,6 +113,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="B-scans per step and rank (default: the recipe's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, help="also write the figures here (rank 0)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast around the steps (CPU or CUDA)")
+    ap.add_argument("--channels-last", action="store_true", help="the network's weights in channels-last")
     args = ap.parse_args()
     recipe = Recipe.load(args.recipe)
     method = recipe.raw["method"]
@@ -117,16 +123,19 @@ def main() -> None:
     dist = init_distributed(args.device)
     torch.manual_seed(recipe.seed + dist.rank)
     batch = args.batch or int(recipe.raw[method].get("batch_size", 8))
-    run = SOURCES[method](recipe, dist, batch, n=max(2 * batch, 16))
-    run(2)  # warm-up: cuDNN autotuning, allocator
-    _sync(dist)
-    t0 = time.perf_counter()
-    seen = run(args.steps)
-    _sync(dist)
-    seconds = time.perf_counter() - t0
+    run = SOURCES[method](recipe, dist, batch, n=max(2 * batch, 16), channels_last=args.channels_last)
+    with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        run(2)  # warm-up: cuDNN autotuning, allocator
+        _sync(dist)
+        t0 = time.perf_counter()
+        seen = run(args.steps)
+        _sync(dist)
+        seconds = time.perf_counter() - t0
     total = dist.mean(seen / seconds) * dist.world_size
     figures = {"recipe": str(args.recipe), "method": method, "input_size": list(recipe.input_size),
-               "batch_per_rank": batch, "steps": args.steps, "ranks": dist.world_size, "device": str(dist.device),
+               "batch_per_rank": batch, "steps": args.steps,
+               "bf16": args.bf16, "channels_last": args.channels_last, "threads": torch.get_num_threads(),
+               "ranks": dist.world_size, "device": str(dist.device),
                "device_name": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
                "seconds": round(seconds, 3), "bscans_per_s": round(total, 2),
                "peak_gpu_mb": round(torch.cuda.max_memory_allocated(dist.device) / 2**20) if dist.device.type == "cuda"
@@ -136,6 +145,11 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
     dist.close()
+
+
+def _layout(channels_last: bool) -> torch.memory_format:
+    """The memory format the network's weights (and so its activations) are kept in."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _sync(dist: Dist) -> None:
