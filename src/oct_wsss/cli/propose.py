@@ -49,6 +49,7 @@ def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, v
 
     volume = read_volume(path)
     bscans = parse_bscans(args.bscans, volume.n_bscans)
+    accepted = accepted_in(args.project, volume) if args.project is not None else {}
 
     def progress(done: int, total: int) -> None:
         print(f"\rproposing: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
@@ -56,17 +57,30 @@ def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, v
     with scratch_labels(volume.shape, out) as labels:  # labels of a large volume are not held in memory
         try:
             result = propose(volume, proposer=proposer, bscans=bscans, progress=progress if verbose else None,
-                             keep_scores=args.keep_scores, labels=labels)
+                             keep_scores=args.keep_scores, labels=labels, accepted=accepted)
         except ProposalCancelled as err:
             raise CliError(str(err)) from err
         files = write_proposal(result, out)
     timing = result.provenance["timings"]
     if verbose:
+        if accepted:
+            print(f"kept {len(accepted)} accepted B-scans from {args.project}")
         print(f"proposed {int(result.done.sum())} B-scans in {timing['total_s']:.1f} s "
               f"({timing['per_bscan_s']:.2f} s per B-scan) on {result.provenance['device']}")
         for file in files.values():
             print(f"wrote {file}")
     return {"bscans": int(result.done.sum()), "seconds": timing["total_s"]}
+
+
+def accepted_in(project: Path, volume: object) -> dict:
+    """B-scan -> accepted mask of ``volume`` in the grader's project (an existing correction store)."""
+    from oct_wsss.store import CorrectionStore, StoreError
+    from oct_wsss.store.store import DB_FILE
+
+    if not (project / DB_FILE).is_file():
+        raise StoreError(f"{project} is not a project folder (no {DB_FILE}); open it in Review first")
+    store = CorrectionStore(project)
+    return store.accepted_masks(store.volume_id(volume))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    p.add_argument("--project", type=Path, help="a grader's project folder: B-scans accepted there are not proposed "
+                                                "over; labels.tif keeps their accepted masks")
     hrf = p.add_argument_group("hrf", "options of --method hrf (docs/hrf.md)")
     hrf.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it a classical step")
     hrf.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")

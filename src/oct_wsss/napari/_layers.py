@@ -18,6 +18,9 @@ AXES = ("B-scan", "depth", "lateral")
 #: and B-scan -> the labels as first proposed (what the edit effort is measured against).
 ACCEPTED_KEY = "oct_wsss_accepted"
 PROPOSED_KEY = "oct_wsss_proposed"
+#: B-scan -> the provenance of what was proposed there (the CLI's ``provenance.json`` fields: method, checkpoint id
+#: and SHA-256, parameters, timings; or the propagation that filled it), recorded in the store on accept
+PROVENANCE_KEY = "oct_wsss_provenance"
 
 
 def display_name(volume: OctVolume) -> str:

@@ -18,7 +18,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSettings
 
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, PROVENANCE_KEY
 
 
 class PropagateWidget(Container):
@@ -44,7 +44,8 @@ class PropagateWidget(Container):
         self.extend([self.image, self.labels, self.start, self.end, self.engine, self.checkpoint, self.min_confidence,
                      self.run_button, self.cancel_button, self.undo_button, self.status])
         self.worker: Any = None
-        self.previous: dict[int, tuple[np.ndarray, Any]] = {}  # B-scan -> (page, proposed record) before the run
+        self.previous: dict[int, tuple[np.ndarray, Any, Any]] = {}  # B-scan -> (page, proposed, provenance) before
+        self.run_info: dict[str, Any] = {}  # what the running propagation records as each B-scan's provenance
         self._cancel = False
         self.run_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
@@ -86,6 +87,9 @@ class PropagateWidget(Container):
 
             preload_sam2()
         self.previous, self._cancel = {}, False
+        self.run_info = {"method": "propagate", "engine": self.engine.value, "from_bscan": k,
+                         "min_confidence": float(self.min_confidence.value), "source": "napari",
+                         **({"sam2_checkpoint": ckpt.name} if ckpt is not None else {})}
         self.worker = _propagate_worker(np.asarray(image.data), np.array(labels.data), k, start, end, ckpt,
                                         float(self.min_confidence.value), lambda: self._cancel)
         self.worker.yielded.connect(lambda result: self._apply(labels, result, end - start))
@@ -108,10 +112,12 @@ class PropagateWidget(Container):
         apply_page(new, result)
         rows, cols = np.nonzero(new != old)
         proposed = layer.metadata.setdefault(PROPOSED_KEY, {})
-        self.previous.setdefault(i, (old, proposed.get(i)))
+        provenance = layer.metadata.setdefault(PROVENANCE_KEY, {})
+        self.previous.setdefault(i, (old, proposed.get(i), provenance.get(i)))
         if len(rows):
             layer.data_setitem((np.full(len(rows), i), rows, cols), new[rows, cols])
         proposed[i] = new
+        provenance[i] = self.run_info
         conf = ", ".join(f"{c}: {v:.2f}" for c, v in result.confidence.items())
         self.status.value = f"B-scan {i} proposed ({len(self.previous)} of at most {total}; confidence {conf})"
 
@@ -134,14 +140,16 @@ class PropagateWidget(Container):
         if layer is None or self.worker is not None:
             return
         proposed = layer.metadata.setdefault(PROPOSED_KEY, {})
-        for i, (page, record) in self.previous.items():
+        provenance = layer.metadata.setdefault(PROVENANCE_KEY, {})
+        for i, (page, record, info) in self.previous.items():
             rows, cols = np.nonzero(np.asarray(layer.data[i]) != page)
             if len(rows):
                 layer.data_setitem((np.full(len(rows), i), rows, cols), page[rows, cols])
-            if record is None:
-                proposed.pop(i, None)
-            else:
-                proposed[i] = record
+            for store, value in ((proposed, record), (provenance, info)):
+                if value is None:
+                    store.pop(i, None)
+                else:
+                    store[i] = value
         self.status.value = f"undone: B-scans {', '.join(map(str, sorted(self.previous)))} restored"
         self.previous, self.undo_button.enabled = {}, False
 

@@ -32,8 +32,15 @@ from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._imports import preload_method
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, is_synthetic, labels_layer, refresh_bscan
-from oct_wsss.propose.registry import METHODS, load_proposer, stream
+from oct_wsss.napari._layers import (
+    ACCEPTED_KEY,
+    PROPOSED_KEY,
+    PROVENANCE_KEY,
+    is_synthetic,
+    labels_layer,
+    refresh_bscan,
+)
+from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
 from oct_wsss.volume import OctVolume
 from oct_wsss.weights import bundled_checkpoints, real_checkpoints
 
@@ -110,6 +117,7 @@ class ProposeWidget(Container):
         self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
         self.scores: ConfidenceLayers | None = None
+        self.provenance: dict[str, Any] = {}  # the running proposal's, recorded per B-scan as results arrive
         self._cancel = False
         self.method.changed.connect(self._restore_checkpoint)
         self.method.changed.connect(self.prepare_layer)
@@ -211,8 +219,7 @@ class ProposeWidget(Container):
             todo = list(range(max(0, self.first.value), min(n_bscans - 1, self.last.value) + 1))
         else:
             todo = list(range(n_bscans))
-        keep = self.protected() | set(skip)
-        return [i for i in todo if 0 <= i < n_bscans and i not in keep]
+        return [i for i in to_propose(todo, self.protected() | set(skip)) if 0 <= i < n_bscans]
 
     def proposed_layer(self, shape: tuple[int, ...], scale: tuple[float, ...]) -> Any:
         """The method's proposal Labels layer for ``shape``, created (empty) on first use."""
@@ -258,7 +265,7 @@ class ProposeWidget(Container):
         if options.get("sam2_checkpoint") is not None:
             self.settings.setValue("sam2", str(options["sam2_checkpoint"]))
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
-        target.metadata["oct_wsss_provenance"] = {"method": self.method.value, "checkpoint": Path(ckpt).name}
+        self.provenance = {"method": self.method.value}  # until the worker has loaded the model
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
         self._cancel = False
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
@@ -291,8 +298,11 @@ class ProposeWidget(Container):
 
     def _show(self, target: Any, result: Any, bar: Any) -> None:
         if isinstance(result, tuple):  # ("classes", ids): the model is loaded; its confidence layers can be made
-            if self.scores is not None:
-                self.scores.prepare(result[1])
+            kind, value = result
+            if kind == "provenance":  # the same record `oct-wsss propose` writes: checkpoint SHA-256, parameters
+                self.provenance = value
+            elif self.scores is not None:
+                self.scores.prepare(value)
             return
         if result.index in self.protected():
             return
@@ -300,6 +310,7 @@ class ProposeWidget(Container):
             self.scores.put(result.index, result.scores)
         target.data[result.index] = result.labels
         target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
+        target.metadata.setdefault(PROVENANCE_KEY, {})[result.index] = self.provenance
         refresh_bscan(self.viewer, target, result.index)
         bar.step()
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)
@@ -356,6 +367,7 @@ def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volum
     try:
         proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
         yield ("classes", tuple(proposer.classes))
+        yield ("provenance", {**proposal_provenance(proposer, volume, todo, None), "source": "napari"})
         yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
     except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors (no errored, no finished signal)
         raise WorkerFailed(err) from err

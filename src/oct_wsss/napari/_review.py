@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
+from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, PROVENANCE_KEY
 from oct_wsss.napari._status_strip import StatusStrip
 from oct_wsss.store import ACCEPTED, REJECTED, CorrectionStore, StoreError, derived_labels
 from oct_wsss.store.store import DB_FILE
@@ -142,7 +142,7 @@ class ReviewWidget(Container):
         self.settings.setValue("grader", self.grader.value)
         try:
             c = self.store.accept(self.volume_id, i, np.asarray(labels.data[i]), image=np.asarray(image.data[i]),
-                                  proposal=proposed, proposal_info=labels.metadata.get("oct_wsss_provenance", {}),
+                                  proposal=proposed, proposal_info=labels.metadata.get(PROVENANCE_KEY, {}).get(i, {}),
                                   grader=self.grader.value, labels=tuple(sorted(self.present_labels(i))))
         except (StoreError, ValueError) as err:
             show_error(f"Accept failed, nothing was recorded: {err}")

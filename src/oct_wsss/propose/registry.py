@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,12 @@ def stream(proposer: Proposer, volume: OctVolume, bscans: Sequence[int] | None =
 def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | None = None, *,
             proposer: Proposer | None = None, bscans: Sequence[int] | None = None, device: str = "auto",
             progress: Progress | None = None, cancel: Cancel | None = None, keep_scores: bool = False,
-            labels: np.ndarray | None = None, **options: Any) -> Proposal:
+            labels: np.ndarray | None = None, accepted: Mapping[int, np.ndarray] | None = None,
+            **options: Any) -> Proposal:
     """Propose lesions for ``volume`` (all B-scans or ``bscans``) with a method and checkpoint, or a loaded proposer.
 
     ``labels``: a zeroed uint8 (n, H, W) array to write into, e.g. a ``np.memmap`` for volumes too large to hold.
+    ``accepted``: B-scan -> the grader's accepted mask; those B-scans are never proposed over, their masks are kept.
 
     Raises :class:`ProposalCancelled` (with the finished B-scans) when ``cancel()`` turns true.
     """
@@ -98,22 +100,50 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
         if checkpoint is None:
             raise ValueError(f"method {method!r} needs a checkpoint file")
         proposer = load_proposer(method, checkpoint, device=device, **options)
-    todo = list(range(volume.n_bscans)) if bscans is None else [int(i) for i in bscans]
+    todo = to_propose(volume.n_bscans if bscans is None else bscans, accepted or {})
     result = Proposal.empty(volume, proposer.classes, keep_scores, labels)
+    for i, mask in (accepted or {}).items():
+        result.labels[int(i)] = _checked_mask(mask, volume.shape[1:], int(i))
     t0 = time.perf_counter()
     for n, item in enumerate(stream(proposer, volume, todo, cancel=cancel, keep_scores=keep_scores), start=1):
         result.add(item)
         if progress is not None:
             progress(n, len(todo))
-    seconds = time.perf_counter() - t0
-    result.provenance = {**proposer.provenance(), "software": f"oct-wsss {__version__}",
-                         "volume": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
-                                    "format": volume.source.get("format")},
-                         "bscans": todo, "timings": {"total_s": round(seconds, 3),
-                                                     "per_bscan_s": round(seconds / max(1, len(todo)), 4)}}
+    result.provenance = proposal_provenance(proposer, volume, todo, time.perf_counter() - t0, sorted(accepted or {}))
     if int(result.done.sum()) < len(todo):
         raise ProposalCancelled(result)
     return result
+
+
+def to_propose(bscans: int | Sequence[int], accepted: Iterable[int]) -> list[int]:
+    """The B-scans to propose: ``bscans`` (a count means all of them) minus the accepted ones, which a proposal
+    never overwrites (the grader's work; the widget and ``oct-wsss propose --project`` both keep this rule)."""
+    keep = {int(i) for i in accepted}
+    todo = range(bscans) if isinstance(bscans, int) else bscans
+    return [int(i) for i in todo if int(i) not in keep]
+
+
+def proposal_provenance(proposer: Proposer, volume: OctVolume, bscans: Sequence[int], seconds: float | None,
+                        accepted: Sequence[int] = ()) -> dict[str, Any]:
+    """What every proposal records, from the CLI, the API or napari alike: the proposer's provenance (method,
+    checkpoint id and SHA-256, parameters, device), the software, the volume's shape, B-scans and timings."""
+    prov = {**proposer.provenance(), "software": f"oct-wsss {__version__}",
+            "volume": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
+                       "format": volume.source.get("format")},
+            "bscans": [int(i) for i in bscans]}
+    if accepted:
+        prov["accepted_kept"] = [int(i) for i in accepted]
+    if seconds is not None:
+        prov["timings"] = {"total_s": round(seconds, 3), "per_bscan_s": round(seconds / max(1, len(bscans)), 4)}
+    return prov
+
+
+def _checked_mask(mask: np.ndarray, shape: tuple[int, ...], index: int) -> np.ndarray:
+    """An accepted mask as uint8 ontology ids, refused when its shape is not the B-scan's."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"accepted mask of B-scan {index} is {mask.shape}; the volume's B-scans are {tuple(shape)}")
+    return mask.astype(np.uint8)
 
 
 def write_proposal(proposal: Proposal, out: str | Path) -> dict[str, Path]:

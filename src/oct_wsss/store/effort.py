@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from oct_wsss.store.store import Correction
 
 @dataclass(frozen=True)
 class Effort:
-    """Edit effort of one model version (``model``: the checkpoint file it came from) over ``bscans`` B-scans."""
+    """Edit effort of one model version over ``bscans`` B-scans; ``model`` names it (checkpoint id, or the file
+    name older records carry)."""
 
     model: str
     bscans: int
@@ -50,17 +52,28 @@ def bscan_effort(mask: np.ndarray, proposal: np.ndarray) -> tuple[int, int, int,
 
 
 def edit_effort(corrections: Iterable[Correction]) -> list[Effort]:
-    """One :class:`Effort` per model version (``proposal["checkpoint"]``) over the accepted corrections."""
-    totals: dict[str, list[int]] = {}
+    """One :class:`Effort` per model version over the accepted corrections; a version is the checkpoint's SHA-256
+    (two files with the same weights are one version, a retrained file of the same name is another)."""
+    totals: dict[str, list[Any]] = {}
     for c in corrections:
         if c.mask_file is None:
             continue
         arrays = c.arrays()
         if "proposal" not in arrays:
             continue
-        model = str(c.proposal.get("checkpoint") or c.proposal.get("method") or "unknown")
-        row = totals.setdefault(model, [0, 0, 0, 0, 0])
-        row[0] += 1
-        for k, v in enumerate(bscan_effort(arrays["mask"], arrays["proposal"]), start=1):
+        key, name = model_version(c.proposal)
+        row = totals.setdefault(key, [name, 0, 0, 0, 0, 0])
+        row[1] += 1
+        for k, v in enumerate(bscan_effort(arrays["mask"], arrays["proposal"]), start=2):
             row[k] += v
-    return [Effort(model, *values) for model, values in sorted(totals.items())]
+    return sorted((Effort(*row) for row in totals.values()), key=lambda e: e.model)
+
+
+def model_version(info: dict[str, Any]) -> tuple[str, str]:
+    """(key, name) of the model behind a proposal's provenance: its checkpoint's SHA-256 and id when recorded (every
+    proposal made by this version), else the checkpoint's file name or the method (records made before that)."""
+    ckpt = info.get("checkpoint")
+    if isinstance(ckpt, dict) and ckpt.get("sha256"):
+        return str(ckpt["sha256"]), str(ckpt.get("id") or f"{info.get('method', 'model')}-{ckpt['sha256'][:12]}")
+    name = str(ckpt or info.get("method") or "unknown")
+    return name, name

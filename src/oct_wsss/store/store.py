@@ -166,6 +166,10 @@ class CorrectionStore:
         """B-scan index -> its latest decision (``accepted`` / ``rejected``); unreviewed B-scans are absent."""
         return {c.bscan: c.status for c in self.corrections(volume, status=None)}
 
+    def accepted_masks(self, volume: str) -> dict[int, np.ndarray]:
+        """B-scan -> the grader's latest accepted mask of ``volume``: what a new proposal must not overwrite."""
+        return {c.bscan: c.arrays()["mask"] for c in self.corrections(volume)}
+
     def corrections(self, volume: str | None = None, *, status: str | None = ACCEPTED) -> list[Correction]:
         """The latest decision per B-scan (optionally of one volume and one status), in (volume, B-scan) order."""
         query = ("SELECT volume, bscan, status, version, labels, changes, proposal, grader, time, mask_file, sha256 "
