@@ -16,9 +16,6 @@ from typing import Any
 
 from oct_wsss.cli._common import CliError
 
-#: files that make a folder a single volume (a folder of B-scan images), not a folder of volumes
-BSCAN_IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 
 @dataclass(frozen=True)
 class Item:
@@ -29,13 +26,15 @@ class Item:
 
 
 def is_batch(path: Path) -> bool:
-    """A CSV manifest, or a folder holding volumes (files or sub-folders) rather than B-scan images."""
+    """A CSV manifest, or a folder holding volumes (files or sub-folders) that the reader would not open as one
+    volume (B-scan images here or in ``bscans/``, a HEYEX XML export, RETOUCH): the same test as ``read_volume``."""
+    from oct_wsss.io.folder import is_volume_folder
+
     if path.is_file():
         return path.suffix.lower() == ".csv"
     if not path.is_dir():
         return False
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and not any(p.is_file() and p.suffix.lower() in BSCAN_IMAGES for p in entries)
+    return any(not p.name.startswith(".") for p in path.iterdir()) and not is_volume_folder(path)
 
 
 def batch_items(path: Path) -> list[Item]:

@@ -46,6 +46,16 @@ def looks_readable(folder: Path) -> bool:
         return False
 
 
+def is_volume_folder(folder: Path) -> bool:
+    """True when ``read_folder`` opens ``folder`` as one volume (HEYEX XML, RETOUCH, B-scans here or in bscans/)."""
+    from oct_wsss.io.heyex import find_heyex_xml
+
+    try:
+        return (folder / "oct.mhd").is_file() or image_folder(folder) is not None or find_heyex_xml(folder) is not None
+    except (OSError, OctReadError):
+        return False
+
+
 def read_folder(folder: Path) -> OctVolume:
     """A volume folder: HEYEX XML export (through eyepy), RETOUCH, or a stack of B-scan images + volume.json."""
     from oct_wsss.io.heyex import find_heyex_xml, heyex_xml_info, read_heyex_xml
