@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from oct_wsss.cli import main
 from oct_wsss.cli.batch import is_batch
-from oct_wsss.io import read_volume
+from oct_wsss.io import read_volume, write_labels
 
 
 def test_a_synth_volume_folder_with_bscans_is_one_volume_not_a_batch(tmp_path: Path) -> None:
@@ -16,3 +20,28 @@ def test_a_synth_volume_folder_with_bscans_is_one_volume_not_a_batch(tmp_path: P
     assert read_volume(volume).n_bscans == 2
     assert not is_batch(volume)  # the reader opens it as one volume; propose must not see bscans/ and masks/
     assert is_batch(tmp_path / "ds")  # the dataset folder holds volumes
+
+
+def _labels(*bscans: list[list[int]]) -> np.ndarray:
+    return np.array(bscans, dtype=np.uint8)
+
+
+def test_evaluate_scores_undistinguished_fluid_against_srf_and_irf_truth(tmp_path: Path, capsys) -> None:
+    truth = _labels([[0, 1, 1, 0], [0, 2, 2, 0]])  # SRF and IRF, no "fluid" (7)
+    pred = _labels([[0, 7, 7, 7], [0, 7, 0, 0]])  # undistinguished fluid: TP 3, FP 1, FN 1
+    write_labels(tmp_path / "t.tif", truth)
+    write_labels(tmp_path / "p.tif", pred)
+    assert main(["evaluate", "--pred", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"),
+                 "--report", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    fluid = report["classes"]["fluid"]
+    assert (fluid["tp"], fluid["fp"], fluid["fn"], fluid["truth_pixels"]) == (3, 1, 1, 4)
+    assert fluid["iou"] == pytest.approx(3 / 5)
+    assert report["fluid_scored_against"] == ["srf", "irf"]
+    assert "SRF or IRF" in out and "SRF or IRF" in (tmp_path / "r.md").read_text()
+    # truth that itself uses id 7 is scored as before, id against id
+    write_labels(tmp_path / "t7.tif", np.where(truth > 0, 7, 0).astype(np.uint8))
+    assert main(["evaluate", "--pred", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t7.tif"),
+                 "--report", str(tmp_path / "r7.json")]) == 0
+    assert json.loads((tmp_path / "r7.json").read_text())["fluid_scored_against"] is None

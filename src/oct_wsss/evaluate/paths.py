@@ -12,6 +12,9 @@ from oct_wsss.evaluate.metrics import (
     BinaryScores,
     binary_scores,
     confusion_per_image,
+    fluid_needs_union,
+    fold_fluid,
+    fold_fluid_classes,
     segmentation_scores,
     summarise_volumes,
 )
@@ -80,11 +83,14 @@ def match(pred: dict[str, Path], truth: dict[str, Path]) -> tuple[list[tuple[str
 
 def evaluate_paths(pred: str | Path, truth: str | Path, classes: Sequence[int] | None = None, *,
                    lesion_images_only: bool = False) -> dict[str, Any]:
-    """Score a prediction against truth on disk; returns the JSON-ready report (schema in docs/evaluation.md)."""
+    """Score a prediction against truth on disk; returns the JSON-ready report (schema in docs/evaluation.md).
+
+    A prediction of undistinguished fluid (7) against truth that only tells SRF from IRF is scored against their
+    union (SRF and IRF folded into fluid on both sides); the report's ``fluid_scored_against`` says so.
+    """
     pairs, unmatched = match(resolve(pred), resolve(truth))
-    cms: list[np.ndarray] = []
-    volumes: dict[str, dict[str, Any]] = {}
-    per_volume: dict[str, BinaryScores] = {}
+    cms: dict[str, np.ndarray] = {}
+    shapes: dict[str, list[int]] = {}
     for vid, p_src, t_src in pairs:
         p, t = load(p_src), load(t_src)
         if p.shape != t.shape:
@@ -92,15 +98,23 @@ def evaluate_paths(pred: str | Path, truth: str | Path, classes: Sequence[int] |
             raise EvaluationInputError(f"shape mismatch{where}: pred {tuple(p.shape)} ({p_src}) vs truth "
                                        f"{tuple(t.shape)} ({t_src})")
         try:
-            cm = confusion_per_image(t, p)
+            cms[vid] = confusion_per_image(t, p)
         except ValueError as exc:
             raise EvaluationInputError(f"{vid}: {exc}") from exc
-        cms.append(cm)
+        shapes[vid] = list(t.shape)
+    union = fluid_needs_union(np.concatenate(list(cms.values())), classes)
+    if union:
+        cms = {vid: fold_fluid(cm) for vid, cm in cms.items()}
+        classes = fold_fluid_classes(classes)
+    volumes: dict[str, dict[str, Any]] = {}
+    per_volume: dict[str, BinaryScores] = {}
+    for vid, cm in cms.items():
         lesion_ids = [c for c in (classes if classes is not None else range(1, cm.shape[1])) if c != 0]
         per_volume[vid] = binary_scores(cm, lesion_ids)
-        volumes[vid] = {"shape": list(t.shape), **per_volume[vid].to_dict()}
-    scores = segmentation_scores(np.concatenate(cms), classes, lesion_images_only=lesion_images_only)
+        volumes[vid] = {"shape": shapes[vid], **per_volume[vid].to_dict()}
+    scores = segmentation_scores(np.concatenate(list(cms.values())), classes, lesion_images_only=lesion_images_only)
     return {"schema": "oct-wsss-evaluate/1", "pred": str(pred), "truth": str(truth),
             "images_scored": "lesion images only" if lesion_images_only else "all",
+            "fluid_scored_against": ["srf", "irf"] if union else None,
             **scores.to_dict(), "volumes": volumes, "volume_summary": summarise_volumes(per_volume),
             "unmatched_truth_volumes": unmatched}
