@@ -10,7 +10,7 @@ import pytest
 
 from oct_wsss.cli import main
 from oct_wsss.cli.batch import is_batch
-from oct_wsss.io import read_volume, write_labels
+from oct_wsss.io import read_labels, read_volume, write_labels
 
 
 def test_a_synth_volume_folder_with_bscans_is_one_volume_not_a_batch(tmp_path: Path) -> None:
@@ -45,3 +45,20 @@ def test_evaluate_scores_undistinguished_fluid_against_srf_and_irf_truth(tmp_pat
     assert main(["evaluate", "--pred", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t7.tif"),
                  "--report", str(tmp_path / "r7.json")]) == 0
     assert json.loads((tmp_path / "r7.json").read_text())["fluid_scored_against"] is None
+
+
+def test_a_phantom_volume_not_marked_healthy_holds_a_lesion(tmp_path: Path) -> None:
+    from oct_wsss.synth import make_volume
+    from oct_wsss.synth.dataset import volume_seed, write_dataset
+
+    seed = volume_seed(5, 0)  # volume 0 of `oct-wsss synth --seed 5` drew no lesion class at all
+    vol = make_volume(seed, n_bscans=6, height=96, width=64)
+    assert not vol.params["healthy"] and vol.params["placed"] and (vol.labels > 0).any()
+    assert make_volume(seed, n_bscans=6, height=96, width=64).labels.tobytes() == vol.labels.tobytes()  # reproducible
+    out = write_dataset(tmp_path / "ds", 1, healthy_fraction=0.0, seed=5, n_bscans=6, height=96, width=64)
+    generation = json.loads((out / "generation.json").read_text())
+    assert generation["volumes"][0]["healthy"] is False
+    assert (read_labels(out / "synth_0000" / "masks") > 0).any()
+    # prevalence 0 for every class: nothing can be placed, so the volume is marked healthy, not "with lesions"
+    none = make_volume(3, n_bscans=2, height=64, width=64, prevalence={k: 0.0 for k in vol.params["prevalence"]})
+    assert not none.labels.any() and none.params["healthy"] and none.volume.meta["healthy"]
