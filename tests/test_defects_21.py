@@ -62,3 +62,22 @@ def test_a_phantom_volume_not_marked_healthy_holds_a_lesion(tmp_path: Path) -> N
     # prevalence 0 for every class: nothing can be placed, so the volume is marked healthy, not "with lesions"
     none = make_volume(3, n_bscans=2, height=64, width=64, prevalence={k: 0.0 for k in vol.params["prevalence"]})
     assert not none.labels.any() and none.params["healthy"] and none.volume.meta["healthy"]
+
+
+def test_sam2_hrf_masks_are_capped_like_the_classical_ones() -> None:
+    import torch
+
+    from oct_wsss.propose.hrf_refine import MAX_AREA, Crop, sam_region
+    from oct_wsss.propose.sam2_backend import Sam2Backend
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    backend = Sam2Backend("sam2.1_hiera_t", allow_random=True, device="cpu")
+    image = np.random.default_rng(0).random((96, 128)).astype(np.float32)
+    peak = (48, 64)
+    crop = Crop.around(peak, 72, image.shape)
+    raw = backend.box(crop.take(image), (32.0, 32.0, 40.0, 40.0)).mask
+    assert raw.sum() > MAX_AREA  # random weights: SAM 2 returns a mask far larger than any focus
+    mask, score = sam_region(backend, crop.take(image), peak, crop, 4)
+    assert mask.shape == (72, 72) and 0 < mask.sum() <= MAX_AREA
+    assert mask[peak[0] - crop.y0, peak[1] - crop.x0]  # shrunk to the box square around the peak, as classically
