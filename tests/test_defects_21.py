@@ -81,3 +81,14 @@ def test_sam2_hrf_masks_are_capped_like_the_classical_ones() -> None:
     mask, score = sam_region(backend, crop.take(image), peak, crop, 4)
     assert mask.shape == (72, 72) and 0 < mask.sum() <= MAX_AREA
     assert mask[peak[0] - crop.y0, peak[1] - crop.x0]  # shrunk to the box square around the peak, as classically
+
+
+def test_readme_agrees_with_results_that_the_hrf_classifiers_learn_on_the_phantom() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme, results = (root / "README.md").read_text(), (root / "docs" / "results.md").read_text()
+    assert "The CCT learns HRF presence" in results and "it\nlearns too" in results  # the MIL: results.md says so
+    assert not re.search(r"do(es)? not (yet )?learn", readme)
+    aurocs = re.findall(r"\*\*AUROC (0\.\d+)\*\*", results)[:2]  # test AUROC of the CCT, then the MIL
+    assert len(aurocs) == 2 and all(a in readme for a in aurocs)
