@@ -92,3 +92,36 @@ def test_readme_agrees_with_results_that_the_hrf_classifiers_learn_on_the_phanto
     assert not re.search(r"do(es)? not (yet )?learn", readme)
     aurocs = re.findall(r"\*\*AUROC (0\.\d+)\*\*", results)[:2]  # test AUROC of the CCT, then the MIL
     assert len(aurocs) == 2 and all(a in readme for a in aurocs)
+
+
+def test_mixed_size_message_counts_files_in_good_english(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    from oct_wsss.io import OctReadError
+
+    iio.imwrite(tmp_path / "a.png", np.zeros((496, 536), np.uint8))
+    iio.imwrite(tmp_path / "b.png", np.zeros((496, 512), np.uint8))
+    with pytest.raises(OctReadError) as tie:
+        read_volume(tmp_path)
+    assert "most are" not in str(tie.value) and "(1 files)" not in str(tie.value)  # one of each: no majority
+    assert "a.png is 496x536" in str(tie.value) and "b.png is 496x512" in str(tie.value)
+    iio.imwrite(tmp_path / "c.png", np.zeros((496, 512), np.uint8))
+    with pytest.raises(OctReadError, match=r"most are 496x512 \(2 files\) but a.png is 496x536"):
+        read_volume(tmp_path)
+
+
+def test_a_refused_sam2_pickle_says_why_without_terminal_escapes(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    from oct_wsss.checkpoint import CheckpointError
+    from oct_wsss.propose.sam2_backend import Sam2Backend
+
+    path = tmp_path / "sam2.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=1e-4)}, path)  # a non-tensor global
+    with pytest.warns(UserWarning, match="third-party pickle"), pytest.raises(CheckpointError) as err:
+        Sam2Backend("sam2.1_hiera_t", path)
+    message = str(err.value)
+    assert "\x1b" not in message and "\033" not in message
+    assert "refused" in message and "argparse.Namespace" in message
