@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from oct_wsss.cli import main
 from oct_wsss.cli.batch import is_batch
@@ -125,3 +126,28 @@ def test_a_refused_sam2_pickle_says_why_without_terminal_escapes(tmp_path: Path)
     message = str(err.value)
     assert "\x1b" not in message and "\033" not in message
     assert "refused" in message and "argparse.Namespace" in message
+
+
+def test_evaluate_maps_truth_in_another_label_convention(tmp_path: Path, capsys) -> None:
+    truth = _labels([[0, 9, 9, 3], [0, 5, 9, 0]])  # Duke's convention: 9 fluid, 1..8 retinal layers
+    pred = _labels([[0, 7, 7, 0], [0, 0, 7, 7]])
+    tifffile.imwrite(tmp_path / "t.tif", truth)  # write_labels only writes ontology ids
+    write_labels(tmp_path / "p.tif", pred)
+    args = ["evaluate", "--pred", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif")]
+    assert main([*args, "--report", str(tmp_path / "r.json"), "--truth-map", "9:7"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    fluid = report["classes"]["fluid"]
+    assert (fluid["tp"], fluid["fp"], fluid["fn"]) == (3, 1, 0)  # the layers (3, 5) are background, not PED/HRF
+    assert report["truth_map"] == {"9": 7} and report["truth_values_to_background"] == [3, 5]
+    assert report["classes"]["ped"]["truth_pixels"] == 0
+    # comma-separated and repeated, keys or ids as targets
+    assert main([*args, "--report", str(tmp_path / "r2.json"), "--truth-map", "9:fluid,3:ped", "--truth-map",
+                 "5:hrf"]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["truth_map"] == {"3": 3, "5": 5, "9": 7}
+    capsys.readouterr()
+    for bad, says in (("9-7", "SRC:DST"), ("9:8", "ontology"), ("9:cnv", "ontology"), ("x:7", "SRC:DST"),
+                      ("-1:7", "SRC:DST"), ("300:7", "8-bit"),
+                      ("9:7,9:1", "twice")):
+        assert main([*args, f"--truth-map={bad}"]) == 2, bad
+        err = capsys.readouterr().err
+        assert says in err and "--truth-map" in err and "Traceback" not in err, (bad, err)
