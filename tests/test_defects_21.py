@@ -151,3 +151,12 @@ def test_evaluate_maps_truth_in_another_label_convention(tmp_path: Path, capsys)
         assert main([*args, f"--truth-map={bad}"]) == 2, bad
         err = capsys.readouterr().err
         assert says in err and "--truth-map" in err and "Traceback" not in err, (bad, err)
+
+
+def test_a_synth_dataset_root_batches_its_volumes_not_its_csv_and_json(tmp_path: Path) -> None:
+    from oct_wsss.cli.batch import batch_items
+    from oct_wsss.synth.dataset import write_dataset
+
+    root = write_dataset(tmp_path / "ds", 2, healthy_fraction=0.5, seed=1, n_bscans=2, height=64, width=48)
+    assert {p.name for p in root.iterdir()} >= {"labels.csv", "generation.json"}
+    assert is_batch(root) and [i.id for i in batch_items(root)] == ["synth_0000", "synth_0001"]

@@ -38,13 +38,15 @@ def is_batch(path: Path) -> bool:
 
 
 def batch_items(path: Path) -> list[Item]:
-    """The volumes of a folder (each file or sub-folder) or of a CSV manifest (``path`` column, optional ``id``;
-    relative paths are relative to the manifest), sorted by id; ids must be unique."""
+    """The volumes of a folder (each sub-folder, and each file of an OCT type: a dataset's labels.csv or
+    generation.json is not a volume) or of a CSV manifest (``path`` column, optional ``id``; relative paths are
+    relative to the manifest), sorted by id; ids must be unique."""
+    from oct_wsss.io import SUPPORTED_SUFFIXES
     from oct_wsss.io.label_export import safe_name
 
     if path.is_dir():
         items = [Item(safe_name(p.stem if p.is_file() else p.name), p) for p in sorted(path.iterdir())
-                 if not p.name.startswith(".")]
+                 if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in SUPPORTED_SUFFIXES)]
     else:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
