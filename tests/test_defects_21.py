@@ -68,6 +68,7 @@ def test_a_phantom_volume_not_marked_healthy_holds_a_lesion(tmp_path: Path) -> N
 def test_sam2_hrf_masks_are_capped_like_the_classical_ones() -> None:
     import torch
 
+    pytest.importorskip("sam2")
     from oct_wsss.propose.hrf_refine import MAX_AREA, Crop, sam_region
     from oct_wsss.propose.sam2_backend import Sam2Backend
 
@@ -116,6 +117,7 @@ def test_a_refused_sam2_pickle_says_why_without_terminal_escapes(tmp_path: Path)
 
     import torch
 
+    pytest.importorskip("sam2")
     from oct_wsss.checkpoint import CheckpointError
     from oct_wsss.propose.sam2_backend import Sam2Backend
 
