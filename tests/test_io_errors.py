@@ -166,7 +166,7 @@ def test_mixed_sizes_names_files(tmp_path: Path) -> None:
     for i in range(3):
         iio.imwrite(tmp_path / f"{i}.png", np.zeros((10, 12), np.uint8))
     iio.imwrite(tmp_path / "odd.png", np.zeros((10, 13), np.uint8))
-    with pytest.raises(OctReadError, match=r"most are 10x12 \(3 files\) but odd.png are 10x13"):
+    with pytest.raises(OctReadError, match=r"most are 10x12 \(3 files\) but odd.png is 10x13"):
         read_volume(tmp_path)
 
 

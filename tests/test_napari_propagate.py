@@ -39,3 +39,25 @@ def test_propagate_accepted_untouched_undo(make_napari_viewer, qtbot, monkeypatc
     assert (layer.data[4] == start[4]).all() and w.undo_button.enabled
     w.undo()
     assert (np.asarray(layer.data) == start).all() and layer.metadata[PROPOSED_KEY] == {}
+
+
+def test_a_failed_propagation_says_failed(make_napari_viewer, qtbot, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(_propagate, "QSettings", lambda *a: MemorySettings())
+    shown: list[str] = []
+    monkeypatch.setattr(_propagate, "show_error", shown.append)
+    data, truth = shifted_volume(n=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="oct")
+    start = np.zeros(data.shape, np.uint8)
+    start[1][truth[1]] = 2
+    viewer.add_labels(start, name="lesions (proposed)")
+    bad = tmp_path / "sam2.pt"
+    bad.write_bytes(b"not a checkpoint")
+    w = PropagateWidget(viewer)
+    viewer.dims.set_current_step(0, 1)
+    w.engine.value, w.checkpoint.value = "sam2", str(bad)
+    worker = w.propagate()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
+    assert shown and "Propagation failed" in shown[-1]
+    assert w.status.value.startswith("failed") and "nothing propagated" in w.status.value

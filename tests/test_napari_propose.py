@@ -132,3 +132,20 @@ def test_hrf_gets_its_own_layer_options_and_the_fallback_notice(make_napari_view
     assert PROPOSED not in viewer.layers or not viewer.layers[PROPOSED].data.any()
     assert viewer.layers[_propose.HRF_PROPOSED].data.shape == volume.shape
     assert any("classical" in m for m in warned)  # without SAM 2 weights the grader is told
+
+
+def test_a_failed_run_says_failed_not_done_and_names_the_checkpoint_in_good_english(widget, tmp_path, qtbot,
+                                                                                  monkeypatch) -> None:
+    w, _ = widget
+    shown: list[str] = []
+    monkeypatch.setattr(_propose, "show_error", shown.append)
+    w.method.value, w.checkpoint.value = "agm", ""
+    assert w.propose() is None and "choose an AGM checkpoint" in shown[-1]
+    w.method.value = "student"
+    wrong = tmp_path / "x.safetensors"
+    wrong.write_bytes(b"not a checkpoint")
+    w.checkpoint.value = str(wrong)
+    assert w.propose() is not None
+    _wait(w, qtbot)
+    assert "Propose failed" in shown[-1]
+    assert w.status.value.startswith("failed") and w.status.value != "done"

@@ -105,3 +105,23 @@ def test_stride_deconv_is_the_transposed_convolution() -> None:
     fast = _fast_upscaling(layers)
     assert isinstance(fast[0], StrideDeconv) and isinstance(fast[2], torch.nn.ConvTranspose2d)  # 3x3/1 overlaps
     assert list(fast.state_dict()) == keys
+
+
+def test_a_failed_segmentation_says_failed(make_napari_viewer, qtbot, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(_sam2, "QSettings", lambda *a: MemorySettings())
+    shown: list[str] = []
+    monkeypatch.setattr(_sam2, "show_error", shown.append)
+    volume = make_volume(9, n_bscans=2, height=64, width=64).volume
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.data, name="oct")
+    viewer.add_labels(np.zeros(volume.shape, np.uint8), name="lesions (proposed)")
+    bad = tmp_path / "sam2.pt"
+    bad.write_bytes(b"not a checkpoint")
+    w = Sam2Widget(viewer)
+    w.checkpoint.value, w.auto.value = str(bad), False
+    w.add_prompt_layers()
+    viewer.layers[POSITIVE].add([0, 30, 30])
+    assert w.segment() is not None
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
+    assert shown and "SAM 2 failed" in shown[-1]
+    assert "failed" in w.status.value and "computing" not in w.status.value

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import warnings
@@ -242,6 +243,20 @@ def validate_meta(meta: Any, path: str | Path | None) -> dict[str, Any]:
     return meta
 
 
+#: terminal control sequences (torch bolds part of its weights-only refusal with ANSI escapes)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _torch_refusal(message: str) -> str:
+    """One plain line for torch's weights-only refusal: the global it refused when named, else its first line; no
+    terminal escapes (they print as garbage in notifications and logs)."""
+    text = _ANSI.sub("", message)
+    refused = re.search(r"GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds {refused.group(1)}, which is not a tensor or plain container"
+    return next((line.strip() for line in text.splitlines() if line.strip()), "unreadable")
+
+
 def import_torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a third-party pickled ``.pt`` (e.g. SAM 2), loaded with ``weights_only=True`` and a warning."""
     import pickle
@@ -261,7 +276,7 @@ def import_torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         raise CheckpointError(
-            path, f"refused: not plain tensors (weights-only unpickling failed: {str(e).splitlines()[0]})"
+            path, f"refused: not plain tensors (weights-only unpickling failed: {_torch_refusal(str(e))})"
         ) from e
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

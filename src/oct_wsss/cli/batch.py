@@ -16,9 +16,6 @@ from typing import Any
 
 from oct_wsss.cli._common import CliError
 
-#: files that make a folder a single volume (a folder of B-scan images), not a folder of volumes
-BSCAN_IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
 
 @dataclass(frozen=True)
 class Item:
@@ -29,23 +26,27 @@ class Item:
 
 
 def is_batch(path: Path) -> bool:
-    """A CSV manifest, or a folder holding volumes (files or sub-folders) rather than B-scan images."""
+    """A CSV manifest, or a folder holding volumes (files or sub-folders) that the reader would not open as one
+    volume (B-scan images here or in ``bscans/``, a HEYEX XML export, RETOUCH): the same test as ``read_volume``."""
+    from oct_wsss.io.folder import is_volume_folder
+
     if path.is_file():
         return path.suffix.lower() == ".csv"
     if not path.is_dir():
         return False
-    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-    return bool(entries) and not any(p.is_file() and p.suffix.lower() in BSCAN_IMAGES for p in entries)
+    return any(not p.name.startswith(".") for p in path.iterdir()) and not is_volume_folder(path)
 
 
 def batch_items(path: Path) -> list[Item]:
-    """The volumes of a folder (each file or sub-folder) or of a CSV manifest (``path`` column, optional ``id``;
-    relative paths are relative to the manifest), sorted by id; ids must be unique."""
+    """The volumes of a folder (each sub-folder, and each file of an OCT type: a dataset's labels.csv or
+    generation.json is not a volume) or of a CSV manifest (``path`` column, optional ``id``; relative paths are
+    relative to the manifest), sorted by id; ids must be unique."""
+    from oct_wsss.io import SUPPORTED_SUFFIXES
     from oct_wsss.io.label_export import safe_name
 
     if path.is_dir():
         items = [Item(safe_name(p.stem if p.is_file() else p.name), p) for p in sorted(path.iterdir())
-                 if not p.name.startswith(".")]
+                 if not p.name.startswith(".") and (p.is_dir() or p.suffix.lower() in SUPPORTED_SUFFIXES)]
     else:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))

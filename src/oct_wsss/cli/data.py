@@ -36,7 +36,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from oct_wsss.classes import BACKGROUND, by_key
-    from oct_wsss.evaluate import EvaluationInputError, console_table, evaluate_paths, write_json, write_markdown
+    from oct_wsss.evaluate import (
+        EvaluationInputError,
+        console_table,
+        evaluate_paths,
+        parse_truth_map,
+        write_json,
+        write_markdown,
+    )
 
     classes = None
     if args.classes:
@@ -45,12 +52,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         except KeyError as err:
             raise CliError(str(err.args[0])) from err
     try:
-        report = evaluate_paths(args.pred, args.truth, classes, lesion_images_only=args.lesion_images_only)
+        truth_map = parse_truth_map(args.truth_map)
+        report = evaluate_paths(args.pred, args.truth, classes, lesion_images_only=args.lesion_images_only,
+                                truth_map=truth_map)
     except EvaluationInputError as err:
         raise CliError(str(err)) from err
     if report["n_images_scored"] == 0:
         raise CliError("no B-scan left to score (--lesion-images-only and no lesion in the truth)")
     print(console_table(report))
+    if report["truth_values_to_background"]:
+        print(f"note: truth labels {report['truth_values_to_background']} are not in --truth-map and count as "
+              "background")
     if report["unmatched_truth_volumes"]:
         print(f"note: {len(report['unmatched_truth_volumes'])} truth volume(s) have no prediction and were not scored")
     if args.report:
@@ -116,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="comma-separated class keys to score (e.g. srf,ped); others count as background")
     p.add_argument("--lesion-images-only", action="store_true",
                    help="score only B-scans whose truth holds a lesion (the AGM paper's protocol)")
+    p.add_argument("--truth-map", action="append", metavar="SRC:DST[,SRC:DST]",
+                   help="truth in another label convention: truth label SRC is ontology id (or key) DST, e.g. 9:7 "
+                        "for Duke's fluid; repeatable or comma-separated; unmapped truth labels count as background")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="export labels as TIFF/NPY/PNG and measurements (areas, volumes, HRF) as CSV")

@@ -20,14 +20,14 @@ from oct_wsss.evaluate.metrics import (
     segmentation_scores,
     summarise_volumes,
 )
-from oct_wsss.evaluate.paths import EvaluationInputError, evaluate_paths
+from oct_wsss.evaluate.paths import EvaluationInputError, apply_truth_map, evaluate_paths, parse_truth_map
 from oct_wsss.evaluate.report import console_table, markdown_table, write_json, write_markdown
 from oct_wsss.evaluate.sweep import SweepResult, plot_sweep, sweep_threshold, write_sweep_csv
 
 __all__ = [
-    "BinaryScores", "ClassScores", "EvaluationInputError", "SegmentationScores", "SweepResult", "binary_scores",
-    "binary_volume_scores", "classification_scores", "confusion_matrix", "confusion_per_image", "console_table",
-    "evaluate_labels", "evaluate_paths", "f1_score", "image_confusions", "markdown_table", "mean_sd", "plot_sweep",
-    "presence_from_labels", "restrict", "roc_auc", "segmentation_scores", "summarise_volumes", "sweep_threshold",
-    "write_json", "write_markdown", "write_sweep_csv",
+    "BinaryScores", "ClassScores", "EvaluationInputError", "SegmentationScores", "SweepResult", "apply_truth_map",
+    "binary_scores", "binary_volume_scores", "classification_scores", "confusion_matrix", "confusion_per_image",
+    "console_table", "evaluate_labels", "evaluate_paths", "f1_score", "image_confusions", "markdown_table", "mean_sd",
+    "parse_truth_map", "plot_sweep", "presence_from_labels", "restrict", "roc_auc", "segmentation_scores",
+    "summarise_volumes", "sweep_threshold", "write_json", "write_markdown", "write_sweep_csv",
 ]

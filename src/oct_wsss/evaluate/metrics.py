@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from oct_wsss.classes import BACKGROUND, ONTOLOGY
+from oct_wsss.classes import BACKGROUND, FLUID, IRF, ONTOLOGY, SRF
 
 #: Number of ontology ids (0..7); confusion matrices are always this size before restricting classes.
 N_IDS: int = max(c.id for c in ONTOLOGY) + 1
 _KEY = {c.id: c.key for c in ONTOLOGY}
+#: what the ontology's "fluid, type not distinguished" (7) stands for: SRF or IRF
+FLUID_PARTS: tuple[int, ...] = (SRF, IRF)
 
 
 def _as_ids(labels: np.ndarray, what: str) -> np.ndarray:
@@ -63,6 +65,29 @@ def restrict(cm: np.ndarray, classes: Iterable[int]) -> np.ndarray:
     onehot = np.zeros((N_IDS, N_IDS), dtype=np.int64)
     onehot[np.arange(N_IDS), target] = 1
     return np.einsum("ij,...jk,kl->...il", onehot.T, cm, onehot)
+
+
+def fluid_needs_union(cm: np.ndarray, classes: Iterable[int] | None = None) -> bool:
+    """True when the prediction holds undistinguished fluid (7) and the truth never does, so 7 has no truth of its
+    own and must be scored against SRF ∪ IRF (and ``classes``, if given, scores one of them)."""
+    cm = np.asarray(cm).reshape(-1, N_IDS, N_IDS).sum(axis=0)
+    wanted = classes is None or bool({int(c) for c in classes} & {FLUID, *FLUID_PARTS})
+    return wanted and int(cm[:, FLUID].sum()) > 0 and int(cm[FLUID].sum()) == 0
+
+
+def fold_fluid(cm: np.ndarray) -> np.ndarray:
+    """SRF and IRF relabelled as fluid (7) in truth and prediction: a fluid prediction then meets their union."""
+    target = np.array([FLUID if i in FLUID_PARTS else i for i in range(N_IDS)])
+    onehot = np.zeros((N_IDS, N_IDS), dtype=np.int64)
+    onehot[np.arange(N_IDS), target] = 1
+    return np.einsum("ij,...jk,kl->...il", onehot.T, np.asarray(cm, dtype=np.int64), onehot)
+
+
+def fold_fluid_classes(classes: Sequence[int] | None) -> list[int] | None:
+    """``classes`` with SRF and IRF replaced by fluid (7), for scoring after ``fold_fluid``; None stays None."""
+    if classes is None:
+        return None
+    return sorted({FLUID if int(c) in FLUID_PARTS else int(c) for c in classes})
 
 
 def _ratio(num: float, den: float) -> float | None:

@@ -53,6 +53,14 @@ def _shown(report: dict[str, Any]) -> list[str]:
             if k == "background" or c["truth_pixels"] > 0 or c["pred_pixels"] > 0]
 
 
+def fluid_note(report: dict[str, Any]) -> str | None:
+    """The line saying fluid (7) was scored against SRF ∪ IRF truth, or None when it was scored id against id."""
+    if not report.get("fluid_scored_against"):
+        return None
+    return ("fluid (7, \"SRF or IRF\") was predicted but the truth tells SRF from IRF: fluid is scored against the "
+            "union of SRF and IRF truth (SRF and IRF folded into fluid in truth and prediction)")
+
+
 def console_table(report: dict[str, Any]) -> str:
     """Short fixed-width table for stdout (percentages; '–' = undefined)."""
     head = f"{'class':<11}{'IoU':>9}{'DSC pool':>10}{'DSC img':>10}{'under':>8}{'over':>8}"
@@ -72,6 +80,9 @@ def console_table(report: dict[str, Any]) -> str:
             return "–" if s["mean"] is None else f"{s['mean']:.3f}" + ("" if s["sd"] is None else f" ± {s['sd']:.3f}")
         lines.append(f"lesion vs bg per volume (n={summary['dsc']['n']}): DSC {ms('dsc')}  TPVF {ms('tpvf')}  "
                      f"PPV {ms('ppv')}")
+    note = fluid_note(report)
+    if note:
+        lines.append(f"note: {note}")
     return "\n".join(lines)
 
 
@@ -98,6 +109,9 @@ def markdown_table(report: dict[str, Any], title: str | None = None) -> str:
     out += ["", f"Scored {report['n_images_scored']} of {report['n_images']} B-scans; overall rows average the "
                 f"classes with ground-truth pixels ({', '.join(avg) or 'none'}). IoU (pooled) is the paper's per-class "
                 "\"mIoU\"; DSC (per image) is its DSC. '–' = undefined (class absent, or TP = 0 for a ratio)."]
+    note = fluid_note(report)
+    if note:
+        out += ["", f"Note: {note}."]
     summary = report.get("volume_summary")
     if summary and summary["dsc"]["n"]:
         out += ["", "| lesion vs background, per volume | mean | sd | n |", "|---|---:|---:|---:|"]

@@ -46,6 +46,16 @@ def looks_readable(folder: Path) -> bool:
         return False
 
 
+def is_volume_folder(folder: Path) -> bool:
+    """True when ``read_folder`` opens ``folder`` as one volume (HEYEX XML, RETOUCH, B-scans here or in bscans/)."""
+    from oct_wsss.io.heyex import find_heyex_xml
+
+    try:
+        return (folder / "oct.mhd").is_file() or image_folder(folder) is not None or find_heyex_xml(folder) is not None
+    except (OSError, OctReadError):
+        return False
+
+
 def read_folder(folder: Path) -> OctVolume:
     """A volume folder: HEYEX XML export (through eyepy), RETOUCH, or a stack of B-scan images + volume.json."""
     from oct_wsss.io.heyex import find_heyex_xml, heyex_xml_info, read_heyex_xml
@@ -81,6 +91,23 @@ def read_folder(folder: Path) -> OctVolume:
                         patient=patient, keep_unit_float=ours)
 
 
+def _files_are(names: list[str], shape: tuple[int, ...]) -> str:
+    """'a.png is 10x12' or 'a.png, b.png … are 10x12' (at most five names)."""
+    listed = f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
+    return f"{listed} {'is' if len(names) == 1 else 'are'} {shape[0]}x{shape[1]}"
+
+
+def _sizes_message(shapes: dict[tuple[int, ...], list[str]]) -> str:
+    """Which files have which size: 'most are HxW (n files) but ...' when one size has more files than any other,
+    else every size with its files (no 'most' for a tie)."""
+    ranked = sorted(shapes.items(), key=lambda kv: -len(kv[1]))
+    (common, names), runner_up = ranked[0], ranked[1][1]
+    if len(names) > len(runner_up):  # a majority holds two files or more
+        odd = "; ".join(_files_are(other, s) for s, other in ranked[1:])
+        return f"most are {common[0]}x{common[1]} ({len(names)} files) but {odd}"
+    return "; ".join(_files_are(other, s) for s, other in ranked)
+
+
 def _stack(files: list[Path], folder: Path) -> np.ndarray:
     pages = []
     for f in files:
@@ -94,11 +121,7 @@ def _stack(files: list[Path], folder: Path) -> np.ndarray:
     for f, page in zip(files, pages, strict=False):
         shapes[page.shape].append(f.name)
     if len(shapes) > 1:
-        common = max(shapes, key=lambda s: len(shapes[s]))
-        odd = "; ".join(f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''} are {s[0]}x{s[1]}"
-                        for s, names in shapes.items() if s != common)
-        raise OctReadError(folder, f"B-scans differ in size: most are {common[0]}x{common[1]} "
-                                   f"({len(shapes[common])} files) but {odd}")
+        raise OctReadError(folder, f"B-scans differ in size: {_sizes_message(shapes)}")
     dtypes = {p.dtype for p in pages}
     if len(dtypes) > 1:
         raise OctReadError(folder, f"B-scans differ in bit depth ({', '.join(sorted(map(str, dtypes)))})")

@@ -47,6 +47,7 @@ class PropagateWidget(Container):
         self.previous: dict[int, tuple[np.ndarray, Any, Any]] = {}  # B-scan -> (page, proposed, provenance) before
         self.run_info: dict[str, Any] = {}  # what the running propagation records as each B-scan's provenance
         self._cancel = False
+        self._failure: str | None = None  # the run's error, so the status says failed, not what was proposed only
         self.run_button.changed.connect(self.propagate)
         self.cancel_button.changed.connect(self.cancel)
         self.undo_button.changed.connect(self.undo)
@@ -86,14 +87,14 @@ class PropagateWidget(Container):
             from oct_wsss.napari._imports import preload_sam2
 
             preload_sam2()
-        self.previous, self._cancel = {}, False
+        self.previous, self._cancel, self._failure = {}, False, None
         self.run_info = {"method": "propagate", "engine": self.engine.value, "from_bscan": k,
                          "min_confidence": float(self.min_confidence.value), "source": "napari",
                          **({"sam2_checkpoint": ckpt.name} if ckpt is not None else {})}
         self.worker = _propagate_worker(np.asarray(image.data), np.array(labels.data), k, start, end, ckpt,
                                         float(self.min_confidence.value), lambda: self._cancel)
         self.worker.yielded.connect(lambda result: self._apply(labels, result, end - start))
-        self.worker.errored.connect(lambda err: show_error(f"Propagation failed: {err}"))
+        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._done)
         self.run_button.enabled, self.cancel_button.enabled, self.undo_button.enabled = False, True, False
         self.status.value = f"propagating B-scan {k} over {start}..{end} ({self.engine.value}) ..."
@@ -121,11 +122,16 @@ class PropagateWidget(Container):
         conf = ", ".join(f"{c}: {v:.2f}" for c, v in result.confidence.items())
         self.status.value = f"B-scan {i} proposed ({len(self.previous)} of at most {total}; confidence {conf})"
 
+    def _failed(self, err: BaseException) -> None:
+        """A notification, and the reason kept for the status line once the worker has finished."""
+        self._failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        show_error(f"Propagation failed: {err}")
+
     def _done(self) -> None:
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.undo_button.enabled = bool(self.previous)
-        what = "cancelled: " if self._cancel else ""
+        what = f"failed ({self._failure}): " if self._failure is not None else "cancelled: " if self._cancel else ""
         done = ", ".join(map(str, sorted(self.previous)))
         self.status.value = (f"{what}{len(self.previous)} B-scans proposed ({done}); review and accept them"
                              if self.previous else f"{what}nothing propagated")

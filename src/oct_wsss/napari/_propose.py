@@ -59,6 +59,15 @@ def legend_html() -> str:
     return "<br>".join(rows)
 
 
+#: how a method's checkpoint is named in messages, with its article ("an AGM checkpoint", not "a agm checkpoint")
+CHECKPOINT_NAMES = {"agm": "an AGM", "dfp": "a DFP", "hrf": "an HRF", "student": "a student"}
+
+
+def checkpoint_name(method: str) -> str:
+    """'an AGM checkpoint', 'a student checkpoint': the method's checkpoint with the right article, for messages."""
+    return f"{CHECKPOINT_NAMES.get(method, f'a {method}')} checkpoint"
+
+
 def fix_for(err: BaseException) -> str:
     """A one-line thing to try for a failed proposal, shown with the error."""
     text = str(err).lower()
@@ -71,6 +80,13 @@ def fix_for(err: BaseException) -> str:
     if "cuda" in text or "mps" in text:
         return "choose device 'auto' or 'cpu'"
     return "check the image layer and the options"
+
+
+def done_status(cancelled: bool, failure: str | None) -> str:
+    """The status line once a run has ended: a failure says failed (never "done"), then cancelled, else done."""
+    if failure is not None:
+        return f"failed: {failure}"
+    return "cancelled" if cancelled else "done"
 
 
 class WorkerFailed(Exception):
@@ -119,6 +135,7 @@ class ProposeWidget(Container):
         self.scores: ConfidenceLayers | None = None
         self.provenance: dict[str, Any] = {}  # the running proposal's, recorded per B-scan as results arrive
         self._cancel = False
+        self._failure: str | None = None  # the first line of the run's error, so the status never says "done"
         self.method.changed.connect(self._restore_checkpoint)
         self.method.changed.connect(self.prepare_layer)
         self.known.changed.connect(self._pick_known)
@@ -246,7 +263,7 @@ class ProposeWidget(Container):
             return None
         ckpt = str(self.checkpoint.value or "")
         if not Path(ckpt).is_file():
-            show_error(f"Propose: choose a {self.method.value} checkpoint (.safetensors) first")
+            show_error(f"Propose: choose {checkpoint_name(self.method.value)} (.safetensors) first")
             return None
         data = np.asarray(layer.data)
         if data.ndim == 2:
@@ -267,7 +284,7 @@ class ProposeWidget(Container):
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
         self.provenance = {"method": self.method.value}  # until the worker has loaded the model
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
-        self._cancel = False
+        self._cancel, self._failure = False, None
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
         bar = _Progress(len(todo), f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
@@ -285,6 +302,7 @@ class ProposeWidget(Container):
     def _failed(self, err: BaseException) -> None:
         """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU."""
         err = err.cause if isinstance(err, WorkerFailed) else err
+        self._failure = str(err).splitlines()[0] if str(err) else type(err).__name__
         message = f"Propose failed: {err} — {fix_for(err)}"
         if "out of memory" not in str(err).lower() or self.device.value == "cpu":
             show_error(message)
@@ -319,7 +337,7 @@ class ProposeWidget(Container):
     def _done(self, bar: Any) -> None:
         bar.close()
         self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = "cancelled" if self._cancel else "done"
+        self.status.value = done_status(self._cancel, self._failure)
 
     def cancel(self, *_: Any) -> None:
         """Stop after the batch in flight; finished B-scans stay in the layer."""

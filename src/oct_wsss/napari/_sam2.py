@@ -129,7 +129,7 @@ class Sam2Widget(Container):
         bscan, key = np.asarray(image.data[i]), (id(image), i)
         self.worker = _segment_worker(self, str(ckpt), bscan, prompt, key)
         self.worker.returned.connect(lambda out: self._paint(labels, i, *out))
-        self.worker.errored.connect(lambda err: show_error(f"SAM 2 failed: {err}"))
+        self.worker.errored.connect(lambda err: self._failed(i, err))
         self.worker.finished.connect(self._idle)
         self.busy, self.last = True, {}
         self.status.value = f"B-scan {i}: computing the image embedding (once per B-scan) ..." \
@@ -150,6 +150,11 @@ class Sam2Widget(Container):
         embed = f"embedding {a.last_embed_s:.1f} s" if embedded else "embedding cached"
         self.status.value = (f"B-scan {i}: {int(mask.sum())} px → {ONTOLOGY[class_id].key.upper()} (score {score:.2f};"
                              f" {embed}, prompt {1000 * a.last_prompt_s:.0f} ms)")
+
+    def _failed(self, i: int, err: BaseException) -> None:
+        """A notification, and a status that says failed (it said it was still computing the embedding)."""
+        self.status.value = f"B-scan {i}: failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        show_error(f"SAM 2 failed: {err}")
 
     def _idle(self) -> None:
         self.busy = False

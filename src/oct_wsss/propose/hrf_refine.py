@@ -3,7 +3,8 @@
 Classical step (no SAM 2 weights): on the Gaussian-smoothed crop (σ = 1 px), the seed moves to the brightest pixel
 within ``box`` px of the peak; the region is the connected set of pixels at or above half-way between the crop's
 median (background) and the seed's value (a local half-maximum threshold), capped at ``max_area`` px — larger
-regions (the peak sits on a bright layer, not a focus) shrink to the ``box`` square around the seed.
+regions (the peak sits on a bright layer, not a focus) shrink to the ``box`` square around the seed. SAM 2's mask
+gets the same cap (``cap_area``): a mask over ``max_area`` px shrinks to the ``box`` square around the peak.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def prompt_box(peak: tuple[int, int], crop: Crop, box: float) -> tuple[float, fl
     return (cx - h, cy - h, cx + h, cy + h)
 
 
+def box_square(shape: tuple[int, int], seed: tuple[int, int], box: int) -> np.ndarray:
+    """The ``box`` x ``box`` square around ``seed`` (clipped to ``shape``): the fallback for an oversized region."""
+    square = np.zeros(shape, bool)
+    sy, sx = seed
+    square[max(0, sy - box // 2):sy + (box + 1) // 2, max(0, sx - box // 2):sx + (box + 1) // 2] = True
+    return square
+
+
+def cap_area(region: np.ndarray, seed: tuple[int, int], box: int, max_area: int = MAX_AREA) -> np.ndarray:
+    """``region`` itself, or the ``box`` square around ``seed`` when it exceeds ``max_area`` px (a layer, not a
+    focus); the same cap for the classical step and SAM 2."""
+    return box_square(region.shape, seed, box) if int(region.sum()) > max_area else region
+
+
 def classical_region(crop_image: np.ndarray, seed: tuple[int, int], box: int, max_area: int = MAX_AREA) -> np.ndarray:
     """Half-maximum connected region around the brightest pixel near ``seed`` (crop coordinates); see module doc."""
     g = filters.gaussian(crop_image.astype(np.float32), sigma=1.0, preserve_range=True)
@@ -62,17 +77,16 @@ def classical_region(crop_image: np.ndarray, seed: tuple[int, int], box: int, ma
     dy, dx = np.unravel_index(int(np.argmax(local)), local.shape)
     sy, sx = ys.start + int(dy), xs.start + int(dx)
     background, top = float(np.median(g)), float(g[sy, sx])
-    square = np.zeros(g.shape, bool)
-    square[max(0, sy - box // 2):sy + (box + 1) // 2, max(0, sx - box // 2):sx + (box + 1) // 2] = True
     if top <= background:
-        return square
+        return box_square(g.shape, (sy, sx), box)
     labels = measure.label(g >= background + 0.5 * (top - background), connectivity=1)
-    region = labels == labels[sy, sx]
-    return square if region.sum() > max_area else region
+    return cap_area(labels == labels[sy, sx], (sy, sx), box, max_area)
 
 
 def sam_region(backend: Sam2Backend, crop_image: np.ndarray, peak: tuple[int, int], crop: Crop,
-               box: float) -> tuple[np.ndarray, float]:
-    """SAM 2's highest-scoring mask for the box prompt at the peak (crop size) and its predicted IoU."""
+               box: float, max_area: int = MAX_AREA) -> tuple[np.ndarray, float]:
+    """SAM 2's highest-scoring mask for the box prompt at the peak (crop size), capped at ``max_area`` px like the
+    classical step, and its predicted IoU."""
     out = backend.box(crop_image, prompt_box(peak, crop, box))
-    return out.mask, out.score
+    seed = (peak[0] - crop.y0, peak[1] - crop.x0)
+    return cap_area(out.mask, seed, max(1, round(box)), max_area), out.score

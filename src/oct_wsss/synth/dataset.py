@@ -65,7 +65,7 @@ def write_dataset(out_dir: str | Path, n_volumes: int, *, healthy_fraction: floa
         sidecar = {"spacing_mm": list(synth.volume.spacing_mm), "laterality": synth.volume.laterality,
                    "meta": {**synth.volume.meta, "volume_id": vid, "seed": vseed}}
         (vdir / "volume.json").write_text(json.dumps(sidecar, indent=2))
-        volumes.append({"volume": vid, "patient": patient, "seed": vseed, "healthy": index in healthy,
+        volumes.append({"volume": vid, "patient": patient, "seed": vseed, "healthy": synth.params["healthy"],
                         "make_kwargs": kwargs, "params": synth.params})
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)

@@ -87,6 +87,19 @@ def _render_bscan(i: int, height: int, surf: dict, changes: dict, lesion_list: l
     return noise.attenuate(refl, mu)
 
 
+def draw_present(rng: np.random.Generator, seed: int, prev: dict[str, float], healthy: bool) -> dict[str, bool]:
+    """Which lesion classes a volume holds, each with its prevalence; a volume that is not healthy holds at least
+    one: when none is drawn, one class is drawn in proportion to prevalence from a stream of its own (so volumes
+    that drew a class keep their bytes)."""
+    present = {k: (not healthy) and bool(rng.uniform() < prev[k]) for k in LESION_KEYS}
+    weights = np.array([prev[k] for k in LESION_KEYS], dtype=float)
+    if healthy or any(present.values()) or weights.sum() <= 0:
+        return present
+    pick = np.random.default_rng(np.random.SeedSequence([seed, 0x1E5]))
+    present[LESION_KEYS[int(pick.choice(len(LESION_KEYS), p=weights / weights.sum()))]] = True
+    return present
+
+
 def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: int = 512, healthy: bool = False,
                 prevalence: dict[str, float] | None = None,
                 spacing_mm: tuple[float, float, float] = DEFAULT_SPACING_MM,
@@ -108,7 +121,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
     geom = anatomy.sample_geometry(rng, height)
     if dev["bm_row_fraction"] is not None:
         geom["bm_row"] = float(height * dev["bm_row_fraction"])
-    present = {k: (not healthy) and bool(rng.uniform() < prev[k]) for k in LESION_KEYS}
+    present = draw_present(rng, seed, prev, healthy)
     grid = anatomy.make_grid(n_bscans, width, spacing_mm, laterality, tuple(geom["fovea_mm"]))
     plan = lesions.plan_lesions(rng, grid, present, grid.px_per_um, dme_share)
     vplan = vessels.plan_vessels(rng, grid)
@@ -146,6 +159,7 @@ def make_volume(seed: int = 0, *, n_bscans: int = 49, height: int = 496, width: 
     for i in range(n_bscans):
         devlook.pad_rows(look_rng, dev, data[i], labels[i])
 
+    healthy = healthy or not labels.any()  # nothing placed (every prevalence 0): marked healthy, not "with lesions"
     image_labels = np.zeros((n_bscans, len(ONTOLOGY)), bool)
     image_labels[:, 0] = True
     for c in ONTOLOGY[1:]:
