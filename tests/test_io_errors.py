@@ -231,3 +231,34 @@ def test_can_read_never_raises(tmp_path: Path, real_vol: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_volume(tmp_path / "x.VOL").shape == (1, 496, 768)
+
+
+def test_a_tiff_whose_page_chain_loops_is_refused_at_once(tmp_path: Path) -> None:
+    """Found by the atheris campaign (heyex-xml-bscan seed): a next-page offset pointing back at the first page made
+    tifffile walk the chain for minutes. The chain is now walked first and a loop refused."""
+    import struct
+    import time
+
+    import tifffile
+
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+    data = bytearray(path.read_bytes())
+    first = struct.unpack("<I", data[4:8])[0]
+    n = struct.unpack("<H", data[first:first + 2])[0]
+    data[first + 2 + 12 * n:first + 6 + 12 * n] = struct.pack("<I", first)
+    path.write_bytes(bytes(data))
+    t0 = time.perf_counter()
+    with pytest.raises(OctReadError, match="loops back"):
+        read_volume(path)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_heyex_xml_declaring_an_unknown_encoding_is_a_read_error(tmp_path: Path) -> None:
+    """Found by the atheris campaign (heyex-xml seed): encoding="utf-9" escaped as a bare LookupError."""
+    path = tmp_path / "export.xml"
+    path.write_bytes(b'<?xml version="1.0" encoding="utf-9"?><HEDX><Patient/><Image/></HEDX>')
+    for target in (path, tmp_path):
+        with pytest.raises(OctReadError) as err:
+            read_volume(target)
+        assert "LookupError" not in str(err.value) or "HEYEX" in str(err.value)

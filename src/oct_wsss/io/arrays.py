@@ -40,7 +40,10 @@ def read_tiff(path: Path) -> OctVolume:
     """Multi-page TIFF: spacing from our JSON metadata, else ImageJ spacing + resolution, else default."""
     import tifffile
 
+    from oct_wsss.io.limits import check_tiff_chain
+
     try:
+        check_tiff_chain(path)
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise OctReadError(path, "TIFF without image data")

@@ -259,7 +259,7 @@ def find_heyex_xml(folder: Path) -> Path | None:
     for candidate in sorted(folder.glob("*.xml")) + sorted(folder.glob("*.XML")):
         try:
             root = ElementTree.parse(candidate).getroot()
-        except (ElementTree.ParseError, OSError):
+        except (ElementTree.ParseError, OSError, LookupError):  # LookupError: an unknown declared encoding
             continue
         if root.find(".//Patient") is not None and root.find(".//Image") is not None:
             return candidate
@@ -270,7 +270,7 @@ def heyex_xml_info(xml_path: Path) -> dict[str, Any]:
     """Spacing, laterality, dates and patient fields of a (possibly stripped) HEYEX XML, read directly."""
     try:
         root = ElementTree.parse(xml_path).getroot()
-    except (ElementTree.ParseError, OSError) as exc:
+    except (ElementTree.ParseError, OSError, LookupError) as exc:  # LookupError: an unknown declared encoding
         raise OctReadError(xml_path, f"not a readable HEYEX XML ({exc})") from exc
     octs = [im for im in root.iter("Image") if _is_oct_image(im)]
     scale_x = _float(octs[0].find("OphthalmicAcquisitionContext/ScaleX")) if octs else None

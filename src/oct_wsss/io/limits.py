@@ -57,10 +57,48 @@ def mapped(path: str | Path) -> Iterator[io.RawIOBase]:
                 pass
 
 
+#: the most pages a TIFF may chain (an OCT volume has hundreds; a corrupt chain can claim millions)
+MAX_TIFF_PAGES = 65_536
+
+
+def check_tiff_chain(path: Path) -> int:
+    """Walk a TIFF's chain of pages (IFD offsets only) and return its length; a chain that loops back on itself or
+    runs past ``MAX_TIFF_PAGES`` is refused, since tifffile would walk it for minutes."""
+    import struct
+
+    if path.stat().st_size < 8:
+        return 0
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:2] not in (b"II", b"MM"):
+            return 0  # not a TIFF header: tifffile says so itself
+        end = "<" if data[:2] == b"II" else ">"
+        big = struct.unpack(end + "H", data[2:4])[0] == 43
+        count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        offset = struct.unpack(end + off_fmt, data[8:16] if big else data[4:8])[0]
+        seen: set[int] = set()
+        while 0 < offset < len(data):
+            if offset in seen:
+                raise OctReadError(path, f"TIFF page chain loops back to offset {offset} after {len(seen)} pages")
+            if len(seen) >= MAX_TIFF_PAGES:
+                raise OctReadError(path, f"TIFF chains more than {MAX_TIFF_PAGES} pages")
+            seen.add(offset)
+            size = struct.calcsize(count_fmt)
+            if offset + size > len(data):
+                break
+            n = struct.unpack(end + count_fmt, data[offset:offset + size])[0]
+            at = offset + size + n * entry
+            if at + struct.calcsize(off_fmt) > len(data):
+                break
+            offset = struct.unpack(end + off_fmt, data[at:at + struct.calcsize(off_fmt)])[0]
+        return len(seen)
+
+
 def image_nbytes(path: Path) -> tuple[int, bool]:
     """Decoded size in bytes a 2-D image file claims and whether it is compressed, from its header only."""
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
+
+        check_tiff_chain(path)
 
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
