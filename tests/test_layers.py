@@ -197,3 +197,24 @@ def test_a_bscan_without_retina_is_refused_and_nothing_is_written(tmp_path: Path
     err = capsys.readouterr().err
     assert "no retina" in err and "\n" == err[-1] and err.count("\n") == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_drusen_ped_and_ez_rules_on_constructed_boundaries() -> None:
+    from oct_wsss.classes import DRUSEN, EZ, PED
+    from oct_wsss.propose.layer_lesions import lesions_from_boundaries
+
+    h, w, spacing = 200, 200, (0.12, 0.004, 0.01)  # 4 µm rows, 10 µm columns
+    b = np.zeros((len(BOUNDARIES), w))
+    b[:5] = np.arange(5)[:, None] * 10 + 20
+    b[BOUNDARIES.index("ISM_ISE")] = 80
+    b[BOUNDARIES.index("ISE_OS")] = 83
+    b[BOUNDARIES.index("RPE")] = 100
+    b[BOUNDARIES.index("BM")] = 104
+    b[BOUNDARIES.index("RPE"), 50:60] = 95  # druse: 5 px up over 100 µm -> rows 96..99 in 10 columns
+    b[BOUNDARIES.index("RPE"), 120:160] = 70  # PED: 30 px (120 µm) up over 400 µm -> rows 71..99 in 40 columns
+    b[BOUNDARIES.index("ISE_OS"), 10:25] = 80  # EZ absent over 150 µm -> 3 rows x 15 columns
+    b[BOUNDARIES.index("ISE_OS"), 30:35] = 80  # absent over 50 µm only: not a disruption
+    labels = lesions_from_boundaries(np.zeros((h, w), np.uint8), b, spacing)
+    assert (labels == DRUSEN).sum() == 4 * 10
+    assert (labels == PED).sum() == 29 * 40
+    assert (labels == EZ).sum() == 3 * 15 and not (labels[:, 30:35] == EZ).any()
