@@ -32,7 +32,7 @@ from oct_wsss.training.datasets.drusen import lines_from_layer_map
 DUKE = Path("/work/shared/data/duke_dme_chiu2015")
 BONN = Path("/work/shared/data/bonn_drusen_volume")
 PATIENTS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09")
-SCHEDULE = {"iterations": 1100, "batch": 4, "crop_width": 128, "lr": 1e-2, "weight_decay": 1e-4,
+SCHEDULE = {"iterations": 650, "batch": 4, "crop_width": 128, "lr": 1e-2, "weight_decay": 1e-4,
             "fluid_weight": 2.0, "dice_weight": 1.0, "seed": 0}
 CONFIG = LayerNetConfig(width=8, depth=4, scale=0.5)
 
@@ -84,7 +84,7 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
             x = x.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25))) * float(rng.uniform(0.85, 1.15))
             shift = int(rng.integers(-12, 13))
             if shift:
-                x, y = torch.roll(x, shift, -2), torch.roll(y, shift, -1)
+                x, y = torch.roll(x, shift, -2), torch.roll(y, shift, -2)
                 if shift > 0:
                     x[..., :shift, :] = 0
                     y[:shift] = 0
