@@ -21,8 +21,9 @@ def _layers(args: argparse.Namespace) -> None:
     import json
 
     import numpy as np
+    import tifffile
 
-    from oct_wsss.io import OctReadError, atomic_write, read_volume, write_labels
+    from oct_wsss.io import OctReadError, atomic_write, read_volume
     from oct_wsss.propose.layers import (
         BOUNDARIES,
         ETDRS,
@@ -91,7 +92,13 @@ def _layers(args: argparse.Namespace) -> None:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_labels(out / "layers.tif", result.bands, tuple(volume.spacing_mm))]
+    desc = json.dumps({"bands": {"0": "above_ILM", "1": "NFL", "2": "GCL_IPL", "3": "INL", "4": "OPL", "5": "ONL_ISM",
+                                 "6": "ISE", "7": "OS_RPE", "8": "below_BM", "9": "fluid"},
+                       "spacing_mm": list(volume.spacing_mm)})
+    atomic_write(out / "layers.tif", lambda tmp: tifffile.imwrite(tmp, result.bands, photometric="minisblack",
+                                                                   compression="zlib", description=desc,
+                                                                   metadata=None))
+    files = [out / "layers.tif"]
     atomic_write(out / "boundaries.csv", lambda tmp: Path(tmp).write_text(boundaries_text))
     files.append(out / "boundaries.csv")
     if thickness_text is not None:

@@ -97,13 +97,13 @@ def check_order(bands: np.ndarray) -> bool:
     if b.ndim == 2:
         b = b[None]
     filled = b.copy()
-    # fluid takes the band id of the nearest non-fluid row above it (NFL, the first retinal band, at the top row)
+    # fluid takes the band id of the nearest non-fluid row above it, at least NFL (fluid right under the ILM)
     top = filled[:, 0]
     top[top == FLUID_BAND] = 1
     for y in range(1, filled.shape[1]):
         f = filled[:, y] == FLUID_BAND
-        filled[:, y][f] = filled[:, y - 1][f]
-    fluid_in_retina = bool(((filled >= 1) & (filled <= 7))[b == FLUID_BAND].all())
+        filled[:, y][f] = np.maximum(filled[:, y - 1][f], 1)
+    fluid_in_retina = bool((filled <= 7)[b == FLUID_BAND].all())
     return fluid_in_retina and bool((np.diff(filled, axis=1) >= 0).all())
 
 
