@@ -218,3 +218,19 @@ def test_drusen_ped_and_ez_rules_on_constructed_boundaries() -> None:
     assert (labels == DRUSEN).sum() == 4 * 10
     assert (labels == PED).sum() == 29 * 40
     assert (labels == EZ).sum() == 3 * 15 and not (labels[:, 30:35] == EZ).any()
+
+
+@needs_weights
+def test_bundled_layers_checkpoint_is_small_and_has_a_card() -> None:
+    from oct_wsss.checkpoint import Checkpoint
+    from oct_wsss.weights import model_card
+
+    assert CKPT.stat().st_size <= 10 * 2**20
+    ckpt = Checkpoint.load(CKPT, expect_method="layers")
+    assert ckpt.meta["params"]["bands"][9] == "fluid"
+    card = model_card(CKPT)
+    assert card is not None
+    text = card.read_text()
+    for needed in ("Not for clinical use", "Chiu", "leave-one-patient-out", "training/layers_train.py", "wall time"):
+        assert needed in text, needed
+    assert "__" not in text, "unfilled placeholder in the card"
