@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 META_KEY = "oct_wsss"
 SUFFIX = ".safetensors"
-KNOWN_METHODS: tuple[str, ...] = ("agm", "ganomaly", "dfp", "hrf-cct", "hrf-mil", "student")
+KNOWN_METHODS: tuple[str, ...] = ("agm", "ganomaly", "dfp", "hrf-cct", "hrf-mil", "student", "layers")
 REQUIRED_META: tuple[str, ...] = ("method", "architecture", "classes", "input_size", "normalisation", "format_version")
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit

@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("volume", type=Path, help="OCT file or B-scan folder (anything `oct-wsss read` opens); or a "
                    "folder of volumes or a CSV manifest (column path, optional id): one OUT/<id>/ per volume, "
                    "volumes already done are skipped")
-    p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf"), help="proposal method")
+    p.add_argument("--method", required=True, choices=("agm", "student", "dfp", "hrf", "layers"),
+                   help="proposal method (layers: lesions from the retinal layer model, docs/results-real.md)")
     p.add_argument("--checkpoint", required=True, type=Path, help="the method's .safetensors checkpoint")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--shard", help="batch only: propose shard i of n (every n-th volume from i; i = 0..n-1), e.g. "

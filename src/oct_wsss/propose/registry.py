@@ -29,6 +29,7 @@ METHODS: dict[str, str] = {
     "student": "oct_wsss.propose.student:StudentProposer",
     "dfp": "oct_wsss.propose.dfp:DfpProposer",
     "hrf": "oct_wsss.propose.hrf:HrfProposer",
+    "layers": "oct_wsss.propose.layer_lesions:LayersProposer",
 }
 
 

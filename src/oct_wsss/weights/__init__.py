@@ -47,3 +47,9 @@ def model_card(checkpoint: Path) -> Path | None:
     """The model card (``.md`` beside the checkpoint), or None."""
     card = Path(checkpoint).with_suffix(".md")
     return card if card.is_file() else None
+
+
+def layers_checkpoint() -> Path | None:
+    """The bundled retinal layer checkpoint (``layers.safetensors``, trained on the shared Duke DME labels), or None."""
+    path = WEIGHTS_DIR / "layers.safetensors"
+    return path if path.is_file() else None
