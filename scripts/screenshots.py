@@ -4,11 +4,13 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --workflow STUDENT.safetensors
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --grader
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --hrf
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py --workspace
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import napari
@@ -137,10 +139,38 @@ def grader() -> None:
     viewer.close()
 
 
+def workspace() -> None:
+    """The demo as `oct-wsss demo` shows it (OCT workspace docked, demo student proposed) at the two screen sizes the
+    plugin must fit: 1920 x 1080 and 1366 x 768."""
+    from oct_wsss.weights import bundled_checkpoints
+
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    worker = populate_demo(viewer, "student", bundled_checkpoints()["student"], device="cpu")
+    app = napari.qt.get_qapp()
+    while worker.is_running:
+        app.processEvents()
+    for _ in range(300):  # the results still queued in the event loop, and the widget's "done"
+        app.processEvents()
+        time.sleep(0.01)
+    for width, height in ((1920, 1080), (1366, 768)):
+        viewer.window._qt_window.resize(width, height)
+        for _ in range(5):
+            app.processEvents()
+        viewer.reset_view()
+        app.processEvents()
+        name = f"napari_workspace_{width}x{height}.png"
+        imsave(OUT / name, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
+        print("wrote", OUT / name)
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if len(sys.argv) > 1 and sys.argv[1] == "--hrf":
         hrf()
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--workspace":
+        workspace()
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--grader":
         grader()
