@@ -173,6 +173,24 @@ def test_duke_mat_parser_process_is_kept_and_replaced_when_it_dies(tmp_path: Pat
     assert heyex._duke_parser().submit(os.getpid).result() != pid
 
 
+def test_a_duke_mat_parse_that_hangs_is_a_read_error_and_the_next_file_reads(tmp_path: Path, monkeypatch) -> None:
+    """A .mat whose parse never ends (found by atheris) costs an error after DUKE_PARSE_TIMEOUT_S, not a hang; the
+    hung parser is killed and the next file gets a fresh one. Simulated with a timeout no parse can meet."""
+    from scipy.io import savemat
+
+    from oct_wsss.io import heyex
+
+    images = np.random.default_rng(10).integers(0, 255, (20, 30, 2), dtype=np.uint8)
+    path = tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1003.mat"
+    savemat(path, {"images": images, "layerMaps": np.zeros((2, 30, 3)), "Age": np.array([[62]])})
+    read_volume(path)
+    monkeypatch.setattr(heyex, "DUKE_PARSE_TIMEOUT_S", 1e-6)
+    with pytest.raises(OctReadError, match="did not finish"):
+        read_volume(path)
+    monkeypatch.setattr(heyex, "DUKE_PARSE_TIMEOUT_S", 60.0)
+    np.testing.assert_array_equal(read_volume(path).data, np.moveaxis(images, -1, 0))
+
+
 def _e2e_codes(n: int = 3, h: int = 64, w: int = 96) -> np.ndarray:
     """Heidelberg float16 codes: exponents 50-63 (values 1e-4..1) plus a few 'empty region' values (> 1.99);
     each B-scan brighter than the one before, so the order of the B-scans is visible in the voxels."""
