@@ -151,11 +151,11 @@ class Checkpoint:
         with path.open("rb") as f:  # read once: what is checked, hashed and loaded are the same bytes
             size = os.fstat(f.fileno()).st_size
             head = _read_header(path, f, size)
-            meta = _parse(path, head, size)
+            meta, header = _parse(path, head, size)
             if expect_method is not None and meta["method"] != expect_method:
                 raise CheckpointError(path, f"this is a {meta['method']!r} checkpoint, expected {expect_method!r}")
             digest = hashlib.sha256(head)
-            state = _read_tensors(path, f, json.loads(head[8:].decode("utf-8")), digest, skip)
+            state = _read_tensors(path, f, header, digest, skip)
         return cls(state, meta, digest.hexdigest())
 
     def build(self, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
@@ -209,7 +209,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = _checked_path(path)
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
-        return _parse(path, _read_header(path, f, size), size)
+        return _parse(path, _read_header(path, f, size), size)[0]
 
 
 def validate_meta(meta: Any, path: str | Path | None) -> dict[str, Any]:
@@ -302,7 +302,6 @@ def _read_tensors(path: Path, f: BinaryIO, header: dict[str, Any], digest: Any,
     tensors are views of it: no second copy); skipped tensors only feed ``digest``."""
     import torch
 
-    header.pop("__metadata__", None)
     spans = sorted((info["data_offsets"][0], info["data_offsets"][1], name, info) for name, info in header.items())
     keep = [(name, end - begin) for begin, end, name, _ in spans if not name.startswith(skip)]
     slots, position = {}, 0
@@ -384,8 +383,9 @@ def _read_header(path: Path, f: BinaryIO, size: int) -> bytes:
     return start + f.read(8 + n - len(start))
 
 
-def _parse(path: Path, head: bytes, size: int) -> dict[str, Any]:
-    """Check the header (JSON, dtypes, shapes vs offsets vs file size) and return the validated metadata."""
+def _parse(path: Path, head: bytes, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the header (JSON, dtypes, shapes vs offsets vs file size); return the validated metadata and the tensor
+    entries (name -> dtype, shape, data_offsets)."""
     try:
         header = json.loads(head[8:].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -400,7 +400,7 @@ def _parse(path: Path, head: bytes, size: int) -> dict[str, Any]:
         meta = json.loads(extra[META_KEY])
     except (TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(path, f"oct-wsss metadata is not valid JSON: {e}") from e
-    return validate_meta(meta, path)
+    return validate_meta(meta, path), header
 
 
 def _check_layout(path: Path, header: dict[str, Any], data_bytes: int) -> None:
