@@ -68,13 +68,13 @@ def check_tiff_chain(path: Path) -> int:
 
     if path.stat().st_size < 8:
         return 0
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with mapped(path) as data:
         if data[:2] not in (b"II", b"MM"):
             return 0  # not a TIFF header: tifffile says so itself
         end = "<" if data[:2] == b"II" else ">"
-        big = struct.unpack(end + "H", data[2:4])[0] == 43
-        count_fmt, entry, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
-        offset = struct.unpack(end + off_fmt, data[8:16] if big else data[4:8])[0]
+        big = struct.unpack_from(end + "H", data, 2)[0] == 43
+        count, entry, link = (end + "Q", 20, end + "Q") if big else (end + "H", 12, end + "I")
+        offset = struct.unpack_from(link, data, 8 if big else 4)[0]
         seen: set[int] = set()
         while 0 < offset < len(data):
             if offset in seen:
@@ -82,14 +82,12 @@ def check_tiff_chain(path: Path) -> int:
             if len(seen) >= MAX_TIFF_PAGES:
                 raise OctReadError(path, f"TIFF chains more than {MAX_TIFF_PAGES} pages")
             seen.add(offset)
-            size = struct.calcsize(count_fmt)
-            if offset + size > len(data):
+            if offset + struct.calcsize(count) > len(data):
                 break
-            n = struct.unpack(end + count_fmt, data[offset:offset + size])[0]
-            at = offset + size + n * entry
-            if at + struct.calcsize(off_fmt) > len(data):
+            at = offset + struct.calcsize(count) + struct.unpack_from(count, data, offset)[0] * entry
+            if at + struct.calcsize(link) > len(data):
                 break
-            offset = struct.unpack(end + off_fmt, data[at:at + struct.calcsize(off_fmt)])[0]
+            offset = struct.unpack_from(link, data, at)[0]
         return len(seen)
 
 
