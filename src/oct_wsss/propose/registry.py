@@ -101,16 +101,17 @@ def propose(volume: OctVolume, method: str = "agm", checkpoint: str | Path | Non
         if checkpoint is None:
             raise ValueError(f"method {method!r} needs a checkpoint file")
         proposer = load_proposer(method, checkpoint, device=device, **options)
-    todo = to_propose(volume.n_bscans if bscans is None else bscans, accepted or {})
+    accepted = accepted or {}
+    todo = to_propose(volume.n_bscans if bscans is None else bscans, accepted)
     result = Proposal.empty(volume, proposer.classes, keep_scores, labels)
-    for i, mask in (accepted or {}).items():
+    for i, mask in accepted.items():
         result.labels[int(i)] = _checked_mask(mask, volume.shape[1:], int(i))
     t0 = time.perf_counter()
     for n, item in enumerate(stream(proposer, volume, todo, cancel=cancel, keep_scores=keep_scores), start=1):
         result.add(item)
         if progress is not None:
             progress(n, len(todo))
-    result.provenance = proposal_provenance(proposer, volume, todo, time.perf_counter() - t0, sorted(accepted or {}))
+    result.provenance = proposal_provenance(proposer, volume, todo, time.perf_counter() - t0, sorted(accepted))
     if int(result.done.sum()) < len(todo):
         raise ProposalCancelled(result)
     return result
