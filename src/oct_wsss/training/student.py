@@ -77,7 +77,7 @@ def student_loss(logits: Tensor, target: Tensor, weight: Tensor, class_weights: 
     ce = -(target * F.log_softmax(logits, 1) * class_weights[None, :, None, None]).sum(1).mean((1, 2))
     loss = (ce * w).sum()
     if dice_weight > 0:
-        p = torch.softmax(logits, 1)[:, 1:]
+        p = torch.softmax(logits, 1)[:, 1:] * target.sum(1, keepdim=True)  # pixels left out (all-zero targets) too
         t = target[:, 1:]
         wb = w[:, None, None, None]
         inter = (wb * p * t).sum((0, 2, 3))

@@ -25,7 +25,8 @@ from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.loader import Augment
 
-PSEUDO, CORRECTION, TRUTH = "pseudo", "correction", "truth"
+PSEUDO, CORRECTION, TRUTH, WEAK = "pseudo", "correction", "truth", "weak"
+IGNORE = 255  #: a target id for pixels left out of the loss (a weak label that is unsure of them)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Target:
 
 
 def one_hot(target: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """(1 + K, H, W) float32 from ontology ids (ids outside ``classes`` are background) or pass a soft target on."""
+    """(1 + K, H, W) float32 from ontology ids (ids outside ``classes`` are background; :data:`IGNORE` pixels are all
+    zero, so the loss leaves them out) or pass a soft target on."""
     if target.ndim == 3:
         if target.shape[0] != len(classes) + 1:
             raise ValueError(f"a soft target has {target.shape[0]} channels; expected {len(classes) + 1}")
@@ -48,7 +50,7 @@ def one_hot(target: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     out = np.zeros((len(classes) + 1, *target.shape), np.float32)
     for j, c in enumerate(classes, start=1):
         out[j] = target == c
-    out[0] = 1.0 - out[1:].sum(0)
+    out[0] = (1.0 - out[1:].sum(0)) * (target != IGNORE)
     return out
 
 
@@ -186,6 +188,8 @@ class StudentDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         x, y = self.prepared(i)
         if self.augment is not None:
-            x, y = self.augment(x, y, np.random.default_rng([self.seed, self.epoch, i]))
-            y = torch.cat([y[:1] + 1.0 - y.sum(0, keepdim=True), y[1:]])  # rotated-in corners are background
+            frame = torch.ones_like(y[:1])  # rotated with the target, so corners are told from ignored pixels
+            x, y = self.augment(x, torch.cat([y, frame]), np.random.default_rng([self.seed, self.epoch, i]))
+            y, frame = y[:-1], y[-1:]
+            y = torch.cat([y[:1] + 1.0 - frame, y[1:]])  # rotated-in corners are background; ignored pixels stay 0
         return {"image": x, "target": y, "weight": torch.tensor(self.targets[i].weight, dtype=torch.float32)}

@@ -1,0 +1,127 @@
+"""``method: real-wsss``: a phantom-trained student carried to real B-scans with their image-level labels only.
+
+Each round the current student labels the real B-scans; :func:`~oct_wsss.training.weak_labels.image_level_target`
+keeps what each B-scan's image labels allow and the student is sure of; the student then trains on those targets
+beside the phantom's pixel truth (self-training). No real pixel label is read: a real data entry whose adapter
+carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and then the masks are dropped unread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.classes import ONTOLOGY
+from oct_wsss.propose.student import StudentProposer
+from oct_wsss.training.data import LabelledSet
+from oct_wsss.training.datasets import load_dataset
+from oct_wsss.training.errors import TrainingError
+from oct_wsss.training.recipe import Recipe
+from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
+from oct_wsss.training.student_data import IGNORE, WEAK, Target, truth_targets
+from oct_wsss.training.weak_labels import Confidence, image_level_target
+
+
+def real_sets(recipe: Recipe) -> list[LabelledSet]:
+    """The recipe's ``real`` entries as image-level sets without pixel masks (refusing entries that would bring
+    masks in unasked, and entries without image labels)."""
+    entries = recipe.raw.get("real")
+    if not isinstance(entries, list) or not entries:
+        raise TrainingError(f"{recipe.path or 'recipe'}: real-wsss needs real: a list of data entries with "
+                            "image-level labels (e.g. {layout: csv, root: labels.csv})")
+    return [_real_set(dict(entry), i, recipe) for i, entry in enumerate(entries)]
+
+
+def _real_set(spec: dict[str, Any], i: int, recipe: Recipe) -> LabelledSet:
+    where = f"{recipe.path or 'recipe'}: real[{i}]"
+    drop = spec.pop("pixel_masks", None)
+    if drop not in (None, "drop"):
+        raise TrainingError(f"{where}: pixel_masks may only be 'drop'; got {drop!r}")
+    exclude = {str(p) for p in spec.pop("exclude_patients", [])}
+    try:
+        data = load_dataset(spec, recipe.base)
+    except (ValueError, FileNotFoundError) as err:
+        raise TrainingError(f"{where}: {err}") from err
+    if not data.classes:
+        raise TrainingError(f"{where} ({spec.get('root')}): the B-scans have no image-level labels; real-wsss "
+                            "learns from them (add one 0/1 column per class key to the manifest)")
+    masked = sum(s.mask is not None for s in data.samples)
+    if masked and drop != "drop":
+        raise TrainingError(f"{where} ({data.name}): {masked} B-scans carry pixel masks; real-wsss trains from "
+                            "image-level labels only. Say pixel_masks: drop to use the entry without reading them")
+    samples = [replace(s, mask=None) for s in data.samples if s.patient not in exclude]
+    if not samples:
+        raise TrainingError(f"{where}: no B-scans left after exclude_patients")
+    return LabelledSet(samples, data.classes, data.name, {**data.info, "pixel_masks": "dropped unread" if masked
+                                                          else "none"})
+
+
+def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confidence: Confidence, weight: float,
+                 log: Callable[[str], None]) -> list[Target]:
+    """One target per real B-scan from the current student, filtered by the B-scan's image-level labels."""
+    classes = proposer.classes
+    out, kept = [], np.zeros(len(classes) + 2, np.int64)  # background, classes..., ignored
+    for data in sets:
+        for s in data.samples:
+            target = image_level_target(proposer.probabilities([s.load_image()])[0], classes, s.labels,
+                                        data.classes, confidence)
+            kept += np.bincount(np.searchsorted((0, *classes, IGNORE), target.ravel()), minlength=len(kept))
+            out.append(Target(s.load_image, partial(np.asarray, target), weight, WEAK, (s.volume, s.bscan)))
+    names = ["background", *(ONTOLOGY[c].key for c in classes), "ignored"]
+    log("weak targets: " + ", ".join(f"{n} {k / max(1, kept.sum()):.2%}" for n, k in zip(names, kept, strict=True)))
+    return out
+
+
+def _init(recipe: Recipe, device: str) -> tuple[StudentProposer, dict[str, str]]:
+    path = Path(str(recipe.raw.get("init") or ""))
+    path = path if path.is_absolute() else recipe.base / path
+    if not recipe.raw.get("init") or not path.is_file():
+        raise TrainingError(f"{recipe.path or 'recipe'}: init must name the phantom student's checkpoint "
+                            f"(train it with training/phantom-student.yaml); {path} is not a file")
+    proposer = StudentProposer.from_checkpoint(path, device=device)
+    if proposer.classes != recipe.classes:
+        raise TrainingError(f"{path.name} predicts {list(proposer.classes)}, the recipe's classes are "
+                            f"{list(recipe.classes)}")
+    return proposer, {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
+                  cancel: Callable[[], bool] | None) -> Path:
+    """Adapt the ``init`` student to the ``real`` entries over ``rounds`` rounds; writes ``student.safetensors``."""
+    sets = real_sets(recipe)
+    proposer, init = _init(recipe, device)
+    spec = dict(recipe.raw.get("student") or {})
+    spec.setdefault("intensity", proposer.intensity)
+    try:
+        config = StudentTrainConfig.from_dict(spec)
+        confidence = Confidence(**(recipe.raw.get("confidence") or {}))
+    except (TypeError, ValueError) as err:
+        raise TrainingError(f"{recipe.path or 'recipe'}: {err}") from err
+    train, val, _ = recipe.splits()
+    phantom = truth_targets(train)
+    net, info, rounds = proposer.net, {}, int(recipe.raw.get("rounds", 2))
+    for r in range(rounds):
+        weak = weak_targets(proposer, sets, confidence, float(recipe.raw.get("real_weight", 1.0)), log)
+        net, info = train_student([*phantom, *weak], recipe.classes, recipe.input_size, net.config, config,
+                                  run_dir / f"round-{r}", val=val, init=net, device=device, seed=recipe.seed + r,
+                                  log=log, cancel=cancel)
+        proposer = StudentProposer(net, recipe.classes, recipe.input_size, device=device, intensity=config.intensity)
+    training = {"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed, "init": init,
+                "rounds": rounds, "confidence": vars(confidence), "phantom_bscans": len(phantom),
+                "real_data": [_card_entry(d) for d in sets], **info}
+    ckpt = student_checkpoint(net, recipe.classes, recipe.input_size, intensity=config.intensity, training=training)
+    return ckpt.save(run_dir / "student.safetensors")
+
+
+def _card_entry(data: LabelledSet) -> dict[str, Any]:
+    """What of a real set went in: counts and the image-level label classes, never patient ids or paths."""
+    patients = {s.patient for s in data.samples}
+    return {"name": data.name, "bscans": len(data.samples), "patients": len(patients),
+            "image_labels": [ONTOLOGY[c].key for c in data.classes], "pixel_masks": data.info["pixel_masks"]}
+

@@ -1,0 +1,68 @@
+"""Image-level labels as a filter on a student's own predictions: the weak signal of self-training on real B-scans.
+
+A B-scan's image-level labels say, for each class they speak about, whether it is there. A predicted class the label
+excludes becomes background whatever the student thought; a class the label allows is kept where the student is
+confident; pixels the student is unsure of, and classes the label says nothing about, are left out of the loss
+(:data:`~oct_wsss.training.student_data.IGNORE`) instead of being called background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oct_wsss.classes import FLUID, IRF, SRF
+from oct_wsss.training.student_data import IGNORE
+
+#: an image label of undistinguished fluid speaks for SRF and IRF alike
+COVERS: dict[int, frozenset[int]] = {FLUID: frozenset({SRF, IRF})}
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """Softmax probability a pixel needs for its class (lesion) or for background to become a target."""
+
+    lesion: float = 0.7
+    background: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("lesion", "background"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"confidence {name} must be in (0, 1]; got {value}")
+
+
+def _speaks(c: int, ids: Collection[int]) -> bool:
+    """Whether a set of image-label ids covers class ``c`` (directly, through fluid, or fluid through SRF + IRF)."""
+    if c in ids or any(c in COVERS.get(k, ()) for k in ids):
+        return True
+    return c in COVERS and COVERS[c] <= set(ids)
+
+
+def verdicts(classes: Sequence[int], labels: Collection[int], known: Collection[int]) -> list[str]:
+    """Per student class: "allowed" (the image shows it), "excluded" (the label says it is absent) or "unknown"."""
+    out = []
+    for c in classes:
+        present = _speaks(c, labels) or any(_speaks(s, labels) for s in COVERS.get(c, ()))  # SRF shown: fluid is
+        out.append("allowed" if present else "excluded" if _speaks(c, known) else "unknown")
+    return out
+
+
+def image_level_target(probs: np.ndarray, classes: Sequence[int], labels: Collection[int], known: Collection[int],
+                       confidence: Confidence = Confidence()) -> np.ndarray:
+    """(H, W) uint8 target from a softmax (1 + K, H, W): ontology ids where confident and allowed, background where
+    confident or where an excluded class won, :data:`IGNORE` elsewhere."""
+    if probs.ndim != 3 or probs.shape[0] != len(classes) + 1:
+        raise ValueError(f"probabilities must be (1 + {len(classes)}, H, W); got {probs.shape}")
+    best, top = probs.argmax(0), probs.max(0)
+    out = np.full(best.shape, IGNORE, np.uint8)
+    out[(best == 0) & (top >= confidence.background)] = 0
+    for j, (c, verdict) in enumerate(zip(classes, verdicts(classes, labels, known), strict=True), start=1):
+        won = best == j
+        if verdict == "excluded":
+            out[won] = 0
+        elif verdict == "allowed":
+            out[won & (top >= confidence.lesion)] = c
+    return out
