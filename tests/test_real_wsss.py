@@ -146,3 +146,23 @@ def test_a_tiny_real_wsss_run_on_the_phantom_and_shared_duke_bscans(tmp_path: Pa
     assert main(["propose", str(image), "--method", "student", "--checkpoint",
                  str(tmp_path / "run" / "student.safetensors"), "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "labels.tif").is_file()
+
+
+def test_a_student_with_retina_layers_keeps_lesions_inside_the_retina_only(shared_data: Path) -> None:
+    """A student that calls every pixel SRF: with ``retina="layers"`` (recorded in its checkpoint) the proposal on a
+    real Duke B-scan is cleared above the ILM and below BM, and kept inside the retina."""
+    from oct_wsss.propose.student import StudentProposer
+
+    net = StudentNet(StudentConfig(n_outputs=2, width=4, depth=3))
+    for p in net.parameters():
+        p.data.zero_()
+    list(net.parameters())[-1].data[1] = 5.0  # the head's bias: SRF wins everywhere
+    ckpt = student_checkpoint(net, (SRF,), (64, 64), training={}, retina="layers")
+    proposer = StudentProposer.from_checkpoint(ckpt, device="cpu")
+    assert proposer.retina == "layers" and proposer.provenance()["params"]["retina"] == "layers"
+    image = iio.imread(sorted((shared_data / "duke_dme_chiu2015" / "images").glob("Subject_01_*.png"))[5])
+    image = image if image.ndim == 2 else image[..., 0]
+    raw = StudentProposer(net, (SRF,), (64, 64), device="cpu").predict(image)
+    inside = proposer.predict(image)
+    assert (raw == SRF).all()
+    assert not inside[:20].any() and not inside[-20:].any() and 0.1 < (inside == SRF).mean() < 0.6

@@ -41,7 +41,8 @@ class StudentProposer:
 
     def __init__(self, net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float | None = None, device: str | torch.device = "auto", batch_size: int | None = None,
-                 checkpoint: Checkpoint | None = None, intensity: str | None = None) -> None:
+                 checkpoint: Checkpoint | None = None, intensity: str | None = None,
+                 retina: str | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.classes = tuple(int(c) for c in classes)
         if net.config.n_outputs != len(self.classes) + 1:
@@ -60,6 +61,11 @@ class StudentProposer:
         self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
                                          else intensity_of(checkpoint.meta.get("normalisation")))
         self._ids = np.array((0, *self.classes), np.uint8)
+        if retina not in (None, "layers"):
+            raise ValueError(f"retina must be None or 'layers'; got {retina!r}")
+        #: "layers": lesions are kept only between ILM and BM of the layer model (``propose.layers.retina_mask``)
+        self.retina = retina
+        self._layer_model: Any = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
@@ -71,7 +77,8 @@ class StudentProposer:
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid student architecture ({err})") from err
         net = ckpt.build(lambda: StudentNet(config))
-        settings = {"threshold": ckpt.meta.get("params", {}).get("threshold")}
+        params = ckpt.meta.get("params", {})
+        settings = {"threshold": params.get("threshold"), "retina": params.get("retina")}
         settings.update({k: v for k, v in options.items() if v is not None})
         return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
 
@@ -83,7 +90,7 @@ class StudentProposer:
         return {"method": self.method, "checkpoint": info, "classes": list(self.classes),
                 "input_size": list(self.input_size), "architecture": self.net.config.arch,
                 "params": {"threshold": self.threshold, "batch_size": self.batch_size,
-                           "intensity": self.intensity}, "device": str(self.device)}
+                           "intensity": self.intensity, "retina": self.retina}, "device": str(self.device)}
 
     def probabilities(self, bscans: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
@@ -108,14 +115,25 @@ class StudentProposer:
 
     def predict(self, bscan: np.ndarray) -> np.ndarray:
         """Ontology ids (H, W) of one B-scan (what ``run`` yields as labels, without the streaming)."""
-        return self.labels(self.probabilities([bscan]))[0]
+        return self.inside_retina([bscan], self.labels(self.probabilities([bscan])))[0]
+
+    def inside_retina(self, bscans: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
+        """``labels`` with lesions outside the layer model's retina cleared when ``retina`` is "layers"."""
+        if self.retina is None:
+            return labels
+        from oct_wsss.propose.layers import LayerModel, retina_mask
+
+        if self._layer_model is None:
+            self._layer_model = LayerModel(device=str(self.device))
+        return np.where(retina_mask(np.stack(bscans), model=self._layer_model), labels, 0).astype(labels.dtype)
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
         """Stream results per B-scan in batches; image-level probability = the class's highest pixel probability."""
         def work(batch: Sequence[int]) -> list[BscanResult]:
-            probs = self.probabilities([volume.data[i] for i in batch])
-            labels = self.labels(probs)
+            images = [volume.data[i] for i in batch]
+            probs = self.probabilities(images)
+            labels = self.inside_retina(images, self.labels(probs))
             present = probs[:, 1:].reshape(len(batch), len(self.classes), -1).max(-1)
             return [BscanResult(i, labels[j], present[j], probs[j, 1:] if keep_scores else None)
                     for j, i in enumerate(batch)]

@@ -4,6 +4,8 @@ Each round the current student labels the real B-scans; :func:`~oct_wsss.trainin
 keeps what each B-scan's image labels allow and the student is sure of; the student then trains on those targets
 beside the phantom's pixel truth (self-training). No real pixel label is read: a real data entry whose adapter
 carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and then the masks are dropped unread.
+``retina: layers`` records in the checkpoint that its proposals keep lesions between the layer model's ILM and BM
+(applied when proposing, never in training).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def _init(recipe: Recipe, device: str) -> tuple[StudentProposer, dict[str, str]]
 def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                   cancel: Callable[[], bool] | None) -> Path:
     """Adapt the ``init`` student to the ``real`` entries over ``rounds`` rounds; writes ``student.safetensors``."""
+    if recipe.raw.get("retina") not in (None, "layers"):
+        raise TrainingError(f"{recipe.path or 'recipe'}: retina must be 'layers' or absent; "
+                            f"got {recipe.raw['retina']!r}")
     sets = real_sets(recipe)
     proposer, init = _init(recipe, device)
     spec = dict(recipe.raw.get("student") or {})
@@ -115,7 +120,8 @@ def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str
     training = {"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed, "init": init,
                 "rounds": rounds, "confidence": vars(confidence), "phantom_bscans": len(phantom),
                 "real_data": [_card_entry(d) for d in sets], **info}
-    ckpt = student_checkpoint(net, recipe.classes, recipe.input_size, intensity=config.intensity, training=training)
+    ckpt = student_checkpoint(net, recipe.classes, recipe.input_size, intensity=config.intensity, training=training,
+                              retina=recipe.raw.get("retina"))
     return ckpt.save(run_dir / "student.safetensors")
 
 

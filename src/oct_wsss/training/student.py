@@ -236,12 +236,13 @@ def _count(targets: Sequence[Target]) -> dict[str, int]:
 def student_checkpoint(net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                        training: dict[str, Any], metrics: dict[str, Any] | None = None,
                        lineage: dict[str, Any] | None = None, threshold: float | None = None,
-                       intensity: str = "unit") -> Checkpoint:
+                       intensity: str = "unit", retina: str | None = None) -> Checkpoint:
     """A ``student`` checkpoint: weights, architecture, classes, input size, what it learnt from, its lineage, and
-    its input intensity option (``normalisation.intensity`` only when "harmonised")."""
+    its input intensity option (``normalisation.intensity`` only when "harmonised") and, with ``retina="layers"``, that
+    proposals keep lesions inside the layer model's retina only."""
     ckpt = Checkpoint.new(net.state_dict(), method="student", architecture={"student": net.config.to_dict()},
                           classes=list(classes), input_size=list(input_size),
                           normalisation=normalisation_meta(intensity), training=training, metrics=metrics or {},
-                          params={"threshold": threshold})
+                          params={"threshold": threshold, **({"retina": retina} if retina else {})})
     ckpt.meta["lineage"] = lineage or {"parent": None}
     return ckpt
