@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from napari_helpers import MemorySettings, tiny_student_checkpoint
 
+import oct_wsss.weights as weights
 from oct_wsss.napari import _propose
 from oct_wsss.napari._confidence import confidence_name
 from oct_wsss.napari._propose import OTHER, PROPOSED, ProposeWidget
@@ -35,9 +36,10 @@ def _wait(w: ProposeWidget, qtbot) -> None:
 
 
 def test_bundled_demo_checkpoint_is_listed_first_and_chosen(viewer, ckpt, tmp_path, monkeypatch) -> None:
-    demo = shutil.copy(ckpt, tmp_path / "demo-student.safetensors")
-    monkeypatch.setattr(_propose, "bundled_checkpoints", lambda: {"student": tmp_path / "demo-student.safetensors"})
-    monkeypatch.setattr(_propose, "real_checkpoints", dict)  # the image here is a plain array: it counts as real
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    demo = shutil.copy(ckpt, folder / "demo-student.safetensors")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", folder)  # no real-data one: the image here is a plain array (real)
     w = ProposeWidget(viewer[0])
     w.method.value = "student"
     assert w.known.choices == (str(demo), OTHER) and str(w.checkpoint.value) == str(demo)

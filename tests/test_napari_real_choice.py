@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from napari_helpers import MemorySettings, tiny_student_checkpoint
 
+import oct_wsss.weights as weights
 from oct_wsss.napari import _propose
 from oct_wsss.napari._layers import image_layer, is_synthetic
 from oct_wsss.napari._propose import OTHER, ProposeWidget
@@ -18,12 +19,14 @@ from oct_wsss.synth import make_volume
 def bundled(tmp_path, monkeypatch):
     """Two bundled student checkpoints in a temporary folder: a demo (phantom) one and a real-data one."""
     ckpt = tiny_student_checkpoint(tmp_path)
-    demo = shutil.copy(ckpt, tmp_path / "demo-student.safetensors")
-    real = shutil.copy(ckpt, tmp_path / "real-student.safetensors")
-    monkeypatch.setattr(_propose, "bundled_checkpoints", lambda: {"student": tmp_path / "demo-student.safetensors"})
-    monkeypatch.setattr(_propose, "real_checkpoints", lambda: {"student": tmp_path / "real-student.safetensors"})
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    demo = shutil.copy(ckpt, folder / "demo-student.safetensors")
+    real = shutil.copy(ckpt, folder / "real-student.safetensors")
+    wsss = shutil.copy(ckpt, folder / "real-wsss.safetensors")
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", folder)
     monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
-    return {"demo": str(demo), "real": str(real), "own": str(ckpt)}
+    return {"demo": str(demo), "real": str(real), "wsss": str(wsss), "own": str(ckpt)}
 
 
 def test_is_synthetic_reads_metadata_and_name() -> None:
@@ -46,10 +49,10 @@ def test_real_image_gets_the_real_student_first_and_the_phantom_the_demo(make_na
     w = ProposeWidget(viewer)
     w.method.value = "student"
     w.image.value = real_image
-    assert w.known.choices == (bundled["real"], bundled["demo"], OTHER)
-    assert str(w.checkpoint.value) == bundled["real"]
+    assert w.known.choices == (bundled["wsss"], bundled["real"], bundled["demo"], OTHER)  # no real pixel label first
+    assert str(w.checkpoint.value) == bundled["wsss"]
     w.image.value = synthetic
-    assert w.known.choices == (bundled["demo"], bundled["real"], OTHER)
+    assert w.known.choices == (bundled["demo"], bundled["wsss"], bundled["real"], OTHER)
     assert str(w.checkpoint.value) == bundled["demo"]
     # a checkpoint the user picked is kept when the image changes; a bundled one that was saved follows the image
     w.checkpoint.value = bundled["own"]
@@ -59,7 +62,7 @@ def test_real_image_gets_the_real_student_first_and_the_phantom_the_demo(make_na
     w.checkpoint.value = bundled["demo"]
     w.image.value = synthetic
     w.image.value = real_image
-    assert str(w.checkpoint.value) == bundled["real"]
+    assert str(w.checkpoint.value) == bundled["wsss"]
 
 
 def test_the_checkpoint_list_survives_napari_resetting_the_widgets_choices(make_napari_viewer, bundled) -> None:

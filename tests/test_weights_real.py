@@ -18,7 +18,7 @@ from oct_wsss.training.datasets import load_dataset
 from oct_wsss.volume import OctVolume
 from oct_wsss.weights import WEIGHTS_DIR, bundled, bundled_checkpoints, model_card, offered, real_checkpoints
 
-REAL = bundled("student", domain="real")
+REAL = WEIGHTS_DIR / "real-student.safetensors"
 
 
 def test_real_student_is_listed_apart_from_the_demo_ones() -> None:

@@ -28,6 +28,7 @@ from napari.utils import progress
 from napari.utils.notifications import Notification, notification_manager, show_error, show_info, show_warning
 from qtpy.QtCore import QSettings, QTimer
 
+import oct_wsss.weights as weights
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._confidence import ConfidenceLayers
@@ -42,7 +43,6 @@ from oct_wsss.napari._layers import (
 )
 from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
 from oct_wsss.volume import OctVolume
-from oct_wsss.weights import bundled_checkpoints, real_checkpoints
 
 PROPOSED = "lesions (proposed)"
 HRF_PROPOSED = "HRF (proposed)"
@@ -159,10 +159,9 @@ class ProposeWidget(Container):
         """(label, path) of the method's bundled checkpoints (the real-data one first unless the image is synthetic),
         then recent ones, then 'other file'."""
         method = self.method.value
-        tagged = [("real", real_checkpoints().get(method)), ("demo", bundled_checkpoints().get(method))]
-        if is_synthetic(self.image.value):
-            tagged.reverse()
-        choices = [(f"{tag}: {path.name}", str(path)) for tag, path in tagged if path is not None]
+        tagged = [("demo" if path.name.startswith("demo-") else "real", path)
+                  for path in weights.offered(method, synthetic=is_synthetic(self.image.value))]
+        choices = [(f"{tag}: {path.name}", str(path)) for tag, path in tagged]
         recent = list(self.settings.value(f"recent/{method}", []) or [])
         saved = self.settings.value(f"checkpoint/{method}", "")
         for path in ([saved] if saved else []) + recent:
@@ -184,7 +183,7 @@ class ProposeWidget(Container):
 
     @staticmethod
     def _bundled() -> set[str]:
-        return {str(p) for p in (*bundled_checkpoints().values(), *real_checkpoints().values())}
+        return {str(p) for p in weights.WEIGHTS_DIR.glob("*.safetensors")}
 
     def _image_changed(self, *_: Any) -> None:
         """A bundled (or no) checkpoint follows the image, real or synthetic; a file the user chose stays."""

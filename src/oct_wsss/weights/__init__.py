@@ -24,23 +24,37 @@ def bundled_checkpoints() -> dict[str, Path]:
     return _listed(DOMAINS["synthetic"])
 
 
+#: real-data file stems that are not a method's name -> their method (``real-wsss``: the student trained with no real
+#: pixel label, offered before ``real-student``, which learnt from real pixel labels)
+REAL_VARIANTS = {"wsss": "student"}
+
+
+def real_variants(method: str) -> list[Path]:
+    """The bundled real-data checkpoints of ``method``, the weakly supervised variant first."""
+    found = _listed(DOMAINS["real"])
+    order = sorted(found, key=lambda stem: stem not in REAL_VARIANTS)
+    return [found[stem] for stem in order if REAL_VARIANTS.get(stem, stem) == method]
+
+
 def real_checkpoints() -> dict[str, Path]:
-    """Method -> bundled checkpoint trained for real B-scans, for the methods that have one in this install."""
-    return _listed(DOMAINS["real"])
+    """Method -> the first bundled checkpoint trained for real B-scans, for the methods that have one."""
+    methods = {REAL_VARIANTS.get(stem, stem) for stem in _listed(DOMAINS["real"])}
+    return {m: real_variants(m)[0] for m in sorted(methods)}
 
 
 def bundled(method: str, domain: str = "synthetic") -> Path | None:
-    """The bundled checkpoint of ``method`` for ``domain`` ("synthetic": the demo one; "real"), or None."""
+    """The bundled checkpoint of ``method`` for ``domain`` ("synthetic": the demo one; "real": the first real one),
+    or None."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; known: {', '.join(DOMAINS)}")
-    return _listed(DOMAINS[domain]).get(method)
+    return (real_checkpoints() if domain == "real" else _listed(DOMAINS[domain])).get(method)
 
 
 def offered(method: str, synthetic: bool) -> list[Path]:
-    """The bundled checkpoints of ``method`` in the order to offer them: the real-data one first unless the image
+    """The bundled checkpoints of ``method`` in the order to offer them: the real-data ones first unless the image
     is synthetic (then the demo one first)."""
-    order = ("synthetic", "real") if synthetic else ("real", "synthetic")
-    return [p for p in (bundled(method, d) for d in order) if p is not None]
+    demo = [p for p in (bundled(method),) if p is not None]
+    return [*demo, *real_variants(method)] if synthetic else [*real_variants(method), *demo]
 
 
 def model_card(checkpoint: Path) -> Path | None:
