@@ -166,3 +166,16 @@ def test_a_student_with_retina_layers_keeps_lesions_inside_the_retina_only(share
     inside = proposer.predict(image)
     assert (raw == SRF).all()
     assert not inside[:20].any() and not inside[-20:].any() and 0.1 < (inside == SRF).mean() < 0.6
+
+
+def test_the_sjtu_layout_speaks_about_srf_only_and_its_masks_need_dropping(tmp_path: Path, shared_data: Path) -> None:
+    """layout: sjtu reads the shared SJTU eye (11 B-scans with SRF); as a real-wsss entry its masks are refused
+    until dropped."""
+    from oct_wsss.training.datasets import load_dataset
+
+    root = shared_data / "sjtu_srf_fewshot"
+    data = load_dataset({"layout": "sjtu", "root": str(root)})
+    assert data.classes == (SRF,) and len(data.samples) == 11 and all(s.labels == {SRF} for s in data.samples)
+    assert (data.samples[0].load_mask() == SRF).any()
+    with pytest.raises(TrainingError, match="carry pixel masks"):
+        real_sets(Recipe.from_dict(_recipe(tmp_path, [{"layout": "sjtu", "root": str(root)}])))

@@ -36,18 +36,6 @@ PHANTOM = {"volumes": 8, "n_bscans": 10, "height": 496, "width": 512, "healthy_f
            "look": "random", "prevalence": {"srf": 0.5, "irf": 0.6, "ped": 0.4, "ez": 0.4, "hrf": 0.6, "drusen": 0.25}}
 
 
-def sjtu_manifest(out: Path) -> Path:
-    """SJTU eye A with its image-level SRF label only (no mask column)."""
-    root = SHARED / "sjtu_srf_fewshot"
-    rows = [["image", "patient", "bscan", "srf"]]
-    with open(root / "index.csv", newline="") as f:
-        rows += [[str(root / r["image"]), r["eye"], r["bscan_index"], r["has_srf"]] for r in csv.DictReader(f)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return out
-
-
 def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int) -> dict:
     """The fold's real-wsss recipe (written beside its run for the record)."""
     return {"method": "real-wsss", "seed": 0, "out": str(runs / held), "device": "cpu",
@@ -55,7 +43,7 @@ def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int) -> dict:
             "split": {"val_fraction": 0.0}, "classes": CLASSES, "input_size": [256, 256], "init": str(init),
             "real": [{"layout": "duke", "root": str(SHARED / "duke_dme_chiu2015"), "pixel_masks": "drop",
                       "exclude_patients": [held]},
-                     {"layout": "csv", "root": str(sjtu_manifest(runs / "sjtu-image-labels.csv"))}],
+                     {"layout": "sjtu", "root": str(SHARED / "sjtu_srf_fewshot"), "pixel_masks": "drop"}],
             "rounds": rounds, "student": {"epochs": epochs, "batch_size": 8, "lr": 1.0e-3, "augment": {"rotation": 5},
                                           "class_weights": [0.05, 0.5, 0.5, 1.5, 3.0, 6.0, 3.0]}}
 

@@ -16,11 +16,23 @@ Adapter = Callable[..., LabelledSet]
 
 
 def _adapters() -> dict[str, Adapter]:
-    from oct_wsss.training.datasets import agm_reference, aroi, bonn, duke, kermany, manifest, resc, retouch, synth
+    from oct_wsss.training.datasets import (
+        agm_reference,
+        aroi,
+        bonn,
+        duke,
+        kermany,
+        manifest,
+        resc,
+        retouch,
+        sjtu,
+        synth,
+    )
 
     return {"synth": synth.load_synth, "resc": resc.load_resc, "duke": duke.load_duke,
             "kermany": kermany.load_kermany, "csv": manifest.load_csv, "retouch": retouch.load_retouch,
-            "aroi": aroi.load_aroi, "agm": agm_reference.load_agm_reference, "bonn": bonn.load_bonn}
+            "aroi": aroi.load_aroi, "agm": agm_reference.load_agm_reference, "bonn": bonn.load_bonn,
+            "sjtu": sjtu.load_sjtu}
 
 
 def layouts() -> tuple[str, ...]:
