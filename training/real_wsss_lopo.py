@@ -31,21 +31,18 @@ from oct_wsss.training.recipe import train_recipe
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 PATIENTS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09")  # layers_train's fold order
-CLASSES = ["srf", "irf", "ped", "ez", "hrf", "drusen"]
-PHANTOM = {"volumes": 8, "n_bscans": 10, "height": 496, "width": 512, "healthy_fraction": 0.15, "seed": 1950,
-           "look": "random", "prevalence": {"srf": 0.5, "irf": 0.6, "ped": 0.4, "ez": 0.4, "hrf": 0.6, "drusen": 0.25}}
+RECIPE = REPO / "training" / "real-wsss.yaml"  # the shipped recipe; each fold changes init, out, data root, real
 
 
 def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int) -> dict:
-    """The fold's real-wsss recipe (written beside its run for the record)."""
-    return {"method": "real-wsss", "seed": 0, "out": str(runs / held), "device": "cpu",
-            "data": {"layout": "synth", "root": str(runs / "phantom"), "generate": PHANTOM},
-            "split": {"val_fraction": 0.0}, "classes": CLASSES, "input_size": [256, 256], "init": str(init),
-            "real": [{"layout": "duke", "root": str(SHARED / "duke_dme_chiu2015"), "pixel_masks": "drop",
-                      "exclude_patients": [held]},
-                     {"layout": "sjtu", "root": str(SHARED / "sjtu_srf_fewshot"), "pixel_masks": "drop"}],
-            "rounds": rounds, "student": {"epochs": epochs, "batch_size": 8, "lr": 1.0e-3, "augment": {"rotation": 5},
-                                          "class_weights": [0.05, 0.5, 0.5, 1.5, 3.0, 6.0, 3.0]}}
+    """The shipped recipe for one fold: the held-out patient excluded, real paths absolute, run under ``runs``."""
+    raw = yaml.safe_load(RECIPE.read_text())
+    raw["data"]["root"] = str(runs / "phantom")
+    for entry in raw["real"]:
+        entry["root"] = str((REPO / entry["root"]).resolve())
+    raw["real"][0]["exclude_patients"] = [held]
+    raw["student"]["epochs"] = epochs
+    return {**raw, "out": str(runs / held), "init": str(init), "rounds": rounds}
 
 
 def duke_rows(held: str) -> list[dict]:
