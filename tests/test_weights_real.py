@@ -16,18 +16,28 @@ from oct_wsss.evaluate import image_confusions, segmentation_scores
 from oct_wsss.propose import propose
 from oct_wsss.training.datasets import load_dataset
 from oct_wsss.volume import OctVolume
-from oct_wsss.weights import WEIGHTS_DIR, bundled, bundled_checkpoints, model_card, offered, real_checkpoints
+from oct_wsss.weights import (
+    WEIGHTS_DIR,
+    bundled,
+    bundled_checkpoints,
+    model_card,
+    offered,
+    real_checkpoints,
+    real_variants,
+)
 
 REAL = WEIGHTS_DIR / "real-student.safetensors"
 
 
 def test_real_student_is_listed_apart_from_the_demo_ones() -> None:
-    assert REAL is not None and "student" in REAL.name and "real" in REAL.name
-    assert real_checkpoints() == {"student": REAL}
+    assert REAL.is_file()
+    variants = real_variants("student")  # real-wsss (no real pixel label) first where it ships, real-student last
+    assert variants[-1] == REAL and all(p.name.startswith("real-") for p in variants)
+    assert real_checkpoints() == {"student": variants[0]} and bundled("student", domain="real") == variants[0]
     assert bundled("student") == bundled_checkpoints()["student"] != REAL  # callers of the demo API are unaffected
     assert all(p.name.startswith("demo-") for p in bundled_checkpoints().values())
-    assert offered("student", synthetic=False) == [REAL, bundled("student")]
-    assert offered("student", synthetic=True) == [bundled("student"), REAL]
+    assert offered("student", synthetic=False) == [*variants, bundled("student")]
+    assert offered("student", synthetic=True) == [bundled("student"), *variants]
     with pytest.raises(ValueError, match="unknown domain 'clinic'"):
         bundled("student", domain="clinic")
 
