@@ -31,8 +31,8 @@ import numpy as np
 from intensity_stats import SETS, stats  # the sibling script (training/ is on sys.path when run as a file)
 
 from oct_wsss.classes import DRUSEN, IRF, SRF
-from oct_wsss.propose.inputs import to_unit
-from oct_wsss.propose.intensity import tissue_mask
+from oct_wsss.preprocess.inputs import to_unit
+from oct_wsss.preprocess.intensity import tissue_mask
 from oct_wsss.synth import make_volume
 from oct_wsss.synth.phantom import GENERATOR_VERSION
 from oct_wsss.synth.realism import drusen_stats, fluid_stats, shadow_share

@@ -1,4 +1,4 @@
-"""Score a phantom multi-class student: unseen phantom seeds per class, the demo volume, and real Duke fluid.
+"""Score a multi-class student (phantom or real-wsss): unseen phantom seeds, the demo volume, Duke, SJTU, Keshav, Bonn.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/phantom_student_eval.py CKPT [--data ../shared/data]
         [--seeds 5000-5005] [--json FILE]    # or CKPT = "ceiling" for the resolution ceiling alone
@@ -25,8 +25,8 @@ import numpy as np
 
 from oct_wsss.classes import DRUSEN, FLUID, IRF, ONTOLOGY, PED, SRF, by_key
 from oct_wsss.evaluate import image_confusions, segmentation_scores
+from oct_wsss.preprocess.inputs import resize
 from oct_wsss.propose import load_proposer
-from oct_wsss.propose.inputs import resize
 from oct_wsss.synth import demo_phantom, make_volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -95,6 +95,34 @@ def demo(predict) -> dict:
     return out
 
 
+def dice(truths: list[np.ndarray], preds: list[np.ndarray]) -> dict:
+    """Pooled Dice and IoU of two lists of boolean masks."""
+    t, p = np.concatenate([a.ravel() for a in truths]), np.concatenate([a.ravel() for a in preds])
+    inter, total = int((t & p).sum()), int(t.sum() + p.sum())
+    return {"dice": 2 * inter / max(total, 1), "iou": inter / max(total - inter, 1), "truth_px": int(t.sum())}
+
+
+def real_sets(root: Path, predict) -> dict:
+    """SJTU eye A (SRF vs rest; fluid = SRF or IRF vs SRF too, its cysts being unlabelled), the Keshav masks (SRF or
+    IRF as fluid), and the Bonn drusen volume (drusen from its RPE/BM lines)."""
+    from oct_wsss.training.datasets import load_dataset
+
+    out = {}
+    sjtu = load_dataset({"layout": "sjtu", "root": str(root / "sjtu_srf_fewshot")}).samples
+    preds = [predict(s.load_image()) for s in sjtu]
+    truths = [s.load_mask() == SRF for s in sjtu]
+    out["sjtu_srf"] = dice(truths, [p == SRF for p in preds])
+    out["sjtu_fluid_vs_srf"] = dice(truths, [np.isin(p, (SRF, IRF)) for p in preds])
+    keshav = root / "keshav_fau_amd_oct"
+    rows = list(csv.DictReader(open(keshav / "pixel_masks" / "index.csv")))
+    out["keshav_fluid"] = dice([iio.imread(keshav / r["mask"]) > 0 for r in rows],
+                               [np.isin(predict(iio.imread(keshav / r["image"])), (SRF, IRF)) for r in rows])
+    bonn = load_dataset({"layout": "bonn", "root": str(root / "bonn_drusen_volume")}).samples
+    out["bonn_drusen"] = dice([s.load_mask() == DRUSEN for s in bonn], [predict(s.load_image()) == DRUSEN
+                                                                         for s in bonn])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
@@ -111,6 +139,7 @@ def main() -> None:
         out["phantom"] = per_class([t for _, t in pairs], [student.predict(b) for b, _ in pairs])
         out["demo_dice"] = demo(student.predict)
         out["duke"] = duke(args.data / "duke_dme_chiu2015", student.predict)
+        out["real_sets"] = real_sets(args.data, student.predict)
     print(json.dumps(out, indent=1, default=float))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))
