@@ -7,9 +7,9 @@ import pytest
 from napari_helpers import MemorySettings
 
 from oct_wsss.napari import _propose, _review
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.napari._review import ReviewWidget
+from oct_wsss.napari._session import session
 from oct_wsss.store import CorrectionStore
 from oct_wsss.synth import make_volume
 
@@ -24,7 +24,8 @@ def _viewer(make_napari_viewer, phantom, proposed: np.ndarray):
     viewer = make_napari_viewer()
     viewer.add_image(phantom.volume.data, name="oct")
     layer = viewer.add_labels(proposed.copy(), name=PROPOSED)
-    layer.metadata[PROPOSED_KEY] = {i: proposed[i].copy() for i in range(len(proposed))}
+    for i, page in enumerate(proposed):
+        session(viewer).records(layer).propose(i, page, {"method": "test"})
     widget = ReviewWidget(viewer)
     return viewer, layer, widget
 
@@ -48,7 +49,7 @@ def test_accept_edit_reject_and_restore_after_reopening(make_napari_viewer, tmp_
     assert c.changes == {"srf": {"added": 10, "removed": 50}, "ped": {"added": 50, "removed": 0}}
     np.testing.assert_array_equal(c.arrays()["mask"], layer.data[1])
     np.testing.assert_array_equal(c.arrays()["image"], phantom.volume.data[1])
-    assert store.status(review.volume_id) == {1: "accepted", 2: "rejected"}
+    assert store.status(review.session.volume_id) == {1: "accepted", 2: "rejected"}
     review.next_unreviewed()
     assert viewer.dims.current_step[0] == 3
     review.next_unreviewed()
@@ -60,7 +61,7 @@ def test_accept_edit_reject_and_restore_after_reopening(make_napari_viewer, tmp_
     review.project.value = str(tmp_path / "project")
     assert review.open()
     np.testing.assert_array_equal(layer.data[1], edited)
-    assert layer.metadata[ACCEPTED_KEY] == {1} and review.status.value.startswith("1 accepted, 1 rejected")
+    assert session(viewer).records(layer).accepted == {1} and review.status.value.startswith("1 accepted, 1 rejected")
     propose = ProposeWidget(viewer)
     assert propose.protected() == {1} and 1 not in propose.bscans(4)
 
