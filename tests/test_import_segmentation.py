@@ -132,3 +132,86 @@ def test_cli_import_of_the_wrong_volume_fails_in_one_line_and_writes_nothing(pha
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is 3 B-scans of 48x40; the volume is 4 B-scans of 48x40" in err
     assert not out.exists()
+
+
+# --- napari: the Propose panel's import row, the reader, and Review recording "imported" ---------------------------
+
+
+@pytest.fixture
+def panels(make_napari_viewer, phantom, monkeypatch, tmp_path):
+    from napari_helpers import MemorySettings
+
+    from oct_wsss.napari import _propose, _review
+
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
+    monkeypatch.setattr(_review, "QSettings", lambda *a: MemorySettings(project=str(tmp_path / "project")))
+    errors: list[str] = []
+    monkeypatch.setattr("oct_wsss.napari._import.show_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(phantom.volume.data, name="oct", scale=phantom.volume.spacing_mm)
+    propose = _propose.ProposeWidget(viewer)
+    return viewer, propose, _review.ReviewWidget(viewer), errors
+
+
+def test_widget_import_fills_the_proposal_layer_and_review_records_imported(panels, phantom, tmp_path) -> None:
+    from oct_wsss.napari._layers import PROPOSED
+    from oct_wsss.napari._session import session
+
+    viewer, propose, review, errors = panels
+    path = write_labels(tmp_path / "labels.tif", phantom.labels)
+    propose.importer.file.value = str(path)
+    layer = propose.importer.run()
+    assert layer is viewer.layers[PROPOSED] and not errors
+    np.testing.assert_array_equal(np.asarray(layer.data), phantom.labels)
+    records = session(viewer).records(layer)
+    assert sorted(records.proposed) == [0, 1, 2, 3] and records.accepted == set()
+    assert {r["method"] for r in records.provenance.values()} == {"imported"}
+    review.image.value, review.labels.value = viewer.layers["oct"], layer
+    assert review.open()
+    viewer.dims.set_current_step(0, 2)
+    layer.data[2, :2, :2] = 3  # the grader corrects the imported B-scan, then accepts it
+    review.accept()
+    (c,) = review.session.store.corrections()
+    assert c.bscan == 2 and c.proposal["method"] == "imported" and c.proposal["source"]["format"] == "tif"
+    assert c.changes["ped"]["added"] == 4
+    np.testing.assert_array_equal(c.arrays()["proposal"], phantom.labels[2])
+    assert propose.importer.run() is layer and propose.status.value.endswith("accepted B-scans 2 kept")
+    assert (np.asarray(layer.data[2, :2, :2]) == 3).all()  # the accepted B-scan is not overwritten
+
+
+def test_widget_import_of_a_bad_file_changes_nothing(panels, phantom, tmp_path) -> None:
+    from oct_wsss.napari._layers import PROPOSED
+    from oct_wsss.napari._session import session
+
+    viewer, propose, _, errors = panels
+    layer = viewer.layers[PROPOSED]
+    layer.data[1, 5:9, 5:9] = 2
+    before = np.array(layer.data)
+    np.save(tmp_path / "bad.npy", np.full((3, 48, 40), 1, np.uint8))
+    propose.importer.file.value = str(tmp_path / "bad.npy")
+    assert propose.importer.run() is None
+    assert len(errors) == 1 and "nothing changed" in errors[0] and "the volume is 4 B-scans of 48x40" in errors[0]
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+    assert session(viewer).records(layer).proposed == {}
+
+
+def test_reader_opens_labels_tif_in_a_volume_folder_as_the_imported_proposal(make_napari_viewer, phantom,
+                                                                             tmp_path) -> None:
+    from oct_wsss.napari._layers import PROPOSED
+    from oct_wsss.napari._session import session
+
+    folder = tmp_path / "scan"
+    (folder / "bscans").mkdir(parents=True)
+    for i, page in enumerate(phantom.volume.data):
+        Image.fromarray(np.asarray(np.clip(page * 255, 0, 255), np.uint8)).save(folder / "bscans" / f"{i:03d}.png")
+    write_labels(folder / "labels.tif", phantom.labels)
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin="napari-oct-wsss")
+    layer = viewer.layers[PROPOSED]
+    np.testing.assert_array_equal(np.asarray(layer.data), phantom.labels)
+    records = session(viewer).records(layer)
+    assert sorted(records.provenance) == [0, 1, 2, 3] and records.provenance[0]["method"] == "imported"
+    write_labels(folder / "labels.tif", phantom.labels[:2])  # another volume's labels: the volume opens alone
+    viewer.layers.clear()
+    viewer.open(str(folder), plugin="napari-oct-wsss")
+    assert [lay.name for lay in viewer.layers] == ["scan"]
