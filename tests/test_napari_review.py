@@ -118,10 +118,11 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
     review.undo()  # back to unreviewed: the propagated proposal again
     np.testing.assert_array_equal(layer.data[3], propagated)
     assert store.status(volume) == {} and review.decisions == {} and 3 not in session(viewer).records(layer).accepted
+    assert not review.undo_button.enabled and review.redo_button.enabled
     review.undo()  # nothing left: a message, nothing changes
     review.redo()
     np.testing.assert_array_equal(layer.data[3], first)
-    assert review.status.value.startswith("1 accepted, 0 rejected")
+    assert review.status.value.startswith("1 accepted, 0 rejected") and review.undo_button.enabled
     viewer.close()
 
     viewer = make_napari_viewer()

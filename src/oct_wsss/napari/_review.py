@@ -43,6 +43,7 @@ class ReviewWidget(Container):
         self.open_button = PushButton(text="Open project / restore")
         buttons = [PushButton(text=t) for t in ("Accept (⇧A)", "Reject (⇧R)", "Next unreviewed (⇧N)",
                                                 "Previous (⇧P)", "Undo (⇧U)", "Redo (⇧Y)")]
+        self.undo_button, self.redo_button = buttons[4:]
         self.status = Label(value="no project open")
         self.present = {c.id: CheckBox(text=c.key.upper(), value=False, tooltip=f"{c.name} present in this B-scan")
                         for c in ONTOLOGY[1:]}
@@ -139,6 +140,14 @@ class ReviewWidget(Container):
         finally:
             self._setting = False
         self._show_strip()
+        self._show_history()
+
+    def _show_history(self) -> None:
+        """Enable Undo and Redo only where the current B-scan has a decision to take back or bring back."""
+        s, i = self.session, self.current
+        if s.store is not None:
+            self.undo_button.enabled = s.store.can_undo(s.volume_id, i)
+            self.redo_button.enabled = s.store.can_redo(s.volume_id, i)
 
     def _ready(self) -> bool:
         return self.session.store is not None or self.open()
