@@ -13,6 +13,7 @@ from oct_wsss.cli import main
 from oct_wsss.evaluate import evaluate_labels
 from oct_wsss.io import read_labels
 from oct_wsss.models.student import StudentConfig, StudentNet
+from oct_wsss.napari._session import session
 from oct_wsss.synth import demo_phantom
 from oct_wsss.training.student import student_checkpoint
 
@@ -86,7 +87,7 @@ def test_gui_demo_presets_the_propose_widget_and_proposes(make_napari_viewer, ti
     worker = populate_demo(viewer, propose="student", checkpoint=tiny_student, device="cpu")
     assert worker is not None
     qtbot.waitUntil(lambda: not worker.is_running and _propose.PROPOSED in viewer.layers, timeout=120_000)
-    qtbot.waitUntil(lambda: viewer.layers[_propose.PROPOSED].metadata.get(_propose.PROPOSED_KEY, {}).keys()
+    qtbot.waitUntil(lambda: session(viewer).records(viewer.layers[_propose.PROPOSED]).proposed.keys()
                     >= set(range(49)), timeout=120_000)
     proposed = viewer.layers[_propose.PROPOSED].data
     from oct_wsss.propose.student import StudentProposer

@@ -9,8 +9,8 @@ import pytest
 from oct_wsss.cli import main
 from oct_wsss.io import write_labels
 from oct_wsss.io.export import write_volume
-from oct_wsss.io.eye_export import read_eye_labels
 from oct_wsss.io.label_export import export_labels
+from oct_wsss.io.segmentation import read_eye_labels
 from oct_wsss.synth import make_volume
 
 

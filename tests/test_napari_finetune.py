@@ -13,6 +13,7 @@ from oct_wsss.napari import _finetune, _propose, _review
 from oct_wsss.napari._finetune import FinetuneWidget
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.napari._review import ReviewWidget
+from oct_wsss.napari._session import session
 from oct_wsss.store import CorrectionStore, edit_effort
 from oct_wsss.synth import make_volume
 from oct_wsss.training.student import student_checkpoint
@@ -75,7 +76,7 @@ def test_finetune_from_the_store_registers_a_new_version(make_napari_viewer, pro
     worker = w.repropose()
     assert worker is not None and propose.checkpoint.value == new
     qtbot.waitUntil(lambda: propose.run_button.enabled and not worker.is_running, timeout=120_000)
-    assert sorted(viewer.layers[PROPOSED].metadata["oct_wsss_proposed"]) == [3]
+    assert sorted(session(viewer).records(viewer.layers[PROPOSED]).proposed) == [3]
 
 
 def test_cancel_leaves_no_checkpoint(make_napari_viewer, project, qtbot) -> None:

@@ -8,8 +8,8 @@ from napari_helpers import MemorySettings
 from test_propagate import shifted_volume
 
 from oct_wsss.napari import _propagate
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
 from oct_wsss.napari._propagate import PropagateWidget
+from oct_wsss.napari._session import session
 
 
 def test_propagate_accepted_untouched_undo(make_napari_viewer, qtbot, monkeypatch) -> None:
@@ -21,7 +21,8 @@ def test_propagate_accepted_untouched_undo(make_napari_viewer, qtbot, monkeypatc
     start[2][truth[2]] = 2
     start[4, :3, :3] = 5  # B-scan 4 is accepted: propagation leaves it alone
     layer = viewer.add_labels(start.copy(), name="lesions (proposed)")
-    layer.metadata[ACCEPTED_KEY] = {4}
+    records = session(viewer).records(layer)
+    records.accepted.add(4)
     w = PropagateWidget(viewer)
     viewer.dims.set_current_step(0, 2)
     assert (w.start.value, w.end.value) == (0, 5)
@@ -32,13 +33,13 @@ def test_propagate_accepted_untouched_undo(make_napari_viewer, qtbot, monkeypatc
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     qtbot.waitUntil(lambda: w.run_button.enabled)
-    assert sorted(w.previous) == [0, 1, 3, 5] and sorted(layer.metadata[PROPOSED_KEY]) == [0, 1, 3, 5]
+    assert sorted(w.previous) == [0, 1, 3, 5] and sorted(records.proposed) == [0, 1, 3, 5]
     for i in (1, 3):
         d = 2 * ((layer.data[i] == 2) & truth[i]).sum() / ((layer.data[i] == 2).sum() + truth[i].sum())
         assert d >= 0.9, (i, d)
     assert (layer.data[4] == start[4]).all() and w.undo_button.enabled
     w.undo()
-    assert (np.asarray(layer.data) == start).all() and layer.metadata[PROPOSED_KEY] == {}
+    assert (np.asarray(layer.data) == start).all() and records.proposed == {} and records.provenance == {}
 
 
 def test_a_failed_propagation_says_failed(make_napari_viewer, qtbot, monkeypatch, tmp_path) -> None:

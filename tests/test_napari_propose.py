@@ -9,6 +9,7 @@ from napari_helpers import MemorySettings, tiny_student_checkpoint
 
 from oct_wsss.napari import _propose
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
+from oct_wsss.napari._session import session
 from oct_wsss.propose import propose
 from oct_wsss.synth import make_volume
 
@@ -81,7 +82,7 @@ def test_cancel_keeps_finished_bscans_and_leaves_the_rest_empty(widget, ckpt, qt
     _wait(w, qtbot)
     layer = w.viewer.layers[PROPOSED]
     expected = propose(volume, "student", ckpt, device="cpu").labels
-    proposed = sorted(layer.metadata["oct_wsss_proposed"])
+    proposed = sorted(session(w.viewer).records(layer).proposed)
     assert w.status.value == "cancelled" and proposed == [0, 1]  # the batch in flight (2 on CPU) finishes
     for i in range(volume.n_bscans):
         np.testing.assert_array_equal(layer.data[i], expected[i] if i in proposed else 0)

@@ -7,9 +7,9 @@ import pytest
 from napari_helpers import MemorySettings
 
 from oct_wsss.napari import _propose, _review
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.napari._review import ReviewWidget
+from oct_wsss.napari._session import session
 from oct_wsss.store import CorrectionStore
 from oct_wsss.synth import make_volume
 
@@ -24,7 +24,8 @@ def _viewer(make_napari_viewer, phantom, proposed: np.ndarray):
     viewer = make_napari_viewer()
     viewer.add_image(phantom.volume.data, name="oct")
     layer = viewer.add_labels(proposed.copy(), name=PROPOSED)
-    layer.metadata[PROPOSED_KEY] = {i: proposed[i].copy() for i in range(len(proposed))}
+    for i, page in enumerate(proposed):
+        session(viewer).records(layer).propose(i, page, {"method": "test"})
     widget = ReviewWidget(viewer)
     return viewer, layer, widget
 
@@ -48,7 +49,7 @@ def test_accept_edit_reject_and_restore_after_reopening(make_napari_viewer, tmp_
     assert c.changes == {"srf": {"added": 10, "removed": 50}, "ped": {"added": 50, "removed": 0}}
     np.testing.assert_array_equal(c.arrays()["mask"], layer.data[1])
     np.testing.assert_array_equal(c.arrays()["image"], phantom.volume.data[1])
-    assert store.status(review.volume_id) == {1: "accepted", 2: "rejected"}
+    assert store.status(review.session.volume_id) == {1: "accepted", 2: "rejected"}
     review.next_unreviewed()
     assert viewer.dims.current_step[0] == 3
     review.next_unreviewed()
@@ -60,7 +61,7 @@ def test_accept_edit_reject_and_restore_after_reopening(make_napari_viewer, tmp_
     review.project.value = str(tmp_path / "project")
     assert review.open()
     np.testing.assert_array_equal(layer.data[1], edited)
-    assert layer.metadata[ACCEPTED_KEY] == {1} and review.status.value.startswith("1 accepted, 1 rejected")
+    assert session(viewer).records(layer).accepted == {1} and review.status.value.startswith("1 accepted, 1 rejected")
     propose = ProposeWidget(viewer)
     assert propose.protected() == {1} and 1 not in propose.bscans(4)
 
@@ -73,4 +74,65 @@ def test_shortcuts_are_bound_and_missing_project_is_explained(make_napari_viewer
     review.project.value = ""
     review.accept()
     assert shown and "project folder" in shown[-1]
-    assert {"Shift+A", "Shift+R", "Shift+N", "Shift+P"} <= {str(k) for k in viewer.keymap}
+    assert {"Shift+A", "Shift+R", "Shift+N", "Shift+P", "Shift+U", "Shift+Y"} <= {str(k) for k in viewer.keymap}
+
+
+def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reopening(make_napari_viewer, qtbot,
+                                                                                        monkeypatch, tmp_path) -> None:
+    """The issue's check: correct -> propagate -> accept -> undo; the store's versions and the layers agree."""
+    from test_propagate import shifted_volume
+
+    from oct_wsss.napari import _propagate
+    from oct_wsss.napari._propagate import PropagateWidget
+
+    monkeypatch.setattr(_propagate, "QSettings", lambda *a: MemorySettings())
+    data, truth = shifted_volume(n=6)
+    start = np.zeros(data.shape, np.uint8)
+    start[2][truth[2]] = 2  # the grader's corrected B-scan 2
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="oct")
+    layer = viewer.add_labels(start.copy(), name=PROPOSED)
+    review, propagate = ReviewWidget(viewer), PropagateWidget(viewer)
+    review.project.value = str(tmp_path / "project")
+    viewer.dims.set_current_step(0, 2)
+    worker = propagate.propagate()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: propagate.run_button.enabled)
+    propagated = np.array(layer.data[3])
+    assert (propagated == 2).any() and session(viewer).records(layer).proposed[3].tolist() == propagated.tolist()
+    viewer.dims.set_current_step(0, 3)
+    layer.data[3, :4, :4] = 1
+    review.accept()
+    first = np.array(layer.data[3])
+    layer.data[3, :4, :4] = 3
+    review.accept()
+    store = CorrectionStore(tmp_path / "project")
+    volume = review.session.volume_id
+    assert [c.version for c in store.versions(volume, 3)] == [1, 2]
+    review.undo()  # back to version 1: its mask
+    np.testing.assert_array_equal(layer.data[3], first)
+    assert store.corrections(volume)[0].version == 1 and review.decisions == {3: "accepted"}
+    propagate.undo()  # the propagation is taken back, except on B-scan 3, accepted since
+    assert (np.asarray(layer.data[1]) == 0).all() and np.array_equal(layer.data[3], first)
+    review.undo()  # back to unreviewed: the propagated proposal again
+    np.testing.assert_array_equal(layer.data[3], propagated)
+    assert store.status(volume) == {} and review.decisions == {} and 3 not in session(viewer).records(layer).accepted
+    assert not review.undo_button.enabled and review.redo_button.enabled
+    review.undo()  # nothing left: a message, nothing changes
+    review.redo()
+    np.testing.assert_array_equal(layer.data[3], first)
+    assert review.status.value.startswith("1 accepted, 0 rejected") and review.undo_button.enabled
+    viewer.close()
+
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="oct")
+    layer = viewer.add_labels(np.zeros_like(start), name=PROPOSED)
+    review = ReviewWidget(viewer)
+    review.project.value = str(tmp_path / "project")
+    assert review.open() and review.decisions == {3: "accepted"}
+    np.testing.assert_array_equal(layer.data[3], first)
+    review.viewer.dims.set_current_step(0, 3)
+    review.redo()  # version 2 again, also after reopening
+    assert (np.asarray(layer.data[3, :4, :4]) == 3).all() and CorrectionStore(tmp_path / "project").corrections(
+        volume)[0].version == 2

@@ -43,3 +43,36 @@ def test_workspace_panels_relist_their_choices(make_napari_viewer) -> None:
     layer = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="scan")
     workspace.reset_choices()
     assert propose.image.value is layer and workspace.panels["Review"].image.value is layer
+
+
+def test_the_panels_share_one_session_and_fine_tune_finds_propose_in_the_tabs(make_napari_viewer) -> None:
+    """Fine-tune used to look for Propose among the dock widgets, where the tabbed workspace hides it."""
+    from oct_wsss.napari._session import session
+
+    viewer = make_napari_viewer()
+    workspace = WorkspaceWidget(viewer)
+    shared = session(viewer)
+    assert all(shared.panels[title] is workspace.panels[title] for title in ("Propose", "Review", "Propagate",
+                                                                               "Fine-tune"))
+    assert {workspace.panels[t].session is shared for t in ("Propose", "Review", "Propagate", "Fine-tune")} == {True}
+    assert session(make_napari_viewer()) is not shared
+
+
+def test_re_propose_from_the_fine_tune_tab_runs_the_propose_tab(make_napari_viewer, qtbot, monkeypatch,
+                                                                 tmp_path) -> None:
+    from napari_helpers import MemorySettings, tiny_student_checkpoint
+
+    from oct_wsss.napari import _finetune, _propose, _review
+
+    for module in (_finetune, _propose, _review):
+        monkeypatch.setattr(module, "QSettings", lambda *a: MemorySettings())
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 64, 56), np.float32), name="oct")
+    workspace = WorkspaceWidget(viewer)
+    finetune, propose = workspace.panels["Fine-tune"], workspace.panels["Propose"]
+    finetune.result = tiny_student_checkpoint(tmp_path)
+    propose.device.value = "cpu"
+    worker = finetune.repropose()
+    assert worker is not None and propose.checkpoint.value == finetune.result
+    qtbot.waitUntil(lambda: propose.run_button.enabled and not worker.is_running, timeout=120_000)
+    assert propose.status.value == "done"

@@ -14,9 +14,9 @@ from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.cli import main
 from oct_wsss.io import read_labels, read_volume, write_volume
 from oct_wsss.napari import _propose, _review
-from oct_wsss.napari._layers import PROVENANCE_KEY
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.napari._review import ReviewWidget
+from oct_wsss.napari._session import session
 from oct_wsss.propose import propose
 from oct_wsss.store import CorrectionStore, edit_effort
 from oct_wsss.synth import make_volume
@@ -85,13 +85,13 @@ def test_napari_accept_records_the_proposals_checkpoint_hash(make_napari_viewer,
     qtbot.waitUntil(lambda: w.run_button.enabled and not w.worker.is_running, timeout=120_000)
     layer = viewer.layers[PROPOSED]
     expected = propose(volume, "student", ckpt, device="cpu").provenance
-    recorded = layer.metadata[PROVENANCE_KEY][0]
+    recorded = session(viewer).records(layer).provenance[0]
     assert recorded["checkpoint"] == expected["checkpoint"] and recorded["params"] == expected["params"]
     assert recorded["source"] == "napari" and recorded["bscans"] == [0, 1, 2, 3]
     review = ReviewWidget(viewer)
     review.image.value, review.labels.value = viewer.layers["oct"], layer
     assert review.open()
     review.accept()
-    (c,) = review.store.corrections()
+    (c,) = review.session.store.corrections()
     assert c.proposal["checkpoint"]["sha256"] == Checkpoint.load(ckpt).sha256
-    assert [e.model for e in edit_effort(review.store.corrections())] == [Checkpoint.load(ckpt).id]
+    assert [e.model for e in edit_effort(review.session.store.corrections())] == [Checkpoint.load(ckpt).id]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oct_wsss.cli import bench, data, demo, layers, propagate, propose, train
+from oct_wsss.cli import bench, data, demo, imports, layers, propagate, propose, train
 from oct_wsss.cli._common import CliError, parse_bscans
 from oct_wsss.cli.demo import populate_demo
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so tests and docs can list the subcommands)."""
     parser = argparse.ArgumentParser(prog="oct-wsss", description="Weakly supervised lesion proposals for retinal OCT.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data, train, propose, layers, propagate, bench, demo):
+    for module in (data, train, propose, imports, layers, propagate, bench, demo):
         module.register(sub)
     return parser
 

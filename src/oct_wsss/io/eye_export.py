@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oct_wsss.classes import BACKGROUND, ONTOLOGY, by_key
+from oct_wsss.classes import BACKGROUND, ONTOLOGY
 from oct_wsss.io.export import atomic_write
 
 
@@ -40,14 +40,3 @@ def export_eye(labels: np.ndarray, image: np.ndarray, path: str | Path,
     atomic_write(path, lambda tmp: volume.save(tmp), ".eye")
     return path
 
-
-def read_eye_labels(path: str | Path) -> np.ndarray:
-    """The ontology-id label volume back from an ``.eye`` file written by :func:`export_eye`."""
-    import eyepy
-
-    volume = eyepy.EyeVolume.load(path)
-    labels = np.zeros(volume.shape, np.uint8)
-    for annotation in volume.volume_maps.values():
-        meta = annotation.meta  # written by export_eye, else a class key as the name (e.g. drawn in eyelab)
-        labels[np.asarray(annotation.data, bool)] = int(meta.get("oct_wsss_id") or by_key(meta["name"]).id)
-    return labels

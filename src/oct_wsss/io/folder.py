@@ -29,13 +29,12 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def image_folder(folder: Path) -> Path | None:
-    """Where the B-scans of a volume folder are: the folder itself, else its ``bscans/`` subfolder."""
-    if image_files(folder):
-        return folder
+    """Where the B-scans of a volume folder are: its ``bscans/`` subfolder, else the folder itself (so a proposal's
+    ``labels.tif`` beside ``bscans/`` is not taken for a B-scan)."""
     sub = folder / "bscans"
     if sub.is_dir() and image_files(sub):
         return sub
-    return None
+    return folder if image_files(folder) else None
 
 
 def looks_readable(folder: Path) -> bool:

@@ -20,6 +20,7 @@ from qtpy.QtCore import QSettings, QTimer
 
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._quantify import table_value
+from oct_wsss.napari._session import session
 from oct_wsss.store import CorrectionStore, StoreError, edit_effort
 from oct_wsss.weights import bundled
 
@@ -40,10 +41,13 @@ class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        self.session = session(viewer)
+        self.session.panels["Fine-tune"] = self
         self.settings = QSettings("napari-oct-wsss", "review")  # the Review widget's project
         self.propose_settings = QSettings("napari-oct-wsss", "propose")
         parent = self.propose_settings.value("checkpoint/student", "") or str(bundled("student") or "")
-        self.project = FileEdit(label="project", mode="d", value=self.settings.value("project", "") or "")
+        opened = self.session.store.root if self.session.store is not None else None  # Review's open project first
+        self.project = FileEdit(label="project", mode="d", value=opened or self.settings.value("project", "") or "")
         self.parent_ckpt = FileEdit(label="parent student", mode="r", filter="*.safetensors", value=parent)
         self.epochs = SpinBox(label="epochs", min=1, max=500, value=10)
         self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"), value="auto")
@@ -127,9 +131,9 @@ class FinetuneWidget(Container):
         path, lineage = result
         self.result = path
         remember_checkpoint(self.propose_settings, path)
-        for widget in self._docked():
-            if hasattr(widget, "refresh_checkpoints"):
-                widget.refresh_checkpoints()
+        propose = self.session.panels.get("Propose")
+        if propose is not None:
+            propose.refresh_checkpoints()
         before, after = lineage.get("metrics_before") or {}, lineage.get("metrics_after") or {}
         scores = (f"; held-out mIoU {before['miou']:.3f} → {after['miou']:.3f}"
                   if before.get("miou") is not None and after.get("miou") is not None else "")
@@ -156,23 +160,14 @@ class FinetuneWidget(Container):
         """Stop at the next batch; the resumable state is kept, so pressing Fine-tune again resumes."""
         self._cancel = True
 
-    def _docked(self) -> list[Any]:
-        return list(getattr(self.viewer.window, "dock_widgets", {}).values())
-
     def repropose(self, *_: Any) -> Any:
         """Run Propose lesions with the new checkpoint on the B-scans not yet accepted or rejected."""
-        from oct_wsss.napari._propose import ProposeWidget
-        from oct_wsss.napari._review import ReviewWidget
-
-        docked = self._docked()
-        propose = next((w for w in docked if isinstance(w, ProposeWidget)), None)
-        review = next((w for w in docked if isinstance(w, ReviewWidget)), None)
+        propose = self.session.panels.get("Propose")
         if propose is None or self.result is None:
             show_error("Re-propose: open Plugins ▸ Propose lesions first")
             return None
         propose.method.value, propose.checkpoint.value, propose.range.value = "student", str(self.result), "all"
-        reviewed = set(review.decisions) if review is not None else set()
-        return propose.propose(skip=reviewed)
+        return propose.propose(skip=set(self.session.decisions))
 
 
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)

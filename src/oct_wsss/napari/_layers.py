@@ -14,14 +14,8 @@ from oct_wsss.volume import OctVolume
 
 LayerData = tuple[Any, dict[str, Any], str]
 AXES = ("B-scan", "depth", "lateral")
-#: Labels-layer metadata shared by the widgets: B-scans the grader accepted (never overwritten by a proposal),
-#: and B-scan -> the labels as first proposed (what the edit effort is measured against).
-ACCEPTED_KEY = "oct_wsss_accepted"
-PROPOSED_KEY = "oct_wsss_proposed"
-#: B-scan -> the provenance of what was proposed there (the CLI's ``provenance.json`` fields: method, checkpoint id
-#: and SHA-256, parameters, timings; or the propagation that filled it), recorded in the store on accept
-PROVENANCE_KEY = "oct_wsss_provenance"
-
+#: the layer every method but HRF fills with its proposals, and imported segmentations go into
+PROPOSED = "lesions (proposed)"
 
 def display_name(volume: OctVolume) -> str:
     """A layer name from the file name, unless the file name carries the patient's name or an id."""
@@ -96,3 +90,11 @@ def refresh_bscan(viewer: Any, layer: Any, index: int) -> None:
     shown = dims.ndisplay == 3 or tuple(dims.displayed) != tuple(range(dims.ndim))[-2:]
     if shown or int(np.round(layer.world_to_data(dims.point)[0])) == index:
         layer.refresh(extent=False, highlight=False)
+
+
+def write_page(layer: Any, index: int, page: np.ndarray) -> None:
+    """Set B-scan ``index`` of a Labels layer to ``page``, changed pixels only, through ``data_setitem`` (so napari's
+    own Ctrl-Z undoes it and the canvas redraws)."""
+    rows, cols = np.nonzero(np.asarray(layer.data[index]) != page)
+    if len(rows):
+        layer.data_setitem((np.full(len(rows), index), rows, cols), np.asarray(page)[rows, cols])

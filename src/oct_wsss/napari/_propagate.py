@@ -2,8 +2,10 @@
 B-scan, with progress, Cancel and Undo (docs/propagation.md).
 
 Thin: ``propose.propagate.propagate_stream`` does the work in a ``thread_worker``; each propagated B-scan is written
-into the lesions layer through ``data_setitem`` (so napari's Ctrl-Z undoes it too) and recorded as *proposed*, never
-accepted: the Review widget still accepts it. Accepted B-scans are left as they are.
+into the lesions layer through ``data_setitem`` (so napari's Ctrl-Z undoes it too) and recorded as *proposed* in the
+viewer's session, never accepted: the Review widget still accepts it. Accepted B-scans are left as they are.
+Propagation records nothing in the store; once a propagated B-scan is accepted, that accept is undone through the
+store's versions (Review's Undo), and "Undo last propagation" leaves it alone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSettings
 
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, PROVENANCE_KEY
+from oct_wsss.napari._layers import write_page
+from oct_wsss.napari._session import session
 
 
 class PropagateWidget(Container):
@@ -27,6 +30,8 @@ class PropagateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        self.session = session(viewer)
+        self.session.panels["Propagate"] = self
         self.settings = QSettings("napari-oct-wsss", "propose")  # the SAM 2 checkpoint is shared with HRF and assist
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.labels = create_widget(annotation="napari.layers.Labels", label="lesion labels")
@@ -105,20 +110,15 @@ class PropagateWidget(Container):
         """Write one propagated B-scan into the layer (undoable) and mark it proposed; accepted ones stay."""
         from oct_wsss.propose.propagate import apply_page
 
-        i = result.index
-        if i in layer.metadata.get(ACCEPTED_KEY, set()):
+        i, records = result.index, self.session.records(layer)
+        if i in records.accepted:
             return
         old = np.array(layer.data[i])
         new = old.copy()
         apply_page(new, result)
-        rows, cols = np.nonzero(new != old)
-        proposed = layer.metadata.setdefault(PROPOSED_KEY, {})
-        provenance = layer.metadata.setdefault(PROVENANCE_KEY, {})
-        self.previous.setdefault(i, (old, proposed.get(i), provenance.get(i)))
-        if len(rows):
-            layer.data_setitem((np.full(len(rows), i), rows, cols), new[rows, cols])
-        proposed[i] = new
-        provenance[i] = self.run_info
+        self.previous.setdefault(i, (old, records.proposed.get(i), records.provenance.get(i)))
+        write_page(layer, i, new)
+        records.propose(i, new, self.run_info)
         conf = ", ".join(f"{c}: {v:.2f}" for c, v in result.confidence.items())
         self.status.value = f"B-scan {i} proposed ({len(self.previous)} of at most {total}; confidence {conf})"
 
@@ -141,22 +141,24 @@ class PropagateWidget(Container):
         self._cancel = True
 
     def undo(self, *_: Any) -> None:
-        """Put back the pages (and proposed records) the last propagation replaced."""
+        """Put back the pages (and proposed records) the last propagation replaced, except on B-scans accepted since
+        (their accept is undone in Review, through the store)."""
         layer = self.labels.value
         if layer is None or self.worker is not None:
             return
-        proposed = layer.metadata.setdefault(PROPOSED_KEY, {})
-        provenance = layer.metadata.setdefault(PROVENANCE_KEY, {})
-        for i, (page, record, info) in self.previous.items():
-            rows, cols = np.nonzero(np.asarray(layer.data[i]) != page)
-            if len(rows):
-                layer.data_setitem((np.full(len(rows), i), rows, cols), page[rows, cols])
-            for store, value in ((proposed, record), (provenance, info)):
+        records = self.session.records(layer)
+        restored = sorted(set(self.previous) - records.accepted)
+        for i in restored:
+            page, record, info = self.previous[i]
+            write_page(layer, i, page)
+            for kept, value in ((records.proposed, record), (records.provenance, info)):
                 if value is None:
-                    store.pop(i, None)
+                    kept.pop(i, None)
                 else:
-                    store[i] = value
-        self.status.value = f"undone: B-scans {', '.join(map(str, sorted(self.previous)))} restored"
+                    kept[i] = value
+        accepted = sorted(set(self.previous) & records.accepted)
+        self.status.value = f"undone: B-scans {', '.join(map(str, restored)) or 'none'} restored" + (
+            f"; accepted since (undo in Review): {', '.join(map(str, accepted))}" if accepted else "")
         self.previous, self.undo_button.enabled = {}, False
 
 

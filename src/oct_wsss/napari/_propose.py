@@ -2,8 +2,9 @@
 
 Thin by design: ``oct_wsss.propose.load_proposer`` and ``stream`` do the work in a ``thread_worker`` (the same calls
 ``oct-wsss propose`` makes); the widget turns each streamed B-scan into a slice of the "lesions (proposed)" layer.
-B-scans the grader has accepted (``protected``) are never overwritten. No ``from __future__ import annotations``:
-napari reads the ``Viewer`` annotation at run time to pass the viewer in.
+B-scans the grader has accepted (``protected``, from the viewer's session) are never overwritten. An existing
+segmentation can be imported into the same layer instead (``_import``; ``oct-wsss import`` on the command line).
+No ``from __future__ import annotations``: napari reads the ``Viewer`` annotation at run time to pass the viewer in.
 """
 
 from collections.abc import Callable
@@ -32,19 +33,13 @@ import oct_wsss.weights as weights
 from oct_wsss.checkpoint import CheckpointError
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.napari._confidence import ConfidenceLayers
+from oct_wsss.napari._import import ImportRow
 from oct_wsss.napari._imports import preload_method
-from oct_wsss.napari._layers import (
-    ACCEPTED_KEY,
-    PROPOSED_KEY,
-    PROVENANCE_KEY,
-    is_synthetic,
-    labels_layer,
-    refresh_bscan,
-)
+from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
+from oct_wsss.napari._session import session
 from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
 from oct_wsss.volume import OctVolume
 
-PROPOSED = "lesions (proposed)"
 HRF_PROPOSED = "HRF (proposed)"
 RANGES = ("all", "current", "from-to")
 OTHER = "other file (below)"
@@ -103,6 +98,8 @@ class ProposeWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        self.session = session(viewer)
+        self.session.panels["Propose"] = self
         self.settings = QSettings("napari-oct-wsss", "propose")
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.method = ComboBox(label="method", choices=sorted(METHODS), value="student" if "student" in METHODS
@@ -127,9 +124,10 @@ class ProposeWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         self.legend = Label(value=legend_html())
+        self.importer = ImportRow(self)
         self.extend([self.image, self.method, self.known, self.checkpoint, self.device, self.range, self.first,
                      self.last, self.threshold, self.iterations, self.sam2, self.confidence, self.run_button,
-                     self.cancel_button, self.status, self.legend])
+                     self.cancel_button, self.status, self.importer, self.legend])
         self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
         self.scores: ConfidenceLayers | None = None
@@ -153,7 +151,7 @@ class ProposeWidget(Container):
         """B-scans the Review widget marked accepted on this method's proposal layer."""
         if self.target_name not in self.viewer.layers:
             return set()
-        return set(self.viewer.layers[self.target_name].metadata.get(ACCEPTED_KEY, set()))
+        return set(self.session.records(self.viewer.layers[self.target_name]).accepted)
 
     def checkpoint_choices(self) -> list[tuple[str, str]]:
         """(label, path) of the method's bundled checkpoints (the real-data one first unless the image is synthetic),
@@ -237,9 +235,9 @@ class ProposeWidget(Container):
             todo = list(range(n_bscans))
         return [i for i in to_propose(todo, self.protected() | set(skip)) if 0 <= i < n_bscans]
 
-    def proposed_layer(self, shape: tuple[int, ...], scale: tuple[float, ...]) -> Any:
-        """The method's proposal Labels layer for ``shape``, created (empty) on first use."""
-        name = self.target_name
+    def proposed_layer(self, shape: tuple[int, ...], scale: tuple[float, ...], name: str | None = None) -> Any:
+        """The Labels layer ``name`` (default: the method's proposal layer) for ``shape``, created empty if need be."""
+        name = name or self.target_name
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == shape:
             return self.viewer.layers[name]
         if name in self.viewer.layers:
@@ -326,8 +324,7 @@ class ProposeWidget(Container):
         if self.scores is not None and result.scores is not None:
             self.scores.put(result.index, result.scores)
         target.data[result.index] = result.labels
-        target.metadata.setdefault(PROPOSED_KEY, {})[result.index] = result.labels.copy()
-        target.metadata.setdefault(PROVENANCE_KEY, {})[result.index] = self.provenance
+        self.session.records(target).propose(result.index, result.labels, self.provenance)
         refresh_bscan(self.viewer, target, result.index)
         bar.step()
         if self.cancel_button.enabled:  # still running (queued signals may arrive after the worker finished)

@@ -1,14 +1,20 @@
-"""napari reader hook: opens every format ``oct_wsss.io.read_volume`` knows (drag-and-drop)."""
+"""napari reader hook: opens every format ``oct_wsss.io.read_volume`` knows (drag-and-drop).
+
+A volume folder also yields its ground truth (``masks/``, the layout ``oct-wsss synth`` writes) and its proposal
+(``labels.tif``, e.g. written there by ``oct-wsss import`` or ``propose``), the latter as "lesions (proposed)" with
+provenance "imported", which the widgets' session takes up (each B-scan *proposed* until accepted)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from oct_wsss.io import OctReadError, can_read, read_labels, read_volume
-from oct_wsss.napari._layers import LayerData, image_layer, labels_layer
+from oct_wsss.io.segmentation import SegmentationError, imported_provenance, read_segmentation
+from oct_wsss.napari._layers import PROPOSED, LayerData, image_layer, labels_layer
+from oct_wsss.volume import OctVolume
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -41,4 +47,20 @@ def read_oct(path: str | list[str]) -> list[LayerData]:
         truth = read_labels(masks)
         if truth.shape == volume.shape:
             layers.append(labels_layer(truth, volume.spacing_mm, "ground truth"))
+    proposal = Path(path) / "labels.tif"
+    if proposal.is_file():
+        layers += imported_layer(proposal, volume)
     return layers
+
+
+def imported_layer(path: Path, volume: OctVolume) -> list[LayerData]:
+    """``path`` as the volume's proposal layer, its provenance ("imported") in the layer's metadata; none (and a
+    warning) when it does not fit the volume."""
+    try:
+        labels = read_segmentation(path, volume.shape)
+    except SegmentationError as err:
+        show_warning(f"{err}; the volume is opened without it")
+        return []
+    data, kwargs, kind = labels_layer(labels, volume.spacing_mm, PROPOSED)
+    kwargs["metadata"]["oct_wsss"]["imported"] = {**imported_provenance(path), "source_tool": "napari"}
+    return [(data, kwargs, kind)]

@@ -2,11 +2,14 @@
 unreviewed B-scans, and restore accepted work when a volume is reopened.
 
 The grader edits with napari's own label tools; Accept writes the B-scan's mask (with its pixels and the proposal it
-started from) through ``CorrectionStore.accept`` — the same call a script makes. Accepted B-scans are listed in the
-reviewed layer's metadata (``oct_wsss_accepted``), which the Propose widget reads so it never overwrites them.
-Shortcuts: Shift-A accept, Shift-R reject, Shift-N next unreviewed, Shift-P previous. A strip shows every B-scan's
-status (click to jump); per-class checkboxes hold the B-scan's image-level labels, derived from the mask until the
-grader toggles one, and are stored with the accept.
+started from) through ``CorrectionStore.accept`` — the same call a script makes. The project, the decisions and
+the accepted B-scans live in the viewer's session (``_session``), which Propose and Propagate read so they never
+overwrite accepted work. Undo and Redo move the current B-scan through its versions in the store
+(``CorrectionStore.undo`` / ``redo``): the layer then shows the decision in effect — an accepted version's mask, or
+the proposal again when the B-scan is back to unreviewed or rejected — and nothing is deleted.
+Shortcuts: Shift-A accept, Shift-R reject, Shift-N next unreviewed, Shift-P previous, Shift-U undo, Shift-Y redo. A
+strip shows every B-scan's status (click to jump); per-class checkboxes hold the B-scan's image-level labels, derived
+from the mask until the grader toggles one, and are stored with the accept.
 """
 
 from pathlib import Path
@@ -19,9 +22,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.napari._layers import ACCEPTED_KEY, PROPOSED_KEY, PROVENANCE_KEY
+from oct_wsss.napari._layers import write_page
+from oct_wsss.napari._session import session
 from oct_wsss.napari._status_strip import StatusStrip
-from oct_wsss.store import ACCEPTED, REJECTED, CorrectionStore, StoreError, derived_labels
+from oct_wsss.store import ACCEPTED, REJECTED, Correction, CorrectionStore, StoreError, derived_labels
 from oct_wsss.store.store import DB_FILE
 
 
@@ -38,7 +42,8 @@ class ReviewWidget(Container):
         self.grader = LineEdit(label="grader", value=self.settings.value("grader", "") or "")
         self.open_button = PushButton(text="Open project / restore")
         buttons = [PushButton(text=t) for t in ("Accept (⇧A)", "Reject (⇧R)", "Next unreviewed (⇧N)",
-                                                "Previous (⇧P)")]
+                                                "Previous (⇧P)", "Undo (⇧U)", "Redo (⇧Y)")]
+        self.undo_button, self.redo_button = buttons[4:]
         self.status = Label(value="no project open")
         self.present = {c.id: CheckBox(text=c.key.upper(), value=False, tooltip=f"{c.name} present in this B-scan")
                         for c in ONTOLOGY[1:]}
@@ -49,9 +54,8 @@ class ReviewWidget(Container):
                      self.present_row, self.status])
         self.strip = StatusStrip(lambda i: self.viewer.dims.set_current_step(0, i))
         self.native.layout().addWidget(self.strip)
-        self.store: CorrectionStore | None = None
-        self.volume_id = ""
-        self.decisions: dict[int, str] = {}
+        self.session = session(viewer)
+        self.session.panels["Review"] = self
         self.image_labels: dict[int, set[int]] = {}  # B-scan -> the grader's own image-level labels (toggled)
         self._setting = False
         for cid, box in self.present.items():
@@ -59,11 +63,11 @@ class ReviewWidget(Container):
         viewer.dims.events.current_step.connect(self._show_labels)
         self.labels.changed.connect(self._show_labels)
         self.open_button.changed.connect(self.open)
-        for button, action in zip(buttons, (self.accept, self.reject, self.next_unreviewed, self.previous),
-                                  strict=True):
+        actions = (self.accept, self.reject, self.next_unreviewed, self.previous, self.undo, self.redo)
+        for button, action in zip(buttons, actions, strict=True):
             button.changed.connect(action)
-        for key, action in (("Shift-A", self.accept), ("Shift-R", self.reject), ("Shift-N", self.next_unreviewed),
-                            ("Shift-P", self.previous)):
+        for key, action in zip(("Shift-A", "Shift-R", "Shift-N", "Shift-P", "Shift-U", "Shift-Y"), actions,
+                               strict=True):
             viewer.bind_key(key, lambda _v, a=action: a(), overwrite=True)
         for widget in (self.image, self.labels):
             viewer.layers.events.inserted.connect(widget.reset_choices)
@@ -72,6 +76,11 @@ class ReviewWidget(Container):
     @property
     def current(self) -> int:
         return int(self.viewer.dims.current_step[0])
+
+    @property
+    def decisions(self) -> dict[int, str]:
+        """B-scan -> the decision in effect (the session's)."""
+        return self.session.decisions
 
     def open(self, *_: Any) -> bool:
         """Open the project for the chosen image and put its accepted B-scans back into the labels layer."""
@@ -84,22 +93,24 @@ class ReviewWidget(Container):
         if unset or not folder.parent.exists():
             show_error("Review: choose a project folder for the corrections (a new or an existing project)")
             return False
+        s = self.session
         try:
-            self.store = CorrectionStore(self.project.value)
+            s.store = CorrectionStore(self.project.value)
         except StoreError as err:
             show_error(f"Review: {err}")
             return False
         self.settings.setValue("project", str(self.project.value))
-        self.volume_id = self.store.volume_id(np.asarray(image.data))
-        self.decisions = self.store.status(self.volume_id)
-        for c in self.store.corrections(self.volume_id):
+        s.volume_id = s.store.volume_id(np.asarray(image.data))
+        s.decisions.clear()
+        s.records(labels).accepted.clear()
+        self.image_labels = {}
+        for c in s.store.corrections(s.volume_id, status=None):
             if c.bscan < labels.data.shape[0]:
-                labels.data[c.bscan] = c.arrays()["mask"]
+                mask = c.arrays()["mask"] if c.status == ACCEPTED else None
+                if mask is not None:
+                    labels.data[c.bscan] = mask  # one refresh below, not one per B-scan
+                self._mark(c.bscan, c, mask)
         labels.refresh()
-        n = labels.data.shape[0]
-        self.image_labels = {c.bscan: set(c.labels) for c in self.store.corrections(self.volume_id)
-                             if c.bscan < n and set(c.labels) != set(derived_labels(labels.data[c.bscan]))}
-        labels.metadata[ACCEPTED_KEY] = {i for i, s in self.decisions.items() if s == ACCEPTED}
         self._show()
         return True
 
@@ -129,26 +140,56 @@ class ReviewWidget(Container):
         finally:
             self._setting = False
         self._show_strip()
+        self._show_history()
+
+    def _show_history(self) -> None:
+        """Enable Undo and Redo only where the current B-scan has a decision to take back or bring back."""
+        s, i = self.session, self.current
+        if s.store is not None:
+            self.undo_button.enabled = s.store.can_undo(s.volume_id, i)
+            self.redo_button.enabled = s.store.can_redo(s.volume_id, i)
 
     def _ready(self) -> bool:
-        return self.store is not None or self.open()
+        return self.session.store is not None or self.open()
+
+    def _put(self, i: int, c: Correction | None) -> None:
+        """Show decision ``c`` on B-scan ``i`` (None: unreviewed): its status, and the pixels of an accepted mask, else
+        the proposal recorded for the B-scan (when there is one)."""
+        layer = self.labels.value
+        mask = c.arrays()["mask"] if c is not None and c.status == ACCEPTED else None
+        page = mask if mask is not None else self.session.records(layer).proposed.get(i)
+        if page is not None:
+            write_page(layer, i, page)
+        self._mark(i, c, mask)
+
+    def _mark(self, i: int, c: Correction | None, mask: np.ndarray | None) -> None:
+        """Record decision ``c`` of B-scan ``i`` (its accepted ``mask``) in the session and the image labels."""
+        records = self.session.records(self.labels.value)
+        if c is None:
+            self.decisions.pop(i, None)
+        else:
+            self.decisions[i] = c.status
+        (records.accepted.discard if mask is None else records.accepted.add)(i)
+        self.image_labels.pop(i, None)
+        if mask is not None and set(c.labels) != set(derived_labels(mask)):
+            self.image_labels[i] = set(c.labels)
 
     def accept(self, *_: Any) -> None:
         """Store the current B-scan's labels as the grader's accepted correction."""
         if not self._ready():
             return
-        i, labels, image = self.current, self.labels.value, self.image.value
-        proposed = labels.metadata.get(PROPOSED_KEY, {}).get(i)
+        i, labels, image, s = self.current, self.labels.value, self.image.value, self.session
+        records = s.records(labels)
         self.settings.setValue("grader", self.grader.value)
         try:
-            c = self.store.accept(self.volume_id, i, np.asarray(labels.data[i]), image=np.asarray(image.data[i]),
-                                  proposal=proposed, proposal_info=labels.metadata.get(PROVENANCE_KEY, {}).get(i, {}),
-                                  grader=self.grader.value, labels=tuple(sorted(self.present_labels(i))))
+            c = s.store.accept(s.volume_id, i, np.asarray(labels.data[i]), image=np.asarray(image.data[i]),
+                               proposal=records.proposed.get(i), proposal_info=records.provenance.get(i, {}),
+                               grader=self.grader.value, labels=tuple(sorted(self.present_labels(i))))
         except (StoreError, ValueError) as err:
             show_error(f"Accept failed, nothing was recorded: {err}")
             return
         self.decisions[i] = ACCEPTED
-        labels.metadata.setdefault(ACCEPTED_KEY, set()).add(i)
+        records.accepted.add(i)
         show_info(f"B-scan {i} accepted (version {c.version})")
         self._show()
 
@@ -156,10 +197,31 @@ class ReviewWidget(Container):
         """Record that the proposal of the current B-scan was rejected."""
         if not self._ready():
             return
-        i = self.current
-        self.store.reject(self.volume_id, i, grader=self.grader.value)
+        i, s = self.current, self.session
+        s.store.reject(s.volume_id, i, grader=self.grader.value)
         self.decisions[i] = REJECTED
-        self.labels.value.metadata.setdefault(ACCEPTED_KEY, set()).discard(i)
+        s.records(self.labels.value).accepted.discard(i)
+        self._show()
+
+    def undo(self, *_: Any) -> None:
+        """Take back the current B-scan's decision in effect: the one it replaced is in effect again."""
+        self._step("undo")
+
+    def redo(self, *_: Any) -> None:
+        """Bring back the decision last undone on the current B-scan."""
+        self._step("redo")
+
+    def _step(self, action: str) -> None:
+        if not self._ready():
+            return
+        i, s = self.current, self.session
+        try:
+            c = getattr(s.store, action)(s.volume_id, i)
+        except StoreError as err:
+            show_info(f"Review: {err}")
+            return
+        self._put(i, c)
+        show_info(f"B-scan {i}: {action} — now " + ("unreviewed" if c is None else f"{c.status} (version {c.version})"))
         self._show()
 
     def next_unreviewed(self, *_: Any) -> None:

@@ -6,7 +6,7 @@ import secrets
 import sqlite3
 from datetime import UTC, datetime
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: version -> the statements that bring a store from version - 1 to it (1 creates it)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -17,6 +17,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "labels TEXT NOT NULL, changes TEXT NOT NULL, proposal TEXT NOT NULL, grader TEXT NOT NULL, "
         "time TEXT NOT NULL, mask_file TEXT, sha256 TEXT, UNIQUE (volume, bscan, version))",
         "CREATE INDEX corrections_by_bscan ON corrections (volume, bscan)",
+    ),
+    # undo and redo: each version remembers the one it replaced (``parent``, 0 = unreviewed); ``heads`` is an
+    # append-only log of which version is in effect per B-scan (its last row wins), so undo never deletes anything
+    2: (
+        "ALTER TABLE corrections ADD COLUMN parent INTEGER NOT NULL DEFAULT 0",
+        "UPDATE corrections SET parent = version - 1",
+        "CREATE TABLE heads (id INTEGER PRIMARY KEY, volume TEXT NOT NULL, bscan INTEGER NOT NULL, "
+        "version INTEGER NOT NULL, action TEXT NOT NULL CHECK (action IN ('decide', 'undo', 'redo', 'migrate')), "
+        "time TEXT NOT NULL)",
+        "CREATE INDEX heads_by_bscan ON heads (volume, bscan, id)",
+        "INSERT INTO heads (volume, bscan, version, action, time) SELECT volume, bscan, MAX(version), 'migrate', "
+        "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now') FROM corrections GROUP BY volume, bscan",
     ),
 }
 

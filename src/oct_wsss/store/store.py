@@ -5,6 +5,11 @@ holds the accepted mask, the B-scan's pixels (so fine-tuning needs nothing else)
 The mask file is written and fsync'ed under a temporary name and renamed before its row commits, so an acknowledged
 accept is always complete and a crash leaves at most an orphan file, never a row without its mask. Re-accepting a
 B-scan adds a version; nothing is overwritten. Volume ids are salted hashes of the voxels: no PHI is stored.
+
+Undo and redo move which version is in effect (the *head*) per B-scan: each version records the one it replaced
+(its ``parent``, 0 = unreviewed), and every move is a row appended to ``heads`` in the same transaction as the
+decision it concerns. Undo goes to the parent, redo to the newest version made from the head; a new decision after an
+undo starts a new branch, so redo then follows it. Nothing is ever deleted, so an undone accept is still on disk.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from oct_wsss.store.schema import SCHEMA_VERSION, migrate
 from oct_wsss.volume import OctVolume
 
 DB_FILE = "corrections.sqlite"
+COLUMNS = ("c.volume, c.bscan, c.status, c.version, c.labels, c.changes, c.proposal, c.grader, c.time, c.mask_file, "
+           "c.sha256, c.parent")
 ACCEPTED, REJECTED = "accepted", "rejected"
 
 
@@ -49,6 +56,7 @@ class Correction:
     time: str
     mask_file: Path | None
     sha256: str | None
+    parent: int = 0  # the version this one replaced (0: the B-scan was unreviewed)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``mask`` (H, W) uint8 ontology ids, ``image`` (the B-scan), ``proposal`` when kept; checksum-verified."""
@@ -138,7 +146,7 @@ class CorrectionStore:
                 raise ValueError(f"the {name} is {np.shape(other)}, the mask {mask.shape}")
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
-            version = self._next_version(con, volume, bscan)
+            version, parent = self._next_version(con, volume, bscan), self._head(con, volume, bscan)
             rel = Path("masks") / volume / f"{int(bscan):04d}-v{version}.npz"
             arrays = {"mask": mask}
             if image is not None:
@@ -147,8 +155,9 @@ class CorrectionStore:
                 arrays["proposal"] = np.asarray(proposal, np.uint8)
             sha = self._write_npz(self.root / rel, arrays)
             row = Correction(volume, int(bscan), ACCEPTED, version, labels, changes(mask, proposal),
-                             proposal_info or {}, grader, _now(), self.root / rel, sha)
+                             proposal_info or {}, grader, _now(), self.root / rel, sha, parent)
             self._insert(con, row, rel.as_posix())
+            self._move_head(con, volume, bscan, version, "decide")
             con.execute("COMMIT")
         return row
 
@@ -157,10 +166,44 @@ class CorrectionStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             row = Correction(volume, int(bscan), REJECTED, self._next_version(con, volume, bscan), (), {}, {},
-                             grader, _now(), None, None)
+                             grader, _now(), None, None, self._head(con, volume, bscan))
             self._insert(con, row, None)
+            self._move_head(con, volume, bscan, row.version, "decide")
             con.execute("COMMIT")
         return row
+
+    def undo(self, volume: str, bscan: int) -> Correction | None:
+        """Put back the decision the B-scan's current one replaced; returns it (None: unreviewed again)."""
+        return self._step(volume, bscan, "undo")
+
+    def redo(self, volume: str, bscan: int) -> Correction | None:
+        """Bring back the newest decision undone on the B-scan (after a new decision, that one); returns it."""
+        return self._step(volume, bscan, "redo")
+
+    def can_undo(self, volume: str, bscan: int) -> bool:
+        """Whether the B-scan has a decision in effect that :meth:`undo` would take back."""
+        with self._connect() as con:
+            return self._head(con, volume, bscan) > 0
+
+    def can_redo(self, volume: str, bscan: int) -> bool:
+        """Whether :meth:`redo` has an undone decision of the B-scan to bring back."""
+        with self._connect() as con:
+            return self._redo_target(con, volume, bscan) is not None
+
+    def _step(self, volume: str, bscan: int, action: str) -> Correction | None:
+        """Move the B-scan's head to its parent (undo) or newest child (redo) in one transaction."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            if action == "redo":
+                target = self._redo_target(con, volume, bscan)
+            else:
+                target = self._parent(con, volume, bscan, self._head(con, volume, bscan))
+            if target is None:
+                con.execute("ROLLBACK")
+                raise StoreError(f"B-scan {int(bscan)} has nothing to {action}")
+            self._move_head(con, volume, bscan, target, action)
+            con.execute("COMMIT")
+            return self._version_row(con, volume, bscan, target)
 
     def status(self, volume: str) -> dict[int, str]:
         """B-scan index -> its latest decision (``accepted`` / ``rejected``); unreviewed B-scans are absent."""
@@ -171,18 +214,59 @@ class CorrectionStore:
         return {c.bscan: c.arrays()["mask"] for c in self.corrections(volume)}
 
     def corrections(self, volume: str | None = None, *, status: str | None = ACCEPTED) -> list[Correction]:
-        """The latest decision per B-scan (optionally of one volume and one status), in (volume, B-scan) order."""
-        query = ("SELECT volume, bscan, status, version, labels, changes, proposal, grader, time, mask_file, sha256 "
-                 "FROM corrections c WHERE version = (SELECT MAX(version) FROM corrections d "
-                 "WHERE d.volume = c.volume AND d.bscan = c.bscan)")
+        """The decision in effect per B-scan (optionally of one volume and one status), in (volume, B-scan) order;
+        B-scans whose every decision was undone are absent."""
+        query = (f"SELECT {COLUMNS} FROM corrections c JOIN heads h ON h.volume = c.volume AND h.bscan = c.bscan "
+                 "AND h.version = c.version WHERE h.id = (SELECT MAX(id) FROM heads g "
+                 "WHERE g.volume = c.volume AND g.bscan = c.bscan)")
         args: list[Any] = []
         if volume is not None:
-            query, args = query + " AND volume = ?", [volume]
+            query, args = query + " AND c.volume = ?", [volume]
         with self._connect() as con:
-            rows = con.execute(query + " ORDER BY volume, bscan", args).fetchall()
-        out = [Correction(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), json.loads(r[5]), json.loads(r[6]), r[7],
-                          r[8], None if r[9] is None else self.root / r[9], r[10]) for r in rows]
+            rows = con.execute(query + " ORDER BY c.volume, c.bscan", args).fetchall()
+        out = [self._correction(r) for r in rows]
         return [c for c in out if status is None or c.status == status]
+
+    def versions(self, volume: str, bscan: int) -> list[Correction]:
+        """Every decision ever recorded on the B-scan, undone ones included, oldest first."""
+        with self._connect() as con:
+            rows = con.execute(f"SELECT {COLUMNS} FROM corrections c WHERE volume = ? AND bscan = ? ORDER BY version",
+                               (volume, int(bscan))).fetchall()
+        return [self._correction(r) for r in rows]
+
+    def _correction(self, r: tuple[Any, ...]) -> Correction:
+        return Correction(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), json.loads(r[5]), json.loads(r[6]), r[7],
+                          r[8], None if r[9] is None else self.root / r[9], r[10], r[11])
+
+    def _version_row(self, con: sqlite3.Connection, volume: str, bscan: int, version: int) -> Correction | None:
+        row = con.execute(f"SELECT {COLUMNS} FROM corrections c WHERE volume = ? AND bscan = ? AND version = ?",
+                          (volume, int(bscan), version)).fetchone()
+        return None if row is None else self._correction(row)
+
+    @staticmethod
+    def _head(con: sqlite3.Connection, volume: str, bscan: int) -> int:
+        """The version in effect (0: none, the B-scan is unreviewed)."""
+        row = con.execute("SELECT version FROM heads WHERE volume = ? AND bscan = ? ORDER BY id DESC LIMIT 1",
+                          (volume, int(bscan))).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _parent(con: sqlite3.Connection, volume: str, bscan: int, version: int) -> int | None:
+        """The version ``version`` replaced; None for version 0 (nothing to undo)."""
+        row = con.execute("SELECT parent FROM corrections WHERE volume = ? AND bscan = ? AND version = ?",
+                          (volume, int(bscan), version)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _redo_target(self, con: sqlite3.Connection, volume: str, bscan: int) -> int | None:
+        """The newest version made from the head, or None."""
+        row = con.execute("SELECT MAX(version) FROM corrections WHERE volume = ? AND bscan = ? AND parent = ?",
+                          (volume, int(bscan), self._head(con, volume, bscan))).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    @staticmethod
+    def _move_head(con: sqlite3.Connection, volume: str, bscan: int, version: int, action: str) -> None:
+        con.execute("INSERT INTO heads (volume, bscan, version, action, time) VALUES (?, ?, ?, ?, ?)",
+                    (volume, int(bscan), version, action, _now()))
 
     @staticmethod
     def _next_version(con: sqlite3.Connection, volume: str, bscan: int) -> int:
@@ -193,9 +277,9 @@ class CorrectionStore:
     @staticmethod
     def _insert(con: sqlite3.Connection, c: Correction, rel: str | None) -> None:
         con.execute("INSERT INTO corrections (volume, bscan, status, version, labels, changes, proposal, grader, time,"
-                    " mask_file, sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " mask_file, sha256, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (c.volume, c.bscan, c.status, c.version, json.dumps(list(c.labels)), json.dumps(c.changes),
-                     json.dumps(c.proposal), c.grader, c.time, rel, c.sha256))
+                     json.dumps(c.proposal), c.grader, c.time, rel, c.sha256, c.parent))
 
     @staticmethod
     def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
