@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss.classes import BACKGROUND, ONTOLOGY
+from oct_wsss.store.boundaries import BoundaryEdits
 from oct_wsss.store.schema import SCHEMA_VERSION, migrate
 from oct_wsss.volume import OctVolume
 
@@ -160,6 +161,14 @@ class CorrectionStore:
             self._move_head(con, volume, bscan, version, "decide")
             con.execute("COMMIT")
         return row
+
+    def accept_boundaries(self, volume: str, bscan: int, boundaries: np.ndarray, names: tuple[str, ...]) -> Path:
+        """Keep the grader's edited layer boundaries of one B-scan (a new version; see ``store.boundaries``)."""
+        return BoundaryEdits(self.root, self._write_npz).accept(volume, bscan, boundaries, names)
+
+    def accepted_boundaries(self, volume: str) -> dict[int, tuple[np.ndarray, tuple[str, ...]]]:
+        """B-scan -> (boundary rows (n, W), names) of the newest accepted boundaries of ``volume``."""
+        return BoundaryEdits(self.root, self._write_npz).accepted(volume)
 
     def reject(self, volume: str, bscan: int, *, grader: str = "") -> Correction:
         """Record that the grader rejected the proposal of one B-scan (no mask is kept)."""
