@@ -15,8 +15,11 @@ from oct_wsss.io.export import atomic_write
 
 
 def export_eye(labels: np.ndarray, image: np.ndarray, path: str | Path,
-               spacing_mm: tuple[float, float, float] | None = None) -> Path:
-    """Write ``path`` (.eye): the OCT ``image`` (n, H, W) with one pixel annotation per lesion class in ``labels``."""
+               spacing_mm: tuple[float, float, float] | None = None,
+               lines: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``path`` (.eye): the OCT ``image`` (n, H, W) with one pixel annotation per lesion class in ``labels``
+    and, when given, layer lines (name -> (n, W) rows; NaN where absent), plus then a drusen annotation even when
+    empty, so readers take the grader's drusen instead of deriving them from the RPE and BM lines."""
     import eyepy
     from eyepy.core.eyemeta import EyeBscanMeta, EyeVolumeMeta
 
@@ -32,10 +35,12 @@ def export_eye(labels: np.ndarray, image: np.ndarray, path: str | Path,
     meta = EyeVolumeMeta(scale_z=z, scale_x=x, scale_y=y, scale_unit=unit, bscan_meta=bscans)
     volume = eyepy.EyeVolume(image.astype(np.float32), meta=meta)
     for c in ONTOLOGY:
-        if c.id != BACKGROUND and (labels == c.id).any():
+        if c.id != BACKGROUND and ((labels == c.id).any() or (lines and c.key == "drusen")):
             colour = "".join(f"{round(255 * v):02x}" for v in c.colour[:3])
             volume.add_pixel_annotation(labels == c.id, meta={"name": c.key, "oct_wsss_id": c.id, "current_color":
                                                               colour})
+    for name, rows in (lines or {}).items():
+        volume.add_layer_annotation(np.asarray(rows, np.float64), meta={"name": name})
     path = Path(path)
     atomic_write(path, lambda tmp: volume.save(tmp), ".eye")
     return path

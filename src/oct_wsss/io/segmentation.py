@@ -7,8 +7,8 @@ truncated or foreign file). It reads only: nothing is written, so bad input lose
 
 From ``.eye`` files it takes what eyepy exposes: each area annotation (voxel map) named by an ontology key or
 carrying ``oct_wsss_id`` (what :func:`oct_wsss.io.eye_export.export_eye` writes) becomes that class; RPE and BM
-layer lines, when no drusen area is annotated, give drusen (id 6) through eyepy's own drusen routine. Other layer
-lines are retinal boundaries, not lesions, and are left out.
+layer lines, when no drusen area is annotated (an empty one counts), give drusen (id 6) through eyepy's own drusen
+routine. Other layer lines are retinal boundaries, not lesions, and are left out.
 """
 
 from __future__ import annotations
@@ -120,10 +120,13 @@ def read_eye_labels(path: str | Path) -> np.ndarray:
 
     volume = eyepy.EyeVolume.load(path)
     labels = np.zeros(volume.shape, np.uint8)
+    ids = set()
     for name, annotation in volume.volume_maps.items():
-        labels[np.asarray(annotation.data, bool)] = _eye_class(path, name, annotation.meta)
+        class_id = _eye_class(path, name, annotation.meta)
+        ids.add(class_id)
+        labels[np.asarray(annotation.data, bool)] = class_id
     layers = volume.layers
-    if not (labels == DRUSEN).any() and {"RPE", "BM"} <= set(layers):
+    if DRUSEN not in ids and {"RPE", "BM"} <= set(layers):  # a drusen annotation, even empty, is the grader's say
         labels[_eye_drusen(layers["RPE"].data, layers["BM"].data, volume.shape) & (labels == 0)] = DRUSEN
     if layers and not volume.volume_maps and not {"RPE", "BM"} <= set(layers):  # none at all: lesion-free labels
         raise SegmentationError(path, f"holds only the layer lines {', '.join(sorted(layers))}: no area annotation "

@@ -98,3 +98,41 @@ def write_page(layer: Any, index: int, page: np.ndarray) -> None:
     rows, cols = np.nonzero(np.asarray(layer.data[index]) != page)
     if len(rows):
         layer.data_setitem((np.full(len(rows), index), rows, cols), np.asarray(page)[rows, cols])
+
+
+#: the Shapes layer holding layer boundaries as editable paths (the Layers panel and the .eye reader fill it)
+BOUNDARY_LAYER = "layer boundaries"
+#: one colour per boundary, top to bottom (cycled when a file has more lines)
+BOUNDARY_COLOURS = ("#ff4040", "#ff9f40", "#ffff40", "#80ff40", "#40ffbf", "#40bfff", "#4060ff", "#bf40ff", "#ff40bf")
+#: most vertices per boundary path a grader drags (rows between vertices are interpolated)
+PATH_VERTICES = 64
+
+
+def boundary_paths(lines: dict[str, np.ndarray], bscans: list[int] | None = None) -> tuple[list[np.ndarray],
+                                                                                            dict[str, list[Any]]]:
+    """Paths (bscan, row, ascan) of every named line (name -> (n, W) rows) on ``bscans`` (default all), and their
+    features: ``bscan``, ``boundary`` (name) and ``colour``."""
+    from oct_wsss.propose.layer_geometry import paths_from_boundaries
+
+    names = list(lines)
+    stacked = np.stack([np.asarray(lines[k], np.float64) for k in names], axis=1)  # (n, k, W)
+    step = max(1, stacked.shape[2] // PATH_VERTICES)
+    paths, features = [], {"bscan": [], "boundary": [], "colour": []}
+    for i in range(stacked.shape[0]) if bscans is None else bscans:
+        for k, path in enumerate(paths_from_boundaries(stacked[i], i, step)):
+            if len(path) >= 2:
+                paths.append(path)
+                features["bscan"].append(i)
+                features["boundary"].append(names[k])
+                features["colour"].append(BOUNDARY_COLOURS[k % len(BOUNDARY_COLOURS)])
+    return paths, features
+
+
+def boundary_layer(lines: dict[str, np.ndarray], spacing_mm: tuple[float, float, float]) -> LayerData:
+    """Layer boundaries (name -> (n, W) rows) as a Shapes layer of paths the grader can drag, one per line and
+    B-scan."""
+    paths, features = boundary_paths(lines)
+    return (paths, {"name": BOUNDARY_LAYER, "shape_type": "path", "scale": spacing_mm, "units": ("mm",) * 3,
+                    "axis_labels": AXES, "edge_width": 1.5,
+                    "edge_color": features["colour"], "features": features,
+                    "metadata": {"oct_wsss": {"boundaries": list(lines)}}}, "shapes")

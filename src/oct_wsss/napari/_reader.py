@@ -12,8 +12,9 @@ from pathlib import Path
 from napari.utils.notifications import show_error, show_warning
 
 from oct_wsss.io import OctReadError, can_read, read_labels, read_volume
+from oct_wsss.io.eye_read import read_eye
 from oct_wsss.io.segmentation import SegmentationError, imported_provenance, read_segmentation
-from oct_wsss.napari._layers import PROPOSED, LayerData, image_layer, labels_layer
+from oct_wsss.napari._layers import PROPOSED, LayerData, boundary_layer, image_layer, labels_layer
 from oct_wsss.volume import OctVolume
 
 
@@ -24,6 +25,8 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
             return None
         path = path[0]
     try:
+        if str(path).lower().endswith(".eye"):
+            return read_eye_file
         return read_oct if can_read(path) else None
     except Exception:  # a hook that raises blocks napari's other readers
         return None
@@ -64,3 +67,22 @@ def imported_layer(path: Path, volume: OctVolume) -> list[LayerData]:
     data, kwargs, kind = labels_layer(labels, volume.spacing_mm, PROPOSED)
     kwargs["metadata"]["oct_wsss"]["imported"] = {**imported_provenance(path), "source_tool": "napari"}
     return [(data, kwargs, kind)]
+
+
+def read_eye_file(path: str | list[str]) -> list[LayerData]:
+    """An eyepy ``.eye`` file: the volume, its layer lines (the Layers panel's boundary layer) and its area
+    annotations (the lesions layer, each B-scan *proposed* by "imported")."""
+    path = path[0] if isinstance(path, list) else path
+    try:
+        scan = read_eye(path)
+    except (SegmentationError, OSError, ValueError, KeyError) as err:
+        show_error(f"cannot open {Path(path).name} as an eyepy .eye file: {err}")
+        raise
+    layers = [image_layer(scan.volume)]
+    if scan.lines:
+        layers.append(boundary_layer(scan.lines, scan.volume.spacing_mm))
+    if scan.labels is not None:
+        data, kwargs, kind = labels_layer(scan.labels, scan.volume.spacing_mm, PROPOSED)
+        kwargs["metadata"]["oct_wsss"]["imported"] = {**imported_provenance(path), "source_tool": "eyepy"}
+        layers.append((data, kwargs, kind))
+    return layers
