@@ -34,7 +34,7 @@ def test_manifest_validates_and_lists_every_contribution() -> None:
     }
     assert [w.display_name for w in contributions.widgets] == [
         "Synthetic OCT phantom", "OCT workspace", "Propose lesions", "Review and accept", "Quantify", "Fine-tune",
-        "SAM 2 assist", "Propagate"]
+        "SAM 2 assist", "Propagate", "Retinal layers"]
 
 
 def test_top_level_manifest_is_the_packaged_one() -> None:

@@ -13,12 +13,13 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, Label
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from qtpy.QtWidgets import QSizePolicy
 
 from oct_wsss.propose.layer_geometry import etdrs_grid_lines
 from oct_wsss.propose.layers import etdrs_sectors, etdrs_table, fovea_from_thickness
 
-#: the map's size in the dock (px): fits the 380 px workspace
-MAP_SIZE = (300, 220)
+#: the map's least width and its height in the dock (px): it widens to the 380 px workspace's room, never beyond
+MAP_SIZE = (200, 220)
 
 
 def sector_table_html(rows: list[dict[str, Any]]) -> str:
@@ -36,7 +37,9 @@ class EnfaceMap(Container):
         self.figure = Figure(figsize=(3.0, 2.2), dpi=100, layout="constrained")
         self.axes = self.figure.add_subplot()
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setFixedSize(*MAP_SIZE)
+        self.canvas.setMinimumSize(*MAP_SIZE)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.canvas.setFixedHeight(MAP_SIZE[1])
         self.centre_bscan = FloatSpinBox(label="fovea B-scan", min=0.0, max=1e6, step=0.5)
         self.centre_ascan = FloatSpinBox(label="fovea A-scan", min=0.0, max=1e6, step=1.0)
         self.table = Label(value="")

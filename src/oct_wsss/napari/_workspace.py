@@ -1,5 +1,5 @@
-"""The plugin's panels as one tabbed dock (Propose, Review, Propagate, Quantify, Fine-tune, SAM 2) that keeps the
-canvas usable on a 1366 x 768 screen: each panel scrolls inside its tab instead of growing the window, as separate
+"""The plugin's panels as one tabbed dock (Propose, Review, Propagate, Quantify, Layers, Fine-tune, SAM 2) that keeps
+the canvas usable on a 1366 x 768 screen: each panel scrolls inside its tab instead of growing the window, as separate
 docks did (four of them grew the window to 1863 px high there, and the B-scan shrank to a thumbnail)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QComboBox, QScrollArea, QSizePolicy, QTabWidget
 
 from oct_wsss.napari._finetune import FinetuneWidget
+from oct_wsss.napari._layers_panel import LayersWidget
 from oct_wsss.napari._propagate import PropagateWidget
 from oct_wsss.napari._propose import ProposeWidget
 from oct_wsss.napari._quantify import QuantifyWidget
@@ -20,7 +21,8 @@ from oct_wsss.napari._sam2 import Sam2Widget
 
 #: tab title -> panel class, in the grader's order of work
 PANELS: dict[str, type[Container]] = {"Propose": ProposeWidget, "Review": ReviewWidget, "Propagate": PropagateWidget,
-                                      "Quantify": QuantifyWidget, "Fine-tune": FinetuneWidget, "SAM 2": Sam2Widget}
+                                      "Quantify": QuantifyWidget, "Layers": LayersWidget, "Fine-tune": FinetuneWidget,
+                                      "SAM 2": Sam2Widget}
 
 
 #: the dock's preferred width (px); every panel fits it without scrolling sideways
