@@ -43,8 +43,8 @@ class EnfaceMap(Container):
         self.centre_bscan = FloatSpinBox(label="fovea B-scan", min=0.0, max=1e6, step=0.5)
         self.centre_ascan = FloatSpinBox(label="fovea A-scan", min=0.0, max=1e6, step=1.0)
         self.table = Label(value="")
-        self.native.layout().addWidget(self.canvas)
         self.extend([self.centre_bscan, self.centre_ascan, self.table])
+        self.native.layout().insertWidget(0, self.canvas)
         self.thickness: np.ndarray | None = None
         self.spacing_mm = (1.0, 1.0, 1.0)
         self.laterality: str | None = None
@@ -59,10 +59,14 @@ class EnfaceMap(Container):
         self.thickness, self.spacing_mm, self.laterality = np.asarray(thickness, float), spacing_mm, laterality
         self.axes.clear()
         aspect = spacing_mm[0] / spacing_mm[2]
+        finite = self.thickness[np.isfinite(self.thickness)]
+        low, high = np.percentile(finite, (1, 99)) if finite.size else (0.0, 1.0)  # a few wild A-scans set no range
         image = self.axes.imshow(self.thickness, origin="lower", cmap="viridis", aspect=aspect,
-                                 interpolation="nearest")
+                                 interpolation="nearest", vmin=low, vmax=high)
         if not self.figure.axes[1:]:
-            self.figure.colorbar(image, ax=self.axes, label="µm", shrink=0.8)
+            bar = self.figure.colorbar(image, ax=self.axes, location="bottom", shrink=0.9, aspect=30)
+            bar.set_label("retinal thickness ILM–BM (µm)", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
         self.axes.set_xlabel("A-scan", fontsize=7)
         self.axes.set_ylabel("B-scan", fontsize=7)
         self.axes.tick_params(labelsize=6)
