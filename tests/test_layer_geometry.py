@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from oct_wsss.propose.layer_geometry import boundaries_from_paths, etdrs_grid_lines, paths_from_boundaries
-from oct_wsss.propose.layers import BOUNDARIES
+from oct_wsss.propose.layers import BOUNDARIES, FLUID_BAND, rebuild_bands
 from oct_wsss.store import CorrectionStore
 
 
@@ -53,3 +53,13 @@ def test_accepted_boundaries_survive_reopening_and_keep_versions(tmp_path) -> No
     np.testing.assert_array_equal(rows, first + 1)
     assert names == BOUNDARIES and set(CorrectionStore(tmp_path).accepted_boundaries("vol")) == {3}
     assert len(list((tmp_path / "boundaries" / "vol").glob("0003-v*.npz"))) == 2  # nothing overwritten
+
+
+def test_rebuilt_bands_follow_edited_boundaries_and_keep_fluid_inside_the_retina() -> None:
+    rows = np.tile((np.arange(9, dtype=float) * 4 + 10)[:, None], (1, 6))  # ILM at 10 ... RPE at 38, BM at 42
+    previous = np.zeros((60, 6), np.uint8)
+    previous[20, :] = FLUID_BAND
+    previous[50, :] = FLUID_BAND  # below BM: not fluid any more
+    bands = rebuild_bands(rows, previous)
+    assert bands[9, 0] == 0 and bands[10, 0] == 1 and bands[41, 0] == 7 and bands[42, 0] == 8
+    assert (bands[20] == FLUID_BAND).all() and (bands[50] == 8).all()

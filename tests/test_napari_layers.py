@@ -67,6 +67,7 @@ def test_an_edited_boundary_is_accepted_into_the_store(make_napari_viewer, qtbot
     rows, names = CorrectionStore(tmp_path).accepted_boundaries(store.volume_id(panel.volume))[1]
     assert names == BOUNDARIES and rows.shape == (9, 128)
     np.testing.assert_allclose(rows[0], 5.0)
+    assert (viewer.layers[BANDS_LAYER].data[1][5:8] != 0).all()  # the bands follow the edited ILM
     assert (np.diff(rows, axis=0) >= 0).all()
 
 

@@ -19,11 +19,18 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from oct_wsss.napari._enface import EnfaceMap
 from oct_wsss.napari._imports import hide_triton
-from oct_wsss.napari._layers import BOUNDARY_LAYER, boundary_layer, boundary_paths
+from oct_wsss.napari._layers import BOUNDARY_LAYER, boundary_layer, boundary_paths, refresh_bscan, write_page
 from oct_wsss.napari._propose import WorkerFailed, _Progress, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.layer_geometry import boundaries_from_paths
-from oct_wsss.propose.layers import BOUNDARIES, LayerError, has_physical_scale, thickness_map_um
+from oct_wsss.propose.layers import (
+    BOUNDARIES,
+    LayerError,
+    has_physical_scale,
+    preload,
+    rebuild_bands,
+    thickness_map_um,
+)
 from oct_wsss.volume import OctVolume
 from oct_wsss.weights import layers_checkpoint
 
@@ -91,7 +98,7 @@ class LayersWidget(Container):
         self._prepare_layers(volume)
         self._cancel, self._failure = False, None
         hide_triton()
-        import oct_wsss.propose.layers  # noqa: F401  (torch is imported on the main thread, in the model)
+        preload()  # torch on the main thread: some first imports crash in a worker thread
 
         bar = _Progress(n, "Segmenting layers")
         self.worker = _segment_worker(str(checkpoint), self.device.value, volume.data, lambda: self._cancel)
@@ -123,7 +130,7 @@ class LayersWidget(Container):
             show_warning(f"Layers: B-scan {index} shows no retina; it has no bands or boundaries")
             return
         self.viewer.layers[BANDS_LAYER].data[index] = bands
-        self.viewer.layers[BANDS_LAYER].refresh()
+        refresh_bscan(self.viewer, self.viewer.layers[BANDS_LAYER], index)
         self.boundaries[index] = rows
         self._add_paths(index)
         self.status.value = f"B-scan {index} segmented"
@@ -205,6 +212,8 @@ class LayersWidget(Container):
         volume_id = self.session.volume_id or store.volume_id(self.volume)
         path = store.accept_boundaries(volume_id, index, rows, BOUNDARIES)
         self.boundaries[index] = rows
+        bands = self.viewer.layers[BANDS_LAYER]
+        write_page(bands, index, rebuild_bands(rows, bands.data[index]))
         self.show_thickness()
         show_info(f"Layers: boundaries of B-scan {index} accepted")
         self.status.value = f"B-scan {index}: boundaries accepted"

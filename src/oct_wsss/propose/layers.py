@@ -78,6 +78,15 @@ def bands_from_boundaries(band_boundaries: np.ndarray, height: int) -> np.ndarra
     return (rows >= b[:, None, :]).sum(axis=0).astype(np.uint8)
 
 
+def rebuild_bands(boundaries: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Bands (H, W) of edited (9, W) boundary rows (BOUNDARIES order); fluid kept where ``previous`` had it and it is
+    still between ILM and BM."""
+    keep = [BOUNDARIES.index(name) for name in BAND_BOUNDARIES]
+    bands = bands_from_boundaries(np.asarray(boundaries)[keep], np.shape(previous)[0])
+    bands[(np.asarray(previous) == FLUID_BAND) & (bands >= 1) & (bands <= 7)] = FLUID_BAND
+    return bands
+
+
 def ordered_labels(probs: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(10, H, W) probabilities -> (bands uint8 (H, W) with fluid 9, boundaries (9, W) float in BOUNDARIES order)."""
     p = np.asarray(probs)
@@ -192,6 +201,14 @@ class LayerModel:
                 "bands": "Duke/ReLayNet: 0 above ILM, 1 NFL, 2 GCL+IPL, 3 INL, 4 OPL, 5 ONL+ISM, 6 ISE, 7 OS+RPE, "
                          "8 below BM, 9 fluid", "boundaries": list(BOUNDARIES), "bscans_without_retina": empty}
         return LayerResult(bands, bounds, prov)
+
+
+def preload() -> None:
+    """Import the layer network's modules (torch) on the calling thread; GUIs call this on their main thread before a
+    worker builds the model (see ``registry.preload``)."""
+    import oct_wsss.checkpoint
+    import oct_wsss.models.layers
+    import oct_wsss.preprocess.device  # noqa: F401
 
 
 def default_checkpoint() -> Path | None:
