@@ -99,3 +99,12 @@ def test_a_missing_checkpoint_is_an_error_not_a_run(make_napari_viewer, tmp_path
     _, panel, _ = _panel(make_napari_viewer)
     panel.checkpoint.value = str(tmp_path / "none.safetensors")
     assert panel.run() is None
+
+
+def test_a_bscan_without_retina_is_named_and_left_empty(make_napari_viewer, qtbot):
+    viewer, panel, _ = _panel(make_napari_viewer)
+    viewer.layers["synthetic"].data[1] = 0.0  # a blank B-scan
+    _run(panel, qtbot)
+    assert panel.without_retina == [1] and panel.status.value == "done"
+    bscans = set(viewer.layers[BOUNDARY_LAYER].features["bscan"])
+    assert bscans == {0, 2} and not viewer.layers[BANDS_LAYER].data[1].any()

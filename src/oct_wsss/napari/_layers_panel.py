@@ -73,6 +73,7 @@ class LayersWidget(Container):
                      self.accept_button, self.scale_note, self.enface])
         self.volume: OctVolume | None = None
         self.boundaries: np.ndarray | None = None  # (n, 9, W) rows as segmented, then as accepted
+        self.without_retina: list[int] = []  # B-scans of the last run that showed no retina
         self.worker: Any = None
         self._cancel, self._failure = False, None
         self.run_button.changed.connect(self.run)
@@ -96,7 +97,7 @@ class LayersWidget(Container):
         n, _, w = volume.shape
         self.boundaries = np.full((n, len(BOUNDARIES), w), np.nan, np.float32)
         self._prepare_layers(volume)
-        self._cancel, self._failure = False, None
+        self._cancel, self._failure, self.without_retina = False, None, []
         hide_triton()
         preload()  # torch on the main thread: some first imports crash in a worker thread
 
@@ -127,6 +128,7 @@ class LayersWidget(Container):
         index, bands, rows, retina = item
         bar.step()
         if not retina:
+            self.without_retina.append(index)
             show_warning(f"Layers: B-scan {index} shows no retina; it has no bands or boundaries")
             return
         self.viewer.layers[BANDS_LAYER].data[index] = bands
