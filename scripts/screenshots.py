@@ -5,6 +5,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --grader
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --hrf
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py --workspace
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --layers
 """
 
 from __future__ import annotations
@@ -164,10 +165,39 @@ def workspace() -> None:
     viewer.close()
 
 
+def layers() -> None:
+    """The Layers tab on the Bonn drusen volume at 1366 x 768: boundaries, thickness map, ETDRS grid on the fovea."""
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    viewer.open(str(SHARED / "bonn_drusen_volume" / "OCT-Info.xml"), plugin="napari-oct-wsss")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "OCT workspace")
+    viewer.window._qt_window.resize(1366, 768)
+    dock.setCurrentIndex(list(dock.panels).index("Layers"))
+    panel = dock.panels["Layers"]
+    panel.device.value = "cpu"
+    panel.run()
+    app = napari.qt.get_qapp()
+    while not panel.run_button.enabled:
+        app.processEvents()
+        time.sleep(0.05)
+    viewer.dims.set_current_step(0, round(panel.enface.centre[0]))
+    scroll = dock.currentWidget().verticalScrollBar()
+    scroll.setValue(scroll.maximum())
+    for _ in range(30):
+        app.processEvents()
+        time.sleep(0.02)
+    name = "napari_layers_1366x768.png"
+    imsave(OUT / name, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
+    print("wrote", OUT / name)
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if len(sys.argv) > 1 and sys.argv[1] == "--hrf":
         hrf()
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--layers":
+        layers()
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--workspace":
         workspace()
