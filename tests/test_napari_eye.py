@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zipfile import BadZipFile
 
 import numpy as np
+import pytest
 
 from oct_wsss.io.eye_export import export_eye
 from oct_wsss.napari._layers import BOUNDARY_LAYER, PROPOSED
@@ -49,3 +51,20 @@ def test_eye_lines_without_areas_open_without_a_lesions_layer(make_napari_viewer
     viewer.open(str(tmp_path / "ilm.eye"), plugin=PLUGIN)
     assert [layer.name for layer in viewer.layers][1:] == [BOUNDARY_LAYER]
     assert viewer.layers[0].metadata["oct_wsss"]["spacing_source"] == "default"
+
+
+def test_a_damaged_eye_file_names_itself_and_a_missing_one_is_not_claimed(make_napari_viewer, tmp_path: Path) -> None:
+    from napari.utils.notifications import notification_manager
+
+    from oct_wsss.napari._reader import get_reader, read_eye_file
+
+    path, _, _ = _exported(tmp_path)
+    damaged = tmp_path / "damaged.eye"
+    damaged.write_bytes(path.read_bytes()[:200])
+    assert get_reader(str(tmp_path / "missing.eye")) is None
+    assert get_reader(str(damaged)) is read_eye_file
+    make_napari_viewer()
+    before = len(notification_manager.records)
+    with pytest.raises(BadZipFile):  # raised on, so napari offers other readers
+        read_eye_file(str(damaged))
+    assert any("damaged.eye" in str(r.message) for r in notification_manager.records[before:])

@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from oct_wsss.napari._enface import EnfaceMap
 from oct_wsss.napari._imports import hide_triton
-from oct_wsss.napari._layers import BOUNDARY_LAYER, boundary_layer, boundary_paths, refresh_bscan, write_page
+from oct_wsss.napari._layers import AXES, BOUNDARY_LAYER, boundary_layer, boundary_paths, refresh_bscan, write_page
 from oct_wsss.napari._propose import WorkerFailed, _Progress, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.layer_geometry import boundaries_from_paths
@@ -117,7 +117,7 @@ class LayersWidget(Container):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         self.viewer.add_labels(np.zeros(volume.shape, np.uint8), name=BANDS_LAYER, scale=volume.spacing_mm,
-                               opacity=0.35)
+                               units=("mm",) * 3, axis_labels=AXES, opacity=0.35)
         _, kwargs, _ = boundary_layer({name: self.boundaries[:, k] for k, name in enumerate(BOUNDARIES)},
                                       volume.spacing_mm)
         self.viewer.add_shapes(None, ndim=3, **{k: v for k, v in kwargs.items() if k not in ("features", "edge_color")})

@@ -26,7 +26,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         path = path[0]
     try:
         if str(path).lower().endswith(".eye"):
-            return read_eye_file
+            return read_eye_file if Path(path).is_file() else None
         return read_oct if can_read(path) else None
     except Exception:  # a hook that raises blocks napari's other readers
         return None
@@ -75,7 +75,7 @@ def read_eye_file(path: str | list[str]) -> list[LayerData]:
     path = path[0] if isinstance(path, list) else path
     try:
         scan = read_eye(path)
-    except (SegmentationError, OSError, ValueError, KeyError) as err:
+    except Exception as err:  # eyepy raises many kinds for damaged files; say which file, then let napari go on
         show_error(f"cannot open {Path(path).name} as an eyepy .eye file: {err}")
         raise
     layers = [image_layer(scan.volume)]
