@@ -132,7 +132,11 @@ def boundary_layer(lines: dict[str, np.ndarray], spacing_mm: tuple[float, float,
     """Layer boundaries (name -> (n, W) rows) as a Shapes layer of paths the grader can drag, one per line and
     B-scan."""
     paths, features = boundary_paths(lines)
-    return (paths, {"name": BOUNDARY_LAYER, "shape_type": "path", "scale": spacing_mm, "units": ("mm",) * 3,
-                    "axis_labels": AXES, "edge_width": 1.5,
-                    "edge_color": features["colour"], "features": features,
-                    "metadata": {"oct_wsss": {"boundaries": list(lines)}}}, "shapes")
+    kwargs = boundary_kwargs(spacing_mm, list(lines))
+    return paths, {**kwargs, "shape_type": "path", "edge_color": features["colour"], "features": features}, "shapes"
+
+
+def boundary_kwargs(spacing_mm: tuple[float, float, float], names: list[str]) -> dict[str, Any]:
+    """The boundary Shapes layer's name, scale, axes, line width and metadata (its ``names`` in order)."""
+    return {"name": BOUNDARY_LAYER, "scale": spacing_mm, "units": ("mm",) * 3, "axis_labels": AXES, "edge_width": 1.5,
+            "metadata": {"oct_wsss": {"boundaries": names}}}

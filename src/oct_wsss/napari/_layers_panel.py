@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from oct_wsss.napari._enface import EnfaceMap
 from oct_wsss.napari._imports import hide_triton
-from oct_wsss.napari._layers import AXES, BOUNDARY_LAYER, boundary_layer, boundary_paths, refresh_bscan, write_page
+from oct_wsss.napari._layers import AXES, BOUNDARY_LAYER, boundary_kwargs, boundary_paths, refresh_bscan, write_page
 from oct_wsss.napari._propose import WorkerFailed, _Progress, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.layer_geometry import boundaries_from_paths
@@ -118,9 +118,7 @@ class LayersWidget(Container):
                 self.viewer.layers.remove(name)
         self.viewer.add_labels(np.zeros(volume.shape, np.uint8), name=BANDS_LAYER, scale=volume.spacing_mm,
                                units=("mm",) * 3, axis_labels=AXES, opacity=0.35)
-        _, kwargs, _ = boundary_layer({name: self.boundaries[:, k] for k, name in enumerate(BOUNDARIES)},
-                                      volume.spacing_mm)
-        self.viewer.add_shapes(None, ndim=3, **{k: v for k, v in kwargs.items() if k not in ("features", "edge_color")})
+        self.viewer.add_shapes(None, ndim=3, **boundary_kwargs(volume.spacing_mm, list(BOUNDARIES)))
         self.viewer.layers.selection.active = self.viewer.layers[BOUNDARY_LAYER]
 
     def _show(self, item: tuple[int, np.ndarray, np.ndarray, bool], bar: Any) -> None:
@@ -138,13 +136,8 @@ class LayersWidget(Container):
         self.status.value = f"B-scan {index} segmented"
 
     def _add_paths(self, index: int) -> None:
-        """Replace B-scan ``index``'s paths in the boundary layer by ``self.boundaries[index]``."""
+        """Add B-scan ``index``'s paths (``self.boundaries[index]``) to the boundary layer, with their features."""
         shapes = self.viewer.layers[BOUNDARY_LAYER]
-        features = shapes.features
-        old = np.flatnonzero(np.asarray(features["bscan"]) == index) if len(features) else []
-        if len(old):
-            shapes.selected_data = set(old.tolist())
-            shapes.remove_selected()
         paths, new = boundary_paths({name: self.boundaries[:, k] for k, name in enumerate(BOUNDARIES)}, [index])
         kept = {key: list(shapes.features[key]) if len(shapes.features) else [] for key in new}
         shapes.add_paths(paths, edge_color=new["colour"], edge_width=1.5)
