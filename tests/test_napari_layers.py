@@ -46,6 +46,9 @@ def test_segment_shows_bands_boundaries_and_an_enface_map_that_follows_the_slide
     assert np.median(np.abs(panel.edited_boundaries(1) - model_rows)) <= 1.0
     assert not panel.enface.native.isHidden() and panel.enface.thickness.shape == (3, 128)
     assert len(panel.enface.grid) == 7 and "C0" in panel.enface.table.value
+    ring = panel.enface.grid[0].get_xdata().mean()
+    panel.enface.centre_ascan.value = panel.enface.centre[1] + 20  # move the grid
+    assert panel.enface.grid[0].get_xdata().mean() == pytest.approx(ring + 20)
     viewer.dims.set_current_step(0, 2)
     assert panel.enface.bscan_row == 2
     viewer.dims.set_current_step(0, 0)
