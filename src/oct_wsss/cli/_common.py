@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
@@ -30,3 +34,15 @@ def ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise CliError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def write_labels_and_provenance(out: Path, labels: np.ndarray, spacing_mm: tuple, provenance: dict) -> list[Path]:
+    """``OUT/labels.tif`` and ``OUT/provenance.json`` (each written atomically), the pair every proposal writes."""
+    import json
+
+    from oct_wsss.io import atomic_write, write_labels
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [write_labels(out / "labels.tif", labels, tuple(spacing_mm)), out / "provenance.json"]
+    atomic_write(files[1], lambda tmp: Path(tmp).write_text(json.dumps(provenance, indent=2)))
+    return files

@@ -8,17 +8,16 @@ threshold) applies to an import, and propose refuses to run without a checkpoint
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.cli._common import CliError
+from oct_wsss.cli._common import CliError, write_labels_and_provenance
 
 
 def _import(args: argparse.Namespace) -> None:
-    from oct_wsss.io import atomic_write, read_volume, write_labels
+    from oct_wsss.io import read_volume
     from oct_wsss.io.segmentation import imported_provenance, read_segmentation
 
     volume = read_volume(args.volume)
@@ -29,9 +28,7 @@ def _import(args: argparse.Namespace) -> None:
     provenance = {**imported_provenance(args.labels), "source_tool": "cli",
                   "volume": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
                              "format": volume.source.get("format")}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = [write_labels(out, labels, tuple(volume.spacing_mm)), args.out / "provenance.json"]
-    atomic_write(files[1], lambda tmp: Path(tmp).write_text(json.dumps(provenance, indent=2)))
+    files = write_labels_and_provenance(args.out, labels, tuple(volume.spacing_mm), provenance)
     present = ", ".join(ONTOLOGY[int(c)].key for c in np.unique(labels) if c) or "none"
     print(f"imported {labels.shape[0]} B-scans (classes present: {present})")
     for file in files:

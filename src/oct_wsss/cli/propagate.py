@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from oct_wsss.cli._common import CliError
+from oct_wsss.cli._common import CliError, write_labels_and_provenance
 
 
 def parse_span(text: str) -> tuple[int, int]:
@@ -23,7 +22,7 @@ def parse_span(text: str) -> tuple[int, int]:
 
 
 def _propagate(args: argparse.Namespace) -> None:
-    from oct_wsss.io import atomic_write, read_labels, read_volume, write_labels
+    from oct_wsss.io import read_labels, read_volume
     from oct_wsss.propose.propagate import PropagationError, check_request, propagate
 
     start, end = parse_span(args.to)
@@ -58,10 +57,7 @@ def _propagate(args: argparse.Namespace) -> None:
         result.provenance["sam2"] = {"config": args.sam2_config, "checkpoint": Path(args.sam2_checkpoint).name}
     result.provenance["volume"] = {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
                                    "format": volume.source.get("format")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = [write_labels(args.out / "labels.tif", result.labels, tuple(volume.spacing_mm)),
-             args.out / "provenance.json"]
-    atomic_write(files[1], lambda tmp: Path(tmp).write_text(json.dumps(result.provenance, indent=2)))
+    files = write_labels_and_provenance(args.out, result.labels, tuple(volume.spacing_mm), result.provenance)
     print(f"proposed {int(result.proposed.sum())} B-scans from B-scan {args.source} ({args.engine})")
     for stop in result.provenance["stops"]:
         print(f"  class {stop['class']} {stop['direction']}: last B-scan {stop['last_filled']} ({stop['reason']})")
