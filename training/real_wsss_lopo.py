@@ -110,7 +110,10 @@ def main() -> None:
         path.write_text(yaml.safe_dump(recipe(args.init.resolve(), held, args.runs, args.rounds, args.epochs)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
-        bands = [np.load(folds)[f"arr_{i}"] for i in range(len(np.load(folds).files))] if folds.is_file() else None
+        bands = None
+        if folds.is_file():
+            with np.load(folds) as z:  # one open; layers_train writes arr_0, arr_1, ... in B-scan order
+                bands = [z[f"arr_{i}"] for i in range(len(z.files))]
         rows = duke_rows(held)
         result = {"held_out": held, "phantom_only": score(args.init, rows, bands),
                   "real_wsss": score(adapted, rows, bands), "whole_retina": whole_retina(rows, bands)}

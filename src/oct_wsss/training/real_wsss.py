@@ -10,7 +10,6 @@ carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -71,10 +70,12 @@ def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confide
     out, kept = [], np.zeros(len(classes) + 2, np.int64)  # background, classes..., ignored
     for data in sets:
         for s in data.samples:
-            target = image_level_target(proposer.probabilities([s.load_image()])[0], classes, s.labels,
-                                        data.classes, confidence)
+            image = s.load_image()  # read once: proposed on now, trained on later
+            target = image_level_target(proposer.probabilities([image])[0], classes, s.labels, data.classes,
+                                        confidence)
             kept += np.bincount(np.searchsorted((0, *classes, IGNORE), target.ravel()), minlength=len(kept))
-            out.append(Target(s.load_image, partial(np.asarray, target), weight, WEAK, (s.volume, s.bscan)))
+            out.append(Target(partial(np.asarray, image), partial(np.asarray, target), weight, WEAK,
+                              (s.volume, s.bscan)))
     names = ["background", *(ONTOLOGY[c].key for c in classes), "ignored"]
     log("weak targets: " + ", ".join(f"{n} {k / max(1, kept.sum()):.2%}" for n, k in zip(names, kept, strict=True)))
     return out
@@ -90,7 +91,7 @@ def _init(recipe: Recipe, device: str) -> tuple[StudentProposer, dict[str, str]]
     if proposer.classes != recipe.classes:
         raise TrainingError(f"{path.name} predicts {list(proposer.classes)}, the recipe's classes are "
                             f"{list(recipe.classes)}")
-    return proposer, {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return proposer, {"file": path.name, "sha256": proposer.checkpoint.sha256}  # hashed once, when loaded
 
 
 def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
@@ -130,4 +131,3 @@ def _card_entry(data: LabelledSet) -> dict[str, Any]:
     patients = {s.patient for s in data.samples}
     return {"name": data.name, "bscans": len(data.samples), "patients": len(patients),
             "image_labels": [ONTOLOGY[c].key for c in data.classes], "pixel_masks": data.info["pixel_masks"]}
-
