@@ -37,14 +37,17 @@ def _probs(winner: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def test_the_image_level_filter_drops_every_class_the_label_excludes() -> None:
     """Constructed case: a Duke-like label (fluid known) on a B-scan without fluid turns SRF and IRF into background
-    at any confidence; PED (the label says nothing of it) is left out; unsure pixels are left out, not background."""
+    at any confidence; PED (the label says nothing of it) is left out; unsure pixels are left out, not background.
+    On a B-scan that shows fluid only the confident fluid is a target, unless positive_background asks for more."""
     winner = np.array([[0, 0, 1, 1, 2, 3]])
     p = np.array([[0.95, 0.6, 0.99, 0.5, 0.99, 0.99]])
     probs = _probs(winner, p)
     no_fluid = image_level_target(probs, CLASSES, labels=set(), known={FLUID})
     assert no_fluid.tolist() == [[0, IGNORE, 0, 0, 0, IGNORE]]
-    fluid = image_level_target(probs, CLASSES, labels={FLUID}, known={FLUID}, confidence=Confidence(0.7, 0.9))
-    assert fluid.tolist() == [[0, IGNORE, SRF, IGNORE, IRF, IGNORE]]
+    fluid = image_level_target(probs, CLASSES, labels={FLUID}, known={FLUID})
+    assert fluid.tolist() == [[IGNORE, IGNORE, SRF, IGNORE, IRF, IGNORE]]
+    naive = image_level_target(probs, CLASSES, labels={FLUID}, known={FLUID}, confidence=Confidence(0.7, 0.9, True))
+    assert naive.tolist() == [[0, IGNORE, SRF, IGNORE, IRF, IGNORE]]
     drusen = image_level_target(_probs(np.array([[4, 4]]), np.array([[0.9, 0.9]])), CLASSES, {DRUSEN}, {DRUSEN})
     assert drusen.tolist() == [[DRUSEN, DRUSEN]]
 

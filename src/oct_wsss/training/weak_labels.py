@@ -3,7 +3,10 @@
 A B-scan's image-level labels say, for each class they speak about, whether it is there. A predicted class the label
 excludes becomes background whatever the student thought; a class the label allows is kept where the student is
 confident; pixels the student is unsure of, and classes the label says nothing about, are left out of the loss
-(:data:`~oct_wsss.training.student_data.IGNORE`) instead of being called background.
+(:data:`~oct_wsss.training.student_data.IGNORE`) instead of being called background. A B-scan that shows a class
+says where it is, not where it is not: by default its background stays out of the loss too, because a student that
+misses part of a lesion is confident there, and calling that background teaches it to miss more (measured on Duke:
+naive targets halved the phantom student's fluid recall, docs/results-real.md §10).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ COVERS: dict[int, frozenset[int]] = {FLUID: frozenset({SRF, IRF})}
 
 @dataclass(frozen=True)
 class Confidence:
-    """Softmax probability a pixel needs for its class (lesion) or for background to become a target."""
+    """Softmax probability a pixel needs for its class (lesion) or for background to become a target;
+    ``positive_background``: whether a B-scan that shows a class gives background targets at all."""
 
     lesion: float = 0.7
     background: float = 0.9
+    positive_background: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lesion", "background"):
@@ -53,15 +58,19 @@ def verdicts(classes: Sequence[int], labels: Collection[int], known: Collection[
 def image_level_target(probs: np.ndarray, classes: Sequence[int], labels: Collection[int], known: Collection[int],
                        confidence: Confidence = Confidence()) -> np.ndarray:
     """(H, W) uint8 target from a softmax (1 + K, H, W): ontology ids where confident and allowed, background where
-    confident or where an excluded class won, :data:`IGNORE` elsewhere."""
+    confident or where an excluded class won (on a B-scan that shows no class, unless ``positive_background``),
+    :data:`IGNORE` elsewhere."""
     if probs.ndim != 3 or probs.shape[0] != len(classes) + 1:
         raise ValueError(f"probabilities must be (1 + {len(classes)}, H, W); got {probs.shape}")
     best, top = probs.argmax(0), probs.max(0)
+    said = verdicts(classes, labels, known)
     out = np.full(best.shape, IGNORE, np.uint8)
-    out[(best == 0) & (top >= confidence.background)] = 0
-    for j, (c, verdict) in enumerate(zip(classes, verdicts(classes, labels, known), strict=True), start=1):
+    background = confidence.positive_background or "allowed" not in said
+    if background:
+        out[(best == 0) & (top >= confidence.background)] = 0
+    for j, (c, verdict) in enumerate(zip(classes, said, strict=True), start=1):
         won = best == j
-        if verdict == "excluded":
+        if verdict == "excluded" and background:
             out[won] = 0
         elif verdict == "allowed":
             out[won & (top >= confidence.lesion)] = c
