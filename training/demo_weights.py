@@ -228,8 +228,8 @@ NOTES = {
                   "(`training/phantom_student_eval.py`, evaluation only) it reaches Duke DME fluid IoU 0.22, far "
                   "below its phantom figures; use a real-data checkpoint (`real-*`) for real scans.\n"
                   "- HRF and drusen are weak: IoU 0 for both on the recipe's test set; on the demo phantom drusen are "
-                  "partly found (tables above) and HRF not at all (DSC 0). At 256 x 256 input even perfect masks lose 13-16 % IoU "
-                  "for these small classes (2-8 px foci, ~3 px high drusen); they need 512 px.\n"
+                  "partly found (tables above) and HRF not at all (DSC 0). At 256 x 256 input even perfect masks lose "
+                  "13-16 % IoU for these small classes (2-8 px foci, ~3 px high drusen); they need 512 px.\n"
                   "- EZ disruption is found only in part (test IoU 0.45).\n"
                   "- Not for clinical use, and not for research conclusions about real OCT.",
     },
