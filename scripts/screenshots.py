@@ -40,8 +40,9 @@ def workflow(student: Path) -> None:
     from oct_wsss.synth import make_volume
 
     viewer = napari.Viewer(title="napari-oct-wsss")
-    # a phantom at the size training/student-synth.yaml trains on (248 x 256), from a seed outside its dataset
-    phantom = make_volume(100, n_bscans=20, height=248, width=256, prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0})
+    # a phantom at the size the bundled demo-student (training/phantom-student.yaml) trains on (496 x 512), from a
+    # seed outside its dataset
+    phantom = make_volume(100, n_bscans=20, height=496, width=512, prevalence={"srf": 1.0, "irf": 1.0, "ped": 1.0})
     viewer.add_image(phantom.volume.data, name="synthetic OCT (seed 100)", scale=phantom.volume.spacing_mm)
     viewer.add_labels(phantom.labels, name="ground truth", scale=phantom.volume.spacing_mm, visible=False)
     _, propose = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "Propose lesions")
@@ -148,9 +149,17 @@ def workspace() -> None:
     viewer = napari.Viewer(title="napari-oct-wsss")
     worker = populate_demo(viewer, "student", bundled_checkpoints()["student"], device="cpu")
     app = napari.qt.get_qapp()
-    while worker.is_running:
+    from oct_wsss.napari._propose import PROPOSED
+    from oct_wsss.napari._session import session
+
+    def proposed() -> set[int]:
+        return set(session(viewer).records(viewer.layers[PROPOSED]).proposed) if PROPOSED in viewer.layers else set()
+
+    n = viewer.layers[0].data.shape[0]
+    while worker.is_running or proposed() < set(range(n)):  # every B-scan proposed, not just the worker returned
         app.processEvents()
-    for _ in range(300):  # the results still queued in the event loop, and the widget's "done"
+        time.sleep(0.01)
+    for _ in range(100):
         app.processEvents()
         time.sleep(0.01)
     for width, height in ((1920, 1080), (1366, 768)):

@@ -70,28 +70,41 @@ def test_padding_stays_and_degenerate_inputs_pass_through() -> None:
         harmonise(np.zeros((2, 8, 8), np.uint8))
 
 
-def test_bundled_checkpoints_without_the_key_are_unaffected() -> None:
-    path = bundled("student")
-    assert path is not None
-    ckpt = Checkpoint.load(path)
-    assert "intensity" not in ckpt.meta["normalisation"]
-    proposer = StudentProposer.from_checkpoint(ckpt, device="cpu")
+def test_checkpoints_without_the_key_are_unaffected(tmp_path: Path) -> None:
+    ckpt = Checkpoint.load(bundled("student"))
+    plain = Checkpoint(ckpt.state_dict, {**ckpt.meta, "normalisation": normalisation_meta("unit")})
+    assert "intensity" not in plain.meta["normalisation"]
+    proposer = StudentProposer.from_checkpoint(plain.save(tmp_path / "plain.safetensors"), device="cpu")
     assert proposer.intensity == "unit" and proposer.provenance()["params"]["intensity"] == "unit"
     dark = cirrus_like(_phantom(), size=(128, 128))
     np.testing.assert_array_equal(network_input([dark], (128, 128), proposer.intensity)[0, 0].numpy(), to_unit(dark))
-    for method in ("agm", "dfp"):
+    for method in ("agm", "dfp"):  # the bundled ones trained on unit inputs say nothing
         meta = Checkpoint.load(bundled(method)).meta["normalisation"]
         assert "intensity" not in meta
 
 
+def test_the_bundled_demo_student_harmonises_its_inputs() -> None:
+    """demo-student (the phantom multi-class student) was trained on harmonised B-scans: it records it, and its
+    proposer feeds the network harmonised B-scans."""
+    path = bundled("student")
+    assert Checkpoint.load(path).meta["normalisation"] == {"input": "unit", "intensity": "harmonised"}
+    proposer = StudentProposer.from_checkpoint(path, device="cpu")
+    assert proposer.intensity == "harmonised" and proposer.provenance()["params"]["intensity"] == "harmonised"
+    dark = cirrus_like(_phantom(), size=(128, 128))
+    fed = network_input([dark], (128, 128), proposer.intensity)[0, 0].numpy()
+    np.testing.assert_array_equal(fed, harmonise(dark))
+    assert not np.allclose(fed, to_unit(dark))
+
+
 def test_a_harmonised_checkpoint_harmonises_every_proposer_input(tmp_path: Path) -> None:
     ckpt = Checkpoint.load(bundled("student"))
+    unit = Checkpoint(ckpt.state_dict, {**ckpt.meta, "normalisation": normalisation_meta("unit")})
     marked = Checkpoint(ckpt.state_dict, {**ckpt.meta, "normalisation": normalisation_meta("harmonised")})
     assert marked.meta["normalisation"] == {"input": "unit", "intensity": "harmonised"}
     bscan = cirrus_like(_phantom(), size=(496, 512))
-    plain = StudentProposer.from_checkpoint(ckpt, device="cpu")
+    plain = StudentProposer.from_checkpoint(unit.save(tmp_path / "u.safetensors"), device="cpu")
     harmonised = StudentProposer.from_checkpoint(marked.save(tmp_path / "s.safetensors"), device="cpu")
-    assert harmonised.intensity == "harmonised"
+    assert plain.intensity == "unit" and harmonised.intensity == "harmonised"
     np.testing.assert_array_equal(unit_inputs([bscan], "harmonised")[0], harmonise(bscan))
     assert not np.allclose(plain.probabilities([bscan]), harmonised.probabilities([bscan]))
     vol = make_volume(2, n_bscans=1, height=96, width=80).volume

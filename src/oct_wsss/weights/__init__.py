@@ -1,7 +1,8 @@
 """The small checkpoints shipped inside the package, each with a model card (``<name>.md``).
 
 ``demo-<method>.safetensors`` (method as in ``propose.registry.METHODS``) are trained on the synthetic phantom
-(``training/demo-*.yaml`` regenerates them); ``real-<method>.safetensors`` are trained for real B-scans (phantom plus
+(``training/demo-*.yaml`` regenerates them; demo-student is the phantom multi-class student of
+``training/phantom-student.yaml``); ``real-<method>.safetensors`` are trained for real B-scans (phantom plus
 the shared real data's labels; ``training/real-*.yaml``). Only paths are handled here (no torch), so the widgets
 can list them.
 """
