@@ -1,0 +1,121 @@
+"""Boundaries from the eyesegpy networks (MedVisBonn), and the layer result that takes chosen boundaries from them.
+
+Preprocessing and read-out replicate eyesegpy 1.0.2's ``eyeseg.models.utils.get_layers`` exactly: a Spectralis
+B-scan (at most 512 rows) is placed at the top of a 512-row zero image, the whole image is standardised (minus its
+mean, over its population standard deviation) and B-scans with ``scale_x < 0.009`` mm/px (high-resolution, e.g.
+1024 A-scans) are first halved in width with ``skimage.transform.rescale(bscan, (1, 0.5))`` and the heights scaled
+back with ``rescale(heights, (1, 2))``. A Bioptigen B-scan must be 512 rows and is only standardised. The network
+returns, per A-scan, the row of each line (BM >= RPE >= EZ, or BM >= RPE >= ILM: ordered by construction).
+
+``combine`` puts chosen eyesegpy lines into a bundled-model ``LayerResult``: the RPE line as is, BM and ILM as band
+boundaries (split rows, line row + 0.5, the convention of ``oct_wsss.propose.layers``), then clamps the other
+boundaries so the order ILM <= ... <= ISE_OS <= RPE <= BM holds again and rebuilds the bands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oct_wsss.io.eyesegpy import MODELS, EyesegpyError, load
+from oct_wsss.propose.layers import BOUNDARIES, LayerError, LayerResult, rebuild_bands
+
+#: eyesegpy line -> our boundary name (EZ has no counterpart among the Duke/ReLayNet boundaries)
+TO_BOUNDARY = {"BM": "BM", "RPE": "RPE", "ILM": "ILM"}
+#: boundaries stored as split rows (first row of the band below): a line row + 0.5
+SPLIT_ROW = ("ILM", "BM")
+INPUT_ROWS = 512
+
+
+def preprocess(bscan: np.ndarray, device: str) -> np.ndarray:
+    """One (H, W) B-scan -> the (512, W) float64 network input, as eyesegpy's ``preprocess`` makes it."""
+    data = np.asarray(bscan, dtype=np.float64)
+    h, w = data.shape
+    if device == "spectralis":
+        if h > INPUT_ROWS:
+            raise LayerError(f"the eyesegpy Spectralis networks take B-scans up to {INPUT_ROWS} rows; got {h}")
+        image = np.zeros((INPUT_ROWS, w))
+        image[:h] = data
+    elif h != INPUT_ROWS:
+        raise LayerError(f"the eyesegpy Bioptigen network takes B-scans of {INPUT_ROWS} rows; got {h}")
+    else:
+        image = data.copy()
+    image = image - np.mean(image)
+    std = np.std(image)
+    return image / std if std > 0 else image
+
+
+class EyesegModel:
+    """A converted eyesegpy network: ``heights(bscans)`` -> per-B-scan line rows."""
+
+    def __init__(self, name: str, folder: Path | None = None, device: str = "cpu") -> None:
+        import torch
+
+        from oct_wsss.models.keras_graph import KerasGraph
+        from oct_wsss.preprocess.device import resolve_device
+
+        if name not in MODELS:
+            raise EyesegpyError(f"unknown eyesegpy network {name!r}; known: {', '.join(MODELS)}")
+        self.arch, weights = load(name, folder)
+        self.name, self.device_kind = name, self.arch["device"]
+        self.lines: tuple[str, ...] = tuple(self.arch["boundaries"])
+        self.net = KerasGraph(self.arch["keras_model_config"]["config"],
+                              {k: torch.from_numpy(v) for k, v in weights.items()})
+        self.device = resolve_device(device)
+        self.net.to(self.device).eval()
+        self._torch = torch
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(n, 512, W) preprocessed inputs -> (n, W, n_lines) float32 line rows (the network's own output)."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.asarray(images, np.float32))[..., None].to(self.device)
+            return self.net(x).float().cpu().numpy()
+
+    def heights(self, bscans: np.ndarray, scale_x_mm: float | None = None, batch_size: int = 2) -> Iterator[np.ndarray]:
+        """(n, H, W) raw B-scans -> yields (n_lines, W) line rows per B-scan (``self.lines`` order)."""
+        from skimage.transform import rescale
+
+        data = np.asarray(bscans)
+        factor = 2 if (scale_x_mm is not None and scale_x_mm < 0.009 and self.device_kind == "spectralis") else 1
+        for start in range(0, data.shape[0], batch_size):
+            chunk = [rescale(b, (1, 1 / factor)) if factor != 1 else b for b in data[start:start + batch_size]]
+            out = self.run(np.stack([preprocess(b, self.device_kind) for b in chunk]))
+            for h in out:
+                lines = h.T  # (n_lines, W / factor)
+                if factor != 1:
+                    lines = np.stack([rescale(line[None], (1, factor))[0] for line in lines])
+                yield lines.astype(np.float32)
+
+    def segment_lines(self, bscans: np.ndarray, scale_x_mm: float | None = None) -> dict[str, np.ndarray]:
+        """(n, H, W) B-scans -> line name -> (n, W) rows."""
+        stacked = np.stack(list(self.heights(np.asarray(bscans), scale_x_mm)))
+        return {name: stacked[:, k] for k, name in enumerate(self.lines)}
+
+
+def combine(result: LayerResult, lines: dict[str, np.ndarray], take: tuple[str, ...],
+            source: dict[str, Any]) -> LayerResult:
+    """``result`` with boundaries ``take`` (our names, from ``lines`` keyed by eyesegpy line name) replaced, the
+    order restored (boundaries above the RPE line clamped to it, BM at least RPE) and bands rebuilt (fluid kept)."""
+    bounds = np.array(result.boundaries, dtype=np.float64)
+    inverse = {ours: theirs for theirs, ours in TO_BOUNDARY.items()}
+    for name in take:
+        if inverse.get(name) not in lines:
+            raise LayerError(f"boundary {name} is not among the eyesegpy lines {sorted(lines)}")
+        k = BOUNDARIES.index(name)
+        bounds[:, k] = lines[inverse[name]] + (0.5 if name in SPLIT_ROW else 0.0)
+    rpe, bm = BOUNDARIES.index("RPE"), BOUNDARIES.index("BM")
+    bounds[:, bm] = np.maximum(bounds[:, bm], bounds[:, rpe])
+    if "ILM" in take:  # a moved ILM pushes the inner boundaries down rather than the other way round
+        bounds[:, 1:rpe] = np.maximum(bounds[:, 1:rpe], bounds[:, :1])
+    bounds[:, :rpe] = np.minimum(bounds[:, :rpe], bounds[:, rpe:rpe + 1])
+    bounds[:, :rpe] = np.maximum.accumulate(bounds[:, :rpe], axis=1)
+    height = result.bands.shape[1]
+    bounds = np.clip(bounds, 0, height)
+    bands = np.stack([rebuild_bands(b, prev) for b, prev in zip(bounds, result.bands, strict=True)])
+    prov = dict(result.provenance)
+    prov["eyesegpy"] = {**source, "boundaries_from_eyesegpy": list(take)}
+    return LayerResult(bands, bounds.astype(np.float32), prov)
