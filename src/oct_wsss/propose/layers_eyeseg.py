@@ -119,3 +119,30 @@ def combine(result: LayerResult, lines: dict[str, np.ndarray], take: tuple[str, 
     prov = dict(result.provenance)
     prov["eyesegpy"] = {**source, "boundaries_from_eyesegpy": list(take)}
     return LayerResult(bands, bounds.astype(np.float32), prov)
+
+
+#: boundary -> the eyesegpy network it is taken from with ``--source eyesegpy``, chosen by the measurement in
+#: docs/results-real.md §9 (Bonn expert lines; Duke grader lines); boundaries not listed stay the bundled model's
+CHOICE = {"BM": "spectralis-bm-rpe-ez", "RPE": "spectralis-bm-rpe-ez"}
+
+
+def with_eyesegpy(result: LayerResult, bscans: np.ndarray, scale_x_mm: float | None, folder: Path | None = None,
+                  device: str = "cpu", choice: dict[str, str] | None = None) -> LayerResult:
+    """The bundled model's ``result`` with the boundaries of ``choice`` (default :data:`CHOICE`) from eyesegpy.
+
+    Raises ``EyesegpyError`` (saying how to convert) when a chosen network is not converted."""
+    import time
+
+    choice = dict(CHOICE if choice is None else choice)
+    t0 = time.perf_counter()
+    out = result
+    for net_name in dict.fromkeys(choice.values()):
+        model = EyesegModel(net_name, folder, device=device)
+        lines = model.segment_lines(bscans, scale_x_mm)
+        take = tuple(b for b, n in choice.items() if n == net_name)
+        source = {"network": net_name, "eyesegpy_model_id": model.arch["eyesegpy_model_id"],
+                  "h5_sha256": model.arch["h5_sha256"], "licence": model.arch["licence"],
+                  "attribution": model.arch["attribution"], "scale_x_mm": scale_x_mm,
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        out = combine(out, lines, take, source)
+    return out
