@@ -44,10 +44,13 @@ def bonn() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.stack(imgs), np.stack(rpe), np.stack(bm)
 
 
-def duke() -> list[dict]:
-    """Per B-scan: subject, image, ILM and BM split rows from the dense labels (NaN in columns without them)."""
+def duke(every: int = 1) -> list[dict]:
+    """Per B-scan (each patient's annotated B-scans 0, every, 2 * every, ...): subject, image, ILM and BM split rows
+    from the dense labels (NaN in columns without them)."""
     out = []
     for r in csv.DictReader(open(DUKE / "index.csv", newline="")):
+        if int(r["annotated_bscan_order"]) % every:
+            continue
         img = np.array(Image.open(DUKE / r["image"]).convert("L"))
         lab = np.array(Image.open(DUKE / r["label"]))
         valid = lab[0] != 8  # whole columns of 8: no boundaries drawn there
@@ -80,10 +83,11 @@ def measure_bonn(layer: LayerModel, nets: dict[str, EyesegModel], keep: dict[str
     return out
 
 
-def measure_duke(layer: LayerModel, nets: dict[str, EyesegModel], keep: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Duke ILM / BM errors (split rows) per source, pooled over the 55 B-scans (the bundled model saw all of them
-    in training; its figures here are training-set figures)."""
-    samples = duke()
+def measure_duke(layer: LayerModel, nets: dict[str, EyesegModel], keep: dict[str, np.ndarray],
+                 every: int = 1) -> dict[str, dict]:
+    """Duke ILM / BM errors (split rows) per source, pooled over the B-scans (the bundled model saw all of them in
+    training; its figures here are training-set figures)."""
+    samples = duke(every)
     preds: dict[str, dict[str, list]] = {"bundled": {"ILM": [], "BM": []}}
     for s in samples:
         b = layer.segment(s["image"]).boundaries[0]
@@ -126,6 +130,7 @@ def main() -> None:
     m = sub.add_parser("measure")
     m.add_argument("--json", type=Path, required=True)
     m.add_argument("--sets", default="bonn,duke")
+    m.add_argument("--duke-every", type=int, default=1, help="Duke: each patient's annotated B-scans 0, k, 2k, ...")
     f = sub.add_parser("fixture-input")
     f.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -140,7 +145,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     for name, fn in (("bonn", measure_bonn), ("duke", measure_duke)):
         if name in args.sets:
-            result[name] = fn(layer, nets, keep)
+            result[name] = fn(layer, nets, keep, args.duke_every) if name == "duke" else fn(layer, nets, keep)
             print(json.dumps(result[name]), flush=True)
             args.json.write_text(json.dumps(result, indent=1))
             np.savez_compressed(args.json.with_suffix(".npz"), **keep)

@@ -77,9 +77,12 @@ class KerasGraph(nn.Module):
             raise KerasGraphError(f"expected one input layer, got {self.inputs}")
         self.build_shape = tuple(self.layers[0]["config"].get("batch_input_shape") or ())
         self.params = nn.ParameterDict()
-        for layer in self.layers:
+        #: layer name -> index of the last layer reading its output (its tensor is freed after that)
+        self.last_use: dict[str, int] = {}
+        for i, layer in enumerate(self.layers):
             self._check(layer)
             self._load(layer, weights)
+            self.last_use.update({name: i for name in _inbound(layer)})
 
     def _check(self, layer: dict[str, Any]) -> None:
         kind, cfg = layer["class_name"], layer["config"]
@@ -127,9 +130,15 @@ class KerasGraph(nn.Module):
         """(N, H, W, C) input -> the output layer's tensor, or with ``keep`` every layer's output by name (all
         channels-last, as Keras gives them)."""
         values: dict[str, Tensor] = {}
-        for layer in self.layers:
-            args = [values[n] for n in _inbound(layer)]
+        for i, layer in enumerate(self.layers):
+            names = _inbound(layer)
+            args = [values[n] for n in names]
             values[layer["name"]] = _nchw(x) if layer["class_name"] == "InputLayer" else self._run(layer, args)
+            if not keep:  # free what no later layer reads (a 512 x 512 x 64 map is 64 MB)
+                for n in set(names):
+                    if self.last_use[n] == i and n not in self.outputs:
+                        del values[n]
+            del args
         if keep:
             return {name: _nhwc(v) for name, v in values.items()}
         return _nhwc(values[self.outputs[0]])
