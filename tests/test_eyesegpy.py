@@ -280,3 +280,14 @@ def test_cli_layers_source_eyesegpy_without_weights_says_how_and_writes_nothing(
                  "--eyesegpy-dir", str(tmp_path / "empty")])
     assert code == 2 and "convert_eyesegpy.py" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_black_background_clears_border_padding_only() -> None:
+    from oct_wsss.propose.layers_eyeseg import black_background
+
+    img = np.full((40, 30), 60, np.uint8)
+    img[:5] = 255  # padding rows at the top
+    img[20, 10:13] = 255  # a few saturated pixels inside the retina stay
+    out = black_background(img)
+    assert (out[:5] == 0).all() and (out[20, 10:13] == 255).all() and (out[5:20] == 60).all()
+    assert black_background(np.full((40, 30), 60, np.uint8)) is not None

@@ -5,7 +5,9 @@ B-scan (at most 512 rows) is placed at the top of a 512-row zero image, the whol
 mean, over its population standard deviation) and B-scans with ``scale_x < 0.009`` mm/px (high-resolution, e.g.
 1024 A-scans) are first halved in width with ``skimage.transform.rescale(bscan, (1, 0.5))`` and the heights scaled
 back with ``rescale(heights, (1, 2))``. A Bioptigen B-scan must be 512 rows and is only standardised. The network
-returns, per A-scan, the row of each line (BM >= RPE >= EZ, or BM >= RPE >= ILM: ordered by construction).
+returns, per A-scan, the row of each line (BM >= RPE >= EZ, or BM >= RPE >= ILM: ordered by construction). One step
+is ours: saturated padding at the border (white rows, as in the Duke DME B-scans) is set to 0 first, since eyesegpy
+requires black-background exports and fails badly otherwise (Duke BM error 50 px -> 1 px on one B-scan).
 
 ``combine`` puts chosen eyesegpy lines into a bundled-model ``LayerResult``: the RPE line as is, BM and ILM as band
 boundaries (split rows, line row + 0.5, the convention of ``oct_wsss.propose.layers``), then clamps the other
@@ -28,6 +30,33 @@ TO_BOUNDARY = {"BM": "BM", "RPE": "RPE", "ILM": "ILM"}
 #: boundaries stored as split rows (first row of the band below): a line row + 0.5
 SPLIT_ROW = ("ILM", "BM")
 INPUT_ROWS = 512
+
+
+#: a region of saturated pixels touching the image border counts as padding from this many pixels on
+PADDING_MIN_PX = 50
+
+
+def black_background(bscan: np.ndarray, min_px: int = PADDING_MIN_PX) -> np.ndarray:
+    """The B-scan with saturated padding set to 0 (eyesegpy wants exports "with a black background").
+
+    Padding = connected regions of pixels at the B-scan's maximum value that touch the border and have at least
+    ``min_px`` pixels (e.g. the white rows at the top of the Duke DME B-scans); a copy is returned only when there is
+    some. Not part of eyesegpy: this project's step for inputs that do not meet eyesegpy's stated requirement."""
+    from scipy import ndimage
+
+    data = np.asarray(bscan)
+    top = data.max()
+    labels, n = ndimage.label(data == top)
+    if n == 0:
+        return data
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    pad = [e for e in edge if e and sizes[e] >= min_px]
+    if not pad:
+        return data
+    out = data.copy()
+    out[np.isin(labels, pad)] = 0
+    return out
 
 
 def preprocess(bscan: np.ndarray, device: str) -> np.ndarray:
@@ -75,11 +104,15 @@ class EyesegModel:
             x = torch.from_numpy(np.asarray(images, np.float32))[..., None].to(self.device)
             return self.net(x).float().cpu().numpy()
 
-    def heights(self, bscans: np.ndarray, scale_x_mm: float | None = None, batch_size: int = 2) -> Iterator[np.ndarray]:
-        """(n, H, W) raw B-scans -> yields (n_lines, W) line rows per B-scan (``self.lines`` order)."""
+    def heights(self, bscans: np.ndarray, scale_x_mm: float | None = None, batch_size: int = 2,
+                black: bool = True) -> Iterator[np.ndarray]:
+        """(n, H, W) raw B-scans -> yields (n_lines, W) line rows per B-scan (``self.lines`` order); with ``black``
+        saturated border padding is set to 0 first (:func:`black_background`)."""
         from skimage.transform import rescale
 
         data = np.asarray(bscans)
+        if black:
+            data = np.stack([black_background(b) for b in data])
         factor = 2 if (scale_x_mm is not None and scale_x_mm < 0.009 and self.device_kind == "spectralis") else 1
         for start in range(0, data.shape[0], batch_size):
             chunk = [rescale(b, (1, 1 / factor)) if factor != 1 else b for b in data[start:start + batch_size]]
