@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine with Python 3.11: the system libraries napari's canvas
 # needs under Xvfb (Mesa, the Qt xcb set), then .venv with the plugin and its test/GUI extras.
-# Safe to re-run: it installs only what is missing.
+# Safe to re-run: it installs only what is missing. Last, it converts the eyesegpy layer networks (needs the package
+# index once; see scripts/convert_eyesegpy.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,8 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 .venv/bin/python -m pip install -q "torch>=2.5.1" "torchvision>=0.20" setuptools wheel
 SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation "sam2>=1.1"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The Bonn group's trained layer networks (eyesegpy, MIT): fetch its wheel once (never installed: it needs Python < 3.11
+# and TensorFlow 2.11) and convert the Keras weights for PyTorch into ~/.cache/oct-wsss/eyesegpy. Offline, this says
+# how to do it later and set-up goes on; a rerun skips the download when the wheel is there.
+.venv/bin/python scripts/convert_eyesegpy.py --setup
 echo "setup: ready ($(.venv/bin/python --version), .venv)"

@@ -2,8 +2,11 @@
 
 Writes ``layers.tif`` (uint8 band ids, Duke/ReLayNet convention, one page per B-scan at native size),
 ``boundaries.csv`` (``bscan,ascan,boundary,y_px``), ``thickness.csv`` (ILM -> BM thickness in µm per ETDRS sector,
-only when the volume has a physical scale) and ``provenance.json``. Everything is computed before the first file is
-written and each file is written atomically, so bad input leaves nothing half-written.
+only when the volume has a physical scale) and ``provenance.json``. With ``--source eyesegpy`` the BM and RPE lines
+come from the converted eyesegpy network (``oct_wsss.propose.layers_eyeseg``), the other boundaries from the bundled
+checkpoint; without the converted weights it stops, saying how to make them, before anything is written. Everything
+is computed before the first file is written and each file is written atomically, so bad input leaves nothing
+half-written.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from oct_wsss.cli._common import CliError
 
@@ -51,6 +55,8 @@ def _layers(args: argparse.Namespace) -> None:
             print(f"\rlayers: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
         result = model.segment(volume.data, progress=progress)
+        if args.source == "eyesegpy":
+            result = _eyesegpy(args, volume, result)
     except LayerError as err:
         raise CliError(str(err)) from err
 
@@ -116,6 +122,20 @@ def _layers(args: argparse.Namespace) -> None:
         print(f"wrote {f}")
 
 
+def _eyesegpy(args: argparse.Namespace, volume: Any, result: Any) -> Any:
+    """The bundled result with the chosen boundaries from the converted eyesegpy networks (CliError when absent)."""
+    from oct_wsss.io.eyesegpy import EyesegpyError
+    from oct_wsss.propose.layers import has_physical_scale
+    from oct_wsss.propose.layers_eyeseg import CHOICE, with_eyesegpy
+
+    scale_x = volume.spacing_mm[2] if has_physical_scale(volume) else None
+    print(f"layers: {', '.join(CHOICE)} from eyesegpy ({', '.join(sorted(set(CHOICE.values())))})", file=sys.stderr)
+    try:
+        return with_eyesegpy(result, volume.data, scale_x, args.eyesegpy_dir, device=args.device)
+    except EyesegpyError as err:
+        raise CliError(str(err)) from err
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the ``oct-wsss`` parser."""
     p = sub.add_parser("layers", help="retinal layer bands, boundaries and ETDRS thickness of a volume")
@@ -123,4 +143,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--checkpoint", type=Path, help="layer checkpoint (.safetensors; default: the bundled one)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--source", choices=("bundled", "eyesegpy"), default="bundled",
+                   help="bundled: every boundary from the layer checkpoint; eyesegpy: BM and RPE from the Bonn group's "
+                        "eyesegpy network (MIT; converted at set-up by scripts/convert_eyesegpy.py), the rest bundled")
+    p.add_argument("--eyesegpy-dir", type=Path, default=None,
+                   help="folder of the converted eyesegpy networks (default: ~/.cache/oct-wsss/eyesegpy)")
     p.set_defaults(func=_layers)
