@@ -4,6 +4,7 @@ and a tiny end-to-end run of the real-wsss recipe on the phantom plus shared Duk
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -128,9 +129,11 @@ def test_a_phantom_of_another_generator_version_is_refused_before_anything_is_wr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_tiny_real_wsss_run_on_the_phantom_and_shared_duke_bscans(tmp_path: Path, shared_data: Path) -> None:
+def test_a_tiny_real_wsss_run_on_the_phantom_and_shared_duke_bscans(tmp_path: Path, shared_data: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
     """Phantom truth + one Duke patient's B-scans with has_fluid only (masks dropped unread), from a random-weight
-    init: the checkpoint says what went in, and it proposes through the CLI."""
+    init: the log gives the image-level criterion each round, the checkpoint says what went in, and it proposes
+    through the CLI."""
     net = StudentNet(StudentConfig(n_outputs=3, width=4, depth=3))
     student_checkpoint(net, (SRF, IRF), (64, 64), training={"init": "random"},
                        intensity="harmonised").save(tmp_path / "init.safetensors")
@@ -139,6 +142,10 @@ def test_a_tiny_real_wsss_run_on_the_phantom_and_shared_duke_bscans(tmp_path: Pa
     real = [{"layout": "duke", "root": str(duke), "pixel_masks": "drop", "exclude_patients": others}]
     path = write_recipe(tmp_path, _recipe(tmp_path, real))
     assert main(["train", str(path)]) == 0
+    shown = re.findall(r"on (\d+) of (\d+) B-scans labelled with one and (\d+) of (\d+) labelled without",
+                       capsys.readouterr().out)
+    assert shown, "no image-level line in the log"
+    assert all(int(a) <= int(b) and int(c) <= int(d) and int(b) + int(d) == 11 for a, b, c, d in shown), shown
     ckpt = Checkpoint.load(tmp_path / "run" / "student.safetensors")
     entry = ckpt.meta["training"]["real_data"][0]
     assert entry["image_labels"] == ["fluid"] and entry["pixel_masks"] == "dropped unread" and entry["patients"] == 1

@@ -3,13 +3,14 @@
     OMP_NUM_THREADS=2 PYTHONPATH=src python training/real_wsss_lopo.py --init PHANTOM_STUDENT.safetensors \
         --runs /work/runs/real-wsss [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4]
 
-For each held-out patient the phantom student (``--init``) is adapted by ``method: real-wsss`` on the other four
-patients' B-scans with their image-level ``has_fluid`` only (masks dropped unread) and the SJTU B-scans with their
-``has_srf`` only, beside a small phantom set. Confidence thresholds are the recipe's defaults, fixed before any
-scoring; nothing is selected on Duke. Predicted SRF or IRF is scored as fluid against grader 1, pooled IoU and mean
-per-image DSC (B-scans with fluid), three ways: raw; inside the retina of the layer model of the same fold
-(``training/layers_train.py lopo``: trained on the other four patients' layer labels, a separate model); inside
-Duke's own layer labels (an oracle, for reference only). Per-fold JSON under ``--runs``; a rerun skips finished folds.
+For each held-out patient the phantom student (``--init``; the table's ``phantom_only`` rows score it) is adapted by
+``method: real-wsss`` on the other four patients' B-scans with their image-level ``has_fluid`` only (masks dropped
+unread) and the SJTU B-scans with their ``has_srf`` only, beside a small phantom set. Confidence thresholds are the
+recipe's defaults, fixed before any scoring; nothing is selected on Duke. Predicted SRF or IRF is scored as fluid
+against grader 1, pooled IoU and mean per-image DSC (B-scans with fluid), three ways: raw; inside the retina of the
+layer model of the same fold (``training/layers_train.py lopo``: trained on the other four patients' layer labels, a
+separate model); inside Duke's own layer labels (an oracle, for reference only). Per-fold JSON under ``--runs``; a
+rerun skips finished folds.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def summary(per_bscan: list[tuple[int, int, int]]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--init", type=Path, required=True)
+    ap.add_argument("--init", required=True, help="the start checkpoint; {held} stands for the held-out patient "
+                    "(to continue each fold's own adapted student: RUNS/{held}/student.safetensors)")
     ap.add_argument("--runs", type=Path, required=True)
     ap.add_argument("--layer-folds", type=Path, default=Path("/work/runs/layers"))
     ap.add_argument("--rounds", type=int, default=2)
@@ -107,7 +109,8 @@ def main() -> None:
         if out.exists():
             continue
         path = args.runs / f"recipe-{held}.yaml"
-        path.write_text(yaml.safe_dump(recipe(args.init.resolve(), held, args.runs, args.rounds, args.epochs)))
+        init = Path(args.init.format(held=held)).resolve()
+        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
         bands = None
@@ -115,7 +118,7 @@ def main() -> None:
             with np.load(folds) as z:  # one open; layers_train writes arr_0, arr_1, ... in B-scan order
                 bands = [z[f"arr_{i}"] for i in range(len(z.files))]
         rows = duke_rows(held)
-        result = {"held_out": held, "phantom_only": score(args.init, rows, bands),
+        result = {"held_out": held, "phantom_only": score(init, rows, bands),
                   "real_wsss": score(adapted, rows, bands), "whole_retina": whole_retina(rows, bands)}
         out.write_text(json.dumps(result))
     table(args.runs)

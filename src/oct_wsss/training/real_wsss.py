@@ -26,7 +26,7 @@ from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
 from oct_wsss.training.student_data import IGNORE, WEAK, Target, truth_targets
-from oct_wsss.training.weak_labels import Confidence, image_level_target
+from oct_wsss.training.weak_labels import Confidence, image_level_target, verdicts
 
 
 def real_sets(recipe: Recipe) -> list[LabelledSet]:
@@ -65,17 +65,25 @@ def _real_set(spec: dict[str, Any], i: int, recipe: Recipe) -> LabelledSet:
 
 def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confidence: Confidence, weight: float,
                  log: Callable[[str], None]) -> list[Target]:
-    """One target per real B-scan from the current student, filtered by the B-scan's image-level labels."""
+    """One target per real B-scan from the current student, filtered by the B-scan's image-level labels; logs per set
+    on how many B-scans with and without a labelled class the student predicts one (an image-level criterion that
+    needs no pixel label)."""
     classes = proposer.classes
     out, kept = [], np.zeros(len(classes) + 2, np.int64)  # background, classes..., ignored
     for data in sets:
+        shown = np.zeros((2, 2), np.int64)  # [labelled without, with an allowed class] x [B-scans, predicted on]
         for s in data.samples:
             image = s.load_image()  # read once: proposed on now, trained on later
-            target = image_level_target(proposer.probabilities([image])[0], classes, s.labels, data.classes,
-                                        confidence)
+            probs = proposer.probabilities([image])[0]
+            target = image_level_target(probs, classes, s.labels, data.classes, confidence)
             kept += np.bincount(np.searchsorted((0, *classes, IGNORE), target.ravel()), minlength=len(kept))
             out.append(Target(partial(np.asarray, image), partial(np.asarray, target), weight, WEAK,
                               (s.volume, s.bscan)))
+            said = verdicts(classes, s.labels, data.classes)
+            spoken = [j for j, v in enumerate(said, start=1) if v != "unknown"]
+            shown[int("allowed" in said)] += (1, bool(np.isin(probs.argmax(0), spoken).any()))
+        log(f"image level, {data.name}: the student predicts a class the labels speak about on {shown[1, 1]} of "
+            f"{shown[1, 0]} B-scans labelled with one and {shown[0, 1]} of {shown[0, 0]} labelled without")
     names = ["background", *(ONTOLOGY[c].key for c in classes), "ignored"]
     log("weak targets: " + ", ".join(f"{n} {k / max(1, kept.sum()):.2%}" for n, k in zip(names, kept, strict=True)))
     return out
