@@ -72,7 +72,7 @@ class LayersWidget(Container):
                                tooltip="bundled: every boundary from the checkpoint; eyesegpy: "
                                        f"{' and '.join(CHOICE)} from the Bonn group's eyesegpy network (MIT; slow on "
                                        "CPU), the rest from the checkpoint (oct-wsss layers --source eyesegpy)")
-        self.eyesegpy_dir = FileEdit(label="eyesegpy folder", mode="d", value=str(default_dir()), visible=False,
+        self.eyesegpy_dir = FileEdit(label="eyesegpy dir", mode="d", value=str(default_dir()), visible=False,
                                      tooltip="folder of the converted eyesegpy networks (scripts/convert_eyesegpy.py)")
         self.run_button = PushButton(text="Segment layers")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
