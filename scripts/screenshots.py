@@ -6,6 +6,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --hrf
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py --workspace
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --layers
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --layers-eyesegpy
 """
 
 from __future__ import annotations
@@ -200,10 +201,48 @@ def layers() -> None:
     viewer.close()
 
 
+def layers_eyesegpy(first: int = 33, count: int = 5) -> None:
+    """The Layers tab with source eyesegpy (BM and RPE from the converted eyesegpy network) at 1366 x 768, on B-scans
+    ``first`` .. ``first + count - 1`` of the Bonn drusen volume (the port takes 10-20 s per B-scan on a CPU)."""
+    from oct_wsss.io import read_volume
+    from oct_wsss.napari._layers import image_layer
+    from oct_wsss.volume import OctVolume
+
+    full = read_volume(SHARED / "bonn_drusen_volume" / "OCT-Info.xml")
+    part = OctVolume(full.data[first:first + count], spacing_mm=full.spacing_mm, laterality=full.laterality,
+                     meta=dict(full.meta))
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    data, kwargs, _ = image_layer(part, f"Bonn drusen, B-scans {first}-{first + count - 1}")
+    viewer.add_image(data, **kwargs)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "OCT workspace")
+    viewer.window._qt_window.resize(1366, 768)
+    dock.setCurrentIndex(list(dock.panels).index("Layers"))
+    panel = dock.panels["Layers"]
+    panel.device.value = "cpu"
+    panel.source.value = "eyesegpy"
+    panel.run()
+    app = napari.qt.get_qapp()
+    while not panel.run_button.enabled:
+        app.processEvents()
+        time.sleep(0.05)
+    viewer.dims.set_current_step(0, count // 2)
+    dock.currentWidget().verticalScrollBar().setValue(0)  # the source control at the top
+    for _ in range(30):
+        app.processEvents()
+        time.sleep(0.02)
+    name = "napari_layers_eyesegpy_1366x768.png"
+    imsave(OUT / name, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
+    print("wrote", OUT / name, "-", panel.status.value)
+    viewer.close()
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     if len(sys.argv) > 1 and sys.argv[1] == "--hrf":
         hrf()
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--layers-eyesegpy":
+        layers_eyesegpy()
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--layers":
         layers()

@@ -47,6 +47,12 @@ def _layers(args: argparse.Namespace) -> None:
     if checkpoint is None:
         raise CliError("no layer checkpoint is bundled in this install; pass --checkpoint "
                        "(training/layers_train.py makes one)")
+    if args.source == "eyesegpy":
+        from oct_wsss.propose.layers_eyeseg import missing
+
+        absent = missing(args.eyesegpy_dir)
+        if absent:  # before the bundled model runs: nothing to wait for, nothing written
+            raise CliError(absent)
     volume = read_volume(args.volume)
     try:
         model = LayerModel(checkpoint, device=args.device)
@@ -125,13 +131,16 @@ def _layers(args: argparse.Namespace) -> None:
 def _eyesegpy(args: argparse.Namespace, volume: Any, result: Any) -> Any:
     """The bundled result with the chosen boundaries from the converted eyesegpy networks (CliError when absent)."""
     from oct_wsss.io.eyesegpy import EyesegpyError
-    from oct_wsss.propose.layers import has_physical_scale
-    from oct_wsss.propose.layers_eyeseg import CHOICE, with_eyesegpy
+    from oct_wsss.propose.layers_eyeseg import CHOICE, scale_x_mm, with_eyesegpy
 
-    scale_x = volume.spacing_mm[2] if has_physical_scale(volume) else None
     print(f"layers: {', '.join(CHOICE)} from eyesegpy ({', '.join(sorted(set(CHOICE.values())))})", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\reyesegpy: {done}/{total} B-scans", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
     try:
-        return with_eyesegpy(result, volume.data, scale_x, args.eyesegpy_dir, device=args.device)
+        return with_eyesegpy(result, volume.data, scale_x_mm(volume), args.eyesegpy_dir, device=args.device,
+                             progress=progress)
     except EyesegpyError as err:
         raise CliError(str(err)) from err
 

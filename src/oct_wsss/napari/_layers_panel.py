@@ -1,9 +1,11 @@
 """The **Layers** panel: retinal layer bands and editable boundaries, the thickness en-face map with an ETDRS grid.
 
 Thin like Propose: ``oct_wsss.propose.layers.LayerModel`` (what ``oct-wsss layers`` runs) segments one B-scan at a
-time in a ``thread_worker``; each result fills the "layer bands" Labels layer and adds that B-scan's boundaries as
-paths to the "layer boundaries" Shapes layer, which the grader drags. *Accept boundaries* turns the current B-scan's
-paths back into rows (``layer_geometry.boundaries_from_paths``) and keeps them in the project's store.
+time in a ``thread_worker``; with *source* eyesegpy ``propose.layers_eyeseg.EyesegpyBoundaries`` (what
+``oct-wsss layers --source eyesegpy`` runs) then puts the converted eyesegpy networks' BM and RPE into each B-scan's
+result. Each result fills the "layer bands" Labels layer and adds that B-scan's boundaries as paths to the "layer
+boundaries" Shapes layer, which the grader drags. *Accept boundaries* turns the current B-scan's paths back into rows
+(``layer_geometry.boundaries_from_paths``) and keeps them in the project's store.
 No ``from __future__ import annotations``: napari reads the ``Viewer`` annotation at run time.
 """
 
@@ -17,6 +19,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, c
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from oct_wsss.io.eyesegpy import default_dir
 from oct_wsss.napari._enface import EnfaceMap
 from oct_wsss.napari._imports import hide_triton
 from oct_wsss.napari._layers import AXES, BOUNDARY_LAYER, boundary_kwargs, boundary_paths, refresh_bscan, write_page
@@ -31,6 +34,8 @@ from oct_wsss.propose.layers import (
     rebuild_bands,
     thickness_map_um,
 )
+from oct_wsss.propose.layers_eyeseg import CHOICE, missing, scale_x_mm
+from oct_wsss.propose.layers_eyeseg import preload as preload_eyesegpy
 from oct_wsss.volume import OctVolume
 from oct_wsss.weights import layers_checkpoint
 
@@ -63,20 +68,27 @@ class LayersWidget(Container):
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.safetensors",
                                    value=str(layers_checkpoint() or ""))
         self.device = ComboBox(label="device", choices=("auto", "cpu", "cuda"), value="auto")
+        self.source = ComboBox(label="source", choices=("bundled", "eyesegpy"), value="bundled",
+                               tooltip="bundled: every boundary from the checkpoint; eyesegpy: "
+                                       f"{' and '.join(CHOICE)} from the Bonn group's eyesegpy network (MIT; slow on "
+                                       "CPU), the rest from the checkpoint (oct-wsss layers --source eyesegpy)")
+        self.eyesegpy_dir = FileEdit(label="eyesegpy dir", mode="d", value=str(default_dir()), visible=False,
+                                     tooltip="folder of the converted eyesegpy networks (scripts/convert_eyesegpy.py)")
         self.run_button = PushButton(text="Segment layers")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.accept_button = PushButton(text="Accept boundaries (this B-scan)")
         self.status = Label(value="")
         self.scale_note = Label(value="")
         self.enface = EnfaceMap()
-        self.extend([self.image, self.checkpoint, self.device, self.run_button, self.cancel_button, self.status,
-                     self.accept_button, self.scale_note, self.enface])
+        self.extend([self.image, self.checkpoint, self.device, self.source, self.eyesegpy_dir, self.run_button,
+                     self.cancel_button, self.status, self.accept_button, self.scale_note, self.enface])
         self.volume: OctVolume | None = None
         self.boundaries: np.ndarray | None = None  # (n, 9, W) rows as segmented, then as accepted
         self.without_retina: list[int] = []  # B-scans of the last run that showed no retina
         self.worker: Any = None
         self._cancel, self._failure = False, None
         self.run_button.changed.connect(self.run)
+        self.source.changed.connect(lambda value: setattr(self.eyesegpy_dir, "visible", value == "eyesegpy"))
         self.cancel_button.changed.connect(self.cancel)
         self.accept_button.changed.connect(self.accept_boundaries)
         viewer.dims.events.current_step.connect(self._follow_slider)
@@ -93,6 +105,11 @@ class LayersWidget(Container):
             show_error(f"Layers: no layer checkpoint at '{checkpoint}'; choose a layers .safetensors file "
                        "(training/layers_train.py makes one)")
             return None
+        folder = Path(str(self.eyesegpy_dir.value or default_dir())) if self.source.value == "eyesegpy" else None
+        absent = missing(folder) if folder is not None else None
+        if absent:  # before any layer changes (oct-wsss layers stops there too); the worker would only fail later
+            show_error(f"Layers: {absent}")
+            return None
         self.volume = volume = layer_volume(self.image.value)
         n, _, w = volume.shape
         self.boundaries = np.full((n, len(BOUNDARIES), w), np.nan, np.float32)
@@ -100,14 +117,18 @@ class LayersWidget(Container):
         self._cancel, self._failure, self.without_retina = False, None, []
         hide_triton()
         preload()  # torch on the main thread: some first imports crash in a worker thread
+        eyesegpy = None if folder is None else (folder, scale_x_mm(volume))
+        if eyesegpy is not None:
+            preload_eyesegpy()
 
         bar = _Progress(n, "Segmenting layers")
-        self.worker = _segment_worker(str(checkpoint), self.device.value, volume.data, lambda: self._cancel)
+        self.worker = _segment_worker(str(checkpoint), self.device.value, volume.data, lambda: self._cancel, eyesegpy)
         self.worker.yielded.connect(lambda item: self._show(item, bar))
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(lambda: self._done(bar))
         self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"segmenting {n} B-scans ..."
+        extra = f" ({', '.join(CHOICE)} from eyesegpy)" if eyesegpy is not None else ""
+        self.status.value = f"segmenting {n} B-scans{extra} ..."
         self.worker.start()
         return self.worker
 
@@ -216,15 +237,23 @@ class LayersWidget(Container):
 
 
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
-def _segment_worker(checkpoint: str, device: str, data: np.ndarray, cancelled: Callable[[], bool]):
+def _segment_worker(checkpoint: str, device: str, data: np.ndarray, cancelled: Callable[[], bool],
+                    eyesegpy: tuple[Path, float | None] | None = None):
+    """Yields (index, bands, boundaries, retina shown) per B-scan; with ``eyesegpy`` = (folder, scale_x_mm) the
+    chosen boundaries come from the converted eyesegpy networks. Stops before the next B-scan once ``cancelled``."""
     from oct_wsss.propose.layers import LayerModel
+    from oct_wsss.propose.layers_eyeseg import EyesegpyBoundaries
 
     try:
         model = LayerModel(checkpoint, device=device)
+        lines = EyesegpyBoundaries(eyesegpy[0], device=device) if eyesegpy is not None else None
         for index in range(len(data)):
             if cancelled():
                 return
             result = model.segment(data[index], require_retina=False)
-            yield index, result.bands[0], result.boundaries[0], not result.provenance["bscans_without_retina"]
+            retina = not result.provenance["bscans_without_retina"]
+            if lines is not None and retina:
+                result = lines.apply(result, data[index], eyesegpy[1])
+            yield index, result.bands[0], result.boundaries[0], retina
     except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors
         raise WorkerFailed(err) from err

@@ -16,7 +16,7 @@ boundaries so the order ILM <= ... <= ISE_OS <= RPE <= BM holds again and rebuil
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,23 +159,77 @@ def combine(result: LayerResult, lines: dict[str, np.ndarray], take: tuple[str, 
 CHOICE = {"BM": "spectralis-bm-rpe-ez", "RPE": "spectralis-bm-rpe-ez"}
 
 
+def scale_x_mm(volume: Any) -> float | None:
+    """The A-scan spacing eyesegpy is given for ``volume``: None when its reader fell back to a default spacing."""
+    from oct_wsss.propose.layers import has_physical_scale
+
+    return float(volume.spacing_mm[2]) if has_physical_scale(volume) else None
+
+
+def missing(folder: Path | None = None, choice: dict[str, str] | None = None) -> str | None:
+    """What to do when a network of ``choice`` (default :data:`CHOICE`) is not converted in ``folder``, else None.
+
+    Cheap (file checks only, no torch): callers use it to stop before any work or output."""
+    from oct_wsss.io.eyesegpy import converted, missing_message
+
+    for name in dict.fromkeys((CHOICE if choice is None else choice).values()):
+        if converted(name, folder) is None:
+            return missing_message(name, folder)
+    return None
+
+
+def preload() -> None:
+    """Import the port's modules on the calling thread (GUIs: their main thread, before a worker builds the networks;
+    see ``oct_wsss.propose.layers.preload``)."""
+    import scipy.ndimage  # noqa: F401
+    import skimage.transform  # noqa: F401
+
+    import oct_wsss.models.keras_graph
+    import oct_wsss.preprocess.device  # noqa: F401
+
+
+class EyesegpyBoundaries:
+    """The networks of a boundary choice, loaded once; :meth:`apply` puts their lines into a bundled result.
+
+    ``oct-wsss layers --source eyesegpy`` applies it to the whole volume (:func:`with_eyesegpy`), the napari Layers
+    panel to one B-scan at a time; both get the same rows. Raises ``EyesegpyError`` (saying how to convert) when a
+    chosen network is not converted."""
+
+    def __init__(self, folder: Path | None = None, device: str = "cpu", choice: dict[str, str] | None = None) -> None:
+        self.choice = dict(CHOICE if choice is None else choice)
+        self.models = {name: EyesegModel(name, folder, device=device) for name in dict.fromkeys(self.choice.values())}
+
+    def apply(self, result: LayerResult, bscans: np.ndarray, scale_x_mm: float | None,
+              progress: Callable[[int, int], None] | None = None) -> LayerResult:
+        """``result`` (the bundled model's, for the (n, H, W) ``bscans``) with the chosen boundaries from eyesegpy;
+        ``progress(done, total)`` after each B-scan of each network."""
+        import time
+
+        data = np.asarray(bscans)
+        data = data[None] if data.ndim == 2 else data
+        n, steps = len(data), len(self.models) * len(data)
+        t0, out = time.perf_counter(), result
+        for m, (net_name, model) in enumerate(self.models.items()):
+            rows = []
+            for i, h in enumerate(model.heights(data, scale_x_mm)):
+                rows.append(h)
+                if progress is not None:
+                    progress(m * n + i + 1, steps)
+            stacked = np.stack(rows)
+            lines = {name: stacked[:, k] for k, name in enumerate(model.lines)}
+            take = tuple(b for b, nn in self.choice.items() if nn == net_name)
+            source = {"network": net_name, "eyesegpy_model_id": model.arch["eyesegpy_model_id"],
+                      "h5_sha256": model.arch["h5_sha256"], "licence": model.arch["licence"],
+                      "attribution": model.arch["attribution"], "scale_x_mm": scale_x_mm,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+            out = combine(out, lines, take, source)
+        return out
+
+
 def with_eyesegpy(result: LayerResult, bscans: np.ndarray, scale_x_mm: float | None, folder: Path | None = None,
-                  device: str = "cpu", choice: dict[str, str] | None = None) -> LayerResult:
+                  device: str = "cpu", choice: dict[str, str] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> LayerResult:
     """The bundled model's ``result`` with the boundaries of ``choice`` (default :data:`CHOICE`) from eyesegpy.
 
     Raises ``EyesegpyError`` (saying how to convert) when a chosen network is not converted."""
-    import time
-
-    choice = dict(CHOICE if choice is None else choice)
-    t0 = time.perf_counter()
-    out = result
-    for net_name in dict.fromkeys(choice.values()):
-        model = EyesegModel(net_name, folder, device=device)
-        lines = model.segment_lines(bscans, scale_x_mm)
-        take = tuple(b for b, n in choice.items() if n == net_name)
-        source = {"network": net_name, "eyesegpy_model_id": model.arch["eyesegpy_model_id"],
-                  "h5_sha256": model.arch["h5_sha256"], "licence": model.arch["licence"],
-                  "attribution": model.arch["attribution"], "scale_x_mm": scale_x_mm,
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        out = combine(out, lines, take, source)
-    return out
+    return EyesegpyBoundaries(folder, device, choice).apply(result, bscans, scale_x_mm, progress)
