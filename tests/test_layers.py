@@ -107,6 +107,19 @@ def test_fovea_is_the_thinnest_point_of_the_map() -> None:
     assert abs(z - 17) <= 1 and abs(x - 44) <= 1
 
 
+def test_fovea_is_a_pit_not_a_thin_edge_even_at_the_scan_border() -> None:
+    """Like the shared Bonn volume: the pit lies on the last B-scans and the map thins towards one side; the thinnest
+    point of the central half (the old rule) landed on that half's edge."""
+    spacing = (0.03, 0.004, 0.011)  # 70 B-scans over 2.1 mm, 512 A-scans over 5.6 mm
+    zz, xx = np.meshgrid(np.arange(70), np.arange(512), indexing="ij")
+    r2 = ((zz - 68) * spacing[0]) ** 2 + ((xx - 250) * spacing[2]) ** 2
+    thick = 260 + 0.15 * xx - 90 * np.exp(-r2 / 0.3**2)  # 260 µm on the left, 337 µm on the right, a 90 µm pit
+    z, x = fovea_from_thickness(thick, spacing)
+    assert abs(z - 68) <= 2 and abs(x - 250) <= 5
+    flat = 260 + 0.15 * xx + 0.0 * zz  # thin at one edge, no pit anywhere: the map's centre
+    assert fovea_from_thickness(flat, spacing) == (34.5, 255.5)
+
+
 def _duke(shared_data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from PIL import Image
 

@@ -85,7 +85,7 @@ def _layers(args: argparse.Namespace) -> None:
                     "brightest line inside OS+RPE")
     if has_physical_scale(volume):
         thick = thickness_map_um(result.boundaries, volume.spacing_mm)
-        centre = fovea_from_thickness(thick)
+        centre = fovea_from_thickness(thick, volume.spacing_mm)
         sectors = etdrs_sectors(thick.shape, volume.spacing_mm, centre, volume.laterality)
         rows = etdrs_table(thick, sectors)
         tb = io.StringIO()
@@ -94,7 +94,7 @@ def _layers(args: argparse.Namespace) -> None:
         tw.writerows(rows)
         thickness_text = tb.getvalue()
         prov["etdrs"] = {"centre_bscan": centre[0], "centre_ascan": centre[1], "sectors": list(ETDRS),
-                         "centre_from": "thinnest point of the smoothed ILM-BM thickness map in its central half",
+                         "centre_from": "foveal pit of the ILM-BM thickness map: deepest below its 0.6-1.2 mm rim",
                          "orientation": "B-scan 0 inferior (Heidelberg order); nasal towards higher A-scans for OD",
                          "laterality_assumed": volume.laterality is None}
     else:

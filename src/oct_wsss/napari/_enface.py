@@ -72,7 +72,7 @@ class EnfaceMap(Container):
         self.axes.tick_params(labelsize=6)
         self.bscan_line = self.axes.axhline(bscan, color="white", linewidth=1.0)
         self.grid = []
-        z, x = fovea_from_thickness(self.thickness)
+        z, x = fovea_from_thickness(self.thickness, spacing_mm)
         with self.centre_bscan.changed.blocked(), self.centre_ascan.changed.blocked():
             self.centre_bscan.value, self.centre_ascan.value = z, x
         self.draw_grid()

@@ -265,21 +265,64 @@ def thickness_map_um(boundaries: np.ndarray, spacing_mm: tuple[float, float, flo
     return (b[:, BOUNDARIES.index("BM")] - b[:, BOUNDARIES.index("ILM")]) * spacing_mm[1] * 1000.0
 
 
-def fovea_from_thickness(thickness: np.ndarray) -> tuple[float, float]:
-    """(B-scan index, A-scan index) of the thinnest point of a smoothed thickness map in its central half (the foveal
-    pit); the map's centre when the map is too small."""
+#: the foveal pit detector's geometry in mm: centre disc radius, and the ring (inner, outer radius) of the foveal rim
+#: it is compared with (the rim's crest lies about 1 mm from the pit's centre in adult maculae)
+PIT_DISC_MM, PIT_RING_MM = 0.1, (0.6, 1.2)
+#: a pit must be at least this fraction of the map's median thickness below its rim on every side that has data
+PIT_MIN_DEPTH = 0.05
+
+
+def _side_means(t: np.ndarray, axis: int, r_in: int, r_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``t`` over offsets -r_out..-r_in and r_in..r_out along ``axis`` (NaN where that side leaves the map)."""
+    n = t.shape[axis]
+    lo, hi = [], []
+    for d in range(r_in, r_out + 1):
+        idx = np.arange(n)
+        for sign, out in ((-1, lo), (1, hi)):
+            j = idx + sign * d
+            shifted = np.take(t, np.clip(j, 0, n - 1), axis=axis)
+            bad = (j < 0) | (j >= n)
+            shifted = np.where(np.expand_dims(bad, 1 - axis), np.nan, shifted)
+            out.append(shifted)
+    return np.nanmean(lo, axis=0), np.nanmean(hi, axis=0)
+
+
+def fovea_from_thickness(thickness: np.ndarray,
+                         spacing_mm: tuple[float, float, float] | None = None) -> tuple[float, float]:
+    """(B-scan index, A-scan index) of the foveal pit: the point of a (n_bscans, W) thickness map that lies deepest
+    below the rim around it (ring 0.6-1.2 mm) on both lateral sides and on each B-scan side inside the map.
+
+    A pit, not the thinnest point: a thickness gradient or an atrophic edge is thin but has no rim on one side, and a
+    fovea near the volume's edge (only part of its ring scanned) is still found. Without a physical scale the map is
+    taken to span 6 mm square. The map's centre when no pit is at least 5 % of the median thickness deep."""
+    import warnings
+
     from scipy.ndimage import uniform_filter
 
     t = np.asarray(thickness, dtype=np.float64)
     n, w = t.shape
-    smooth = uniform_filter(t, size=(min(3, n), min(15, w)), mode="nearest")
-    z0, z1 = n // 4, max(n // 4 + 1, 3 * n // 4 + (n % 4 > 0))
-    x0, x1 = w // 4, 3 * w // 4
-    if n < 3 or w < 8:
-        return (n - 1) / 2.0, (w - 1) / 2.0
-    sub = smooth[z0:z1, x0:x1]
-    z, x = np.unravel_index(np.argmin(sub), sub.shape)
-    return float(z + z0), float(x + x0)
+    centre = (n - 1) / 2.0, (w - 1) / 2.0
+    finite = np.isfinite(t)
+    if n < 1 or w < 8 or not finite.any():
+        return centre
+    dz, dx = (spacing_mm[0], spacing_mm[2]) if spacing_mm else (6.0 / n, 6.0 / w)
+    filled = np.where(finite, t, 0.0)
+    size = (max(1, 2 * round(PIT_DISC_MM / dz) + 1), max(1, 2 * round(PIT_DISC_MM / dx) + 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = uniform_filter(filled, size, mode="nearest") / uniform_filter(finite * 1.0, size, mode="nearest")
+    r_in, r_out = PIT_RING_MM
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN sides beyond the map's edge
+        left, right = _side_means(smooth, 1, max(1, round(r_in / dx)), max(1, round(r_out / dx)))
+        sides = [left, right]
+        if n > 1:
+            sides += _side_means(smooth, 0, max(1, round(r_in / dz)), max(1, round(r_out / dz)))
+        rim = np.nanmin(sides, axis=0)
+        depth = np.where(np.isfinite(left) & np.isfinite(right), rim - smooth, np.nan)
+    if not np.isfinite(depth).any() or np.nanmax(depth) < PIT_MIN_DEPTH * np.nanmedian(t):
+        return centre
+    z, x = np.unravel_index(np.nanargmax(depth), depth.shape)
+    return float(z), float(x)
 
 
 def etdrs_sectors(shape: tuple[int, int], spacing_mm: tuple[float, float, float], centre: tuple[float, float],
