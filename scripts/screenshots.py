@@ -175,29 +175,42 @@ def workspace() -> None:
     viewer.close()
 
 
-def layers() -> None:
-    """The Layers tab on the Bonn drusen volume at 1366 x 768: boundaries, thickness map, ETDRS grid on the fovea."""
-    viewer = napari.Viewer(title="napari-oct-wsss")
-    viewer.open(str(SHARED / "bonn_drusen_volume" / "OCT-Info.xml"), plugin="napari-oct-wsss")
+def _run_layers_panel(viewer: napari.Viewer, source: str = "bundled") -> tuple:
+    """Dock the workspace at 1366 x 768, open its Layers tab and run it on the CPU from ``source``; (dock, panel)
+    once the run is over."""
     _, dock = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "OCT workspace")
     viewer.window._qt_window.resize(1366, 768)
     dock.setCurrentIndex(list(dock.panels).index("Layers"))
     panel = dock.panels["Layers"]
     panel.device.value = "cpu"
+    panel.source.value = source
     panel.run()
     app = napari.qt.get_qapp()
     while not panel.run_button.enabled:
         app.processEvents()
         time.sleep(0.05)
-    viewer.dims.set_current_step(0, round(panel.enface.centre[0]))
-    scroll = dock.currentWidget().verticalScrollBar()
-    scroll.setValue(scroll.maximum())
+    return dock, panel
+
+
+def _settle_and_shoot(viewer: napari.Viewer, name: str) -> None:
+    """Let Qt draw for a moment, then save the whole window."""
+    app = napari.qt.get_qapp()
     for _ in range(30):
         app.processEvents()
         time.sleep(0.02)
-    name = "napari_layers_1366x768.png"
     imsave(OUT / name, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
     print("wrote", OUT / name)
+
+
+def layers() -> None:
+    """The Layers tab on the Bonn drusen volume at 1366 x 768: boundaries, thickness map, ETDRS grid on the fovea."""
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    viewer.open(str(SHARED / "bonn_drusen_volume" / "OCT-Info.xml"), plugin="napari-oct-wsss")
+    dock, panel = _run_layers_panel(viewer)
+    viewer.dims.set_current_step(0, round(panel.enface.centre[0]))
+    scroll = dock.currentWidget().verticalScrollBar()
+    scroll.setValue(scroll.maximum())
+    _settle_and_shoot(viewer, "napari_layers_1366x768.png")
     viewer.close()
 
 
@@ -214,25 +227,11 @@ def layers_eyesegpy(first: int = 33, count: int = 5) -> None:
     viewer = napari.Viewer(title="napari-oct-wsss")
     data, kwargs, _ = image_layer(part, f"Bonn drusen, B-scans {first}-{first + count - 1}")
     viewer.add_image(data, **kwargs)
-    _, dock = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "OCT workspace")
-    viewer.window._qt_window.resize(1366, 768)
-    dock.setCurrentIndex(list(dock.panels).index("Layers"))
-    panel = dock.panels["Layers"]
-    panel.device.value = "cpu"
-    panel.source.value = "eyesegpy"
-    panel.run()
-    app = napari.qt.get_qapp()
-    while not panel.run_button.enabled:
-        app.processEvents()
-        time.sleep(0.05)
+    dock, panel = _run_layers_panel(viewer, "eyesegpy")
     viewer.dims.set_current_step(0, count // 2)
     dock.currentWidget().verticalScrollBar().setValue(0)  # the source control at the top
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.02)
-    name = "napari_layers_eyesegpy_1366x768.png"
-    imsave(OUT / name, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
-    print("wrote", OUT / name, "-", panel.status.value)
+    _settle_and_shoot(viewer, "napari_layers_eyesegpy_1366x768.png")
+    print(panel.status.value)
     viewer.close()
 
 
