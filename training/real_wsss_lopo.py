@@ -51,7 +51,8 @@ def duke_rows(held: str) -> list[dict]:
     root = SHARED / "duke_dme_chiu2015"
     with open(root / "index.csv", newline="") as f:
         return [{"image": np.array(Image.open(root / r["image"]).convert("L")),
-                 "label": np.array(Image.open(root / r["label"]))} for r in csv.DictReader(f) if r["subject"] == held]
+                 "label": np.array(Image.open(root / r["label"])), "has_fluid": r["has_fluid"] == "1"}
+                for r in csv.DictReader(f) if r["subject"] == held]
 
 
 def counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
