@@ -53,6 +53,18 @@ def test_the_image_level_filter_drops_every_class_the_label_excludes() -> None:
     assert drusen.tolist() == [[DRUSEN, DRUSEN]]
 
 
+def test_top_k_teaches_the_likeliest_pixels_of_a_shown_class_and_nothing_on_other_bscans() -> None:
+    """Multiple-instance targets: on a B-scan labelled fluid the k pixels of highest SRF + IRF probability become
+    their likelier fluid class even below the lesion confidence; confident targets and B-scans without fluid are
+    unchanged."""
+    probs = _probs(np.array([[0, 0, 1, 1, 2, 3]]), np.array([[0.95, 0.6, 0.99, 0.5, 0.99, 0.99]]))
+    mil = Confidence(top_k=4)
+    assert image_level_target(probs, CLASSES, {FLUID}, {FLUID}, mil).tolist() == [[IGNORE, SRF, SRF, SRF, IRF, IGNORE]]
+    assert image_level_target(probs, CLASSES, set(), {FLUID}, mil).tolist() == [[0, IGNORE, 0, 0, 0, IGNORE]]
+    with pytest.raises(ValueError, match="top_k"):
+        Confidence(top_k=-1)
+
+
 def test_verdicts_follow_the_ontology_cover_of_fluid() -> None:
     """SRF shown (SJTU-like, IRF unknown): fluid allowed, IRF unknown; fluid absent (Duke-like) excludes SRF and IRF;
     a student's fluid class is excluded only when both SRF and IRF are known absent."""

@@ -1,7 +1,8 @@
 """Leave-one-patient-out on the shared Duke patients for the real-wsss recipe (issue 19): no real pixel label trains.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python training/real_wsss_lopo.py --init PHANTOM_STUDENT.safetensors \
-        --runs /work/runs/real-wsss [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4]
+        --runs /work/runs/real-wsss [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4] \
+        [--confidence '{"top_k": 200}']
 
 For each held-out patient the phantom student (``--init``; the table's ``phantom_only`` rows score it) is adapted by
 ``method: real-wsss`` on the other four patients' B-scans with their image-level ``has_fluid`` only (masks dropped
@@ -35,9 +36,11 @@ PATIENTS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09"
 RECIPE = REPO / "training" / "real-wsss.yaml"  # the shipped recipe; each fold changes init, out, data root, real
 
 
-def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int) -> dict:
-    """The shipped recipe for one fold: the held-out patient excluded, real paths absolute, run under ``runs``."""
+def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int, confidence: dict | None = None) -> dict:
+    """The shipped recipe for one fold: the held-out patient excluded, real paths absolute, run under ``runs``
+    (``confidence``: entries that replace the recipe's, e.g. {"top_k": 200})."""
     raw = yaml.safe_load(RECIPE.read_text())
+    raw["confidence"] = {**(raw.get("confidence") or {}), **(confidence or {})}
     raw["data"]["root"] = str(runs / "phantom")
     for entry in raw["real"]:
         entry["root"] = str((REPO / entry["root"]).resolve())
@@ -100,6 +103,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--confidence", type=json.loads, default=None, help='JSON replacing recipe confidence entries, '
+                    'e.g. \'{"top_k": 200}\'')
     ap.add_argument("--table", action="store_true", help="only print the table of the folds already run")
     args = ap.parse_args()
     if args.table:
@@ -111,7 +116,7 @@ def main() -> None:
             continue
         path = args.runs / f"recipe-{held}.yaml"
         init = Path(args.init.format(held=held)).resolve()
-        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs)))
+        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs, args.confidence)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
         bands = None

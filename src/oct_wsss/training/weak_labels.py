@@ -26,17 +26,22 @@ COVERS: dict[int, frozenset[int]] = {FLUID: frozenset({SRF, IRF})}
 @dataclass(frozen=True)
 class Confidence:
     """Softmax probability a pixel needs for its class (lesion) or for background to become a target;
-    ``positive_background``: whether a B-scan that shows a class gives background targets at all."""
+    ``positive_background``: whether a B-scan that shows a class gives background targets at all; ``top_k``: on a
+    B-scan that shows a class, the k pixels most likely to hold an allowed class become targets too, however unsure
+    (multiple-instance learning: the label says the lesion is somewhere, so the likeliest pixels are taught it)."""
 
     lesion: float = 0.7
     background: float = 0.9
     positive_background: bool = False
+    top_k: int = 0
 
     def __post_init__(self) -> None:
         for name in ("lesion", "background"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"confidence {name} must be in (0, 1]; got {value}")
+        if self.top_k < 0:
+            raise ValueError(f"confidence top_k must be >= 0; got {self.top_k}")
 
 
 def _speaks(c: int, ids: Collection[int]) -> bool:
@@ -74,4 +79,16 @@ def image_level_target(probs: np.ndarray, classes: Sequence[int], labels: Collec
             out[won] = 0
         elif verdict == "allowed":
             out[won & (top >= confidence.lesion)] = c
+    allowed = [j for j, v in enumerate(said, start=1) if v == "allowed"]
+    if confidence.top_k and allowed:
+        _top_k(out, probs, allowed, np.array((0, *classes))[allowed], confidence.top_k)
     return out
+
+
+def _top_k(out: np.ndarray, probs: np.ndarray, allowed: list[int], ids: np.ndarray, k: int) -> None:
+    """Mark the k pixels of highest summed allowed-class probability still ignored with their likeliest allowed
+    class (in place)."""
+    group = probs[allowed].sum(0).ravel()
+    pick = np.argpartition(-group, min(k, group.size - 1))[:k]
+    pick = pick[out.ravel()[pick] == IGNORE]
+    out.ravel()[pick] = ids[probs[allowed].reshape(len(allowed), -1)[:, pick].argmax(0)]
