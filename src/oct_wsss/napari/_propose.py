@@ -7,6 +7,7 @@ segmentation can be imported into the same layer instead (``_import``; ``oct-wss
 No ``from __future__ import annotations``: napari reads the ``Viewer`` annotation at run time to pass the viewer in.
 """
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,14 @@ from oct_wsss.napari._import import ImportRow
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
 from oct_wsss.napari._session import session
-from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
+from oct_wsss.propose.registry import (
+    METHODS,
+    load_proposer,
+    proposal_provenance,
+    stream,
+    timings,
+    to_propose,
+)
 from oct_wsss.volume import OctVolume
 
 HRF_PROPOSED = "HRF (proposed)"
@@ -316,6 +324,8 @@ class ProposeWidget(Container):
             kind, value = result
             if kind == "provenance":  # the same record `oct-wsss propose` writes: checkpoint SHA-256, parameters
                 self.provenance = value
+            elif kind == "timings":  # the run's B-scans share one record: each gets the run's timings
+                self.provenance["timings"] = value
             elif self.scores is not None:
                 self.scores.prepare(value)
             return
@@ -382,6 +392,8 @@ def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volum
         proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
         yield ("classes", tuple(proposer.classes))
         yield ("provenance", {**proposal_provenance(proposer, volume, todo, None), "source": "napari"})
+        start = time.perf_counter()  # as ``propose`` times it: the B-scans, not the model's loading
         yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
+        yield ("timings", timings(time.perf_counter() - start, len(todo)))
     except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors (no errored, no finished signal)
         raise WorkerFailed(err) from err
