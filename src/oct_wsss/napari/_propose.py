@@ -26,9 +26,8 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import Notification, notification_manager, show_error, show_info, show_warning
-from qtpy.QtCore import QSettings, QTimer
+from qtpy.QtCore import QSettings
 
 import oct_wsss.weights as weights
 from oct_wsss.checkpoint import CheckpointError
@@ -37,6 +36,7 @@ from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._import import ImportRow
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
+from oct_wsss.napari._run import RunProgress, WorkerFailed, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.registry import (
     METHODS,
@@ -83,21 +83,6 @@ def fix_for(err: BaseException) -> str:
     if "cuda" in text or "mps" in text:
         return "choose device 'auto' or 'cpu'"
     return "check the image layer and the options"
-
-
-def done_status(cancelled: bool, failure: str | None) -> str:
-    """The status line once a run has ended: a failure says failed (never "done"), then cancelled, else done."""
-    if failure is not None:
-        return f"failed: {failure}"
-    return "cancelled" if cancelled else "done"
-
-
-class WorkerFailed(Exception):
-    """A RuntimeError (e.g. ProposalError) from the worker, carried to the main thread; superqt would swallow it."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 class ProposeWidget(Container):
@@ -291,7 +276,7 @@ class ProposeWidget(Container):
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
         self._cancel, self._failure = False, None
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
-        bar = _Progress(len(todo), f"Proposing ({self.method.value})")
+        bar = RunProgress(len(todo), f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
                                       self.scores is not None)
         self.worker.yielded.connect(lambda result: self._show(target, result, bar))
@@ -350,39 +335,6 @@ class ProposeWidget(Container):
         self._cancel = True
         if self.worker is not None:
             self.worker.quit()
-
-
-class _Progress:
-    """A napari progress bar updated at most every 250 ms, each update its own event (updating it redraws napari)."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self.shown, self.bar = total, desc, 0, 0, None
-        self.timer = QTimer()
-        self.timer.setInterval(250)
-        self.timer.timeout.connect(self._update)
-        QTimer.singleShot(0, self._create)  # after the click returns, so the click handler stays short
-
-    def _create(self) -> None:
-        if self.bar is None and self.timer is not None:
-            self.bar = progress(total=self.total, desc=self.desc)
-            if self.timer is None:  # the run ended while the bar was being made
-                self.bar.close()
-            else:
-                self.timer.start()
-
-    def step(self) -> None:
-        self.done += 1
-
-    def _update(self) -> None:
-        if self.bar is not None and self.done > self.shown:
-            self.bar.update(self.done - self.shown)
-            self.shown = self.done
-
-    def close(self) -> None:
-        self.timer.stop()
-        self.timer = None
-        if self.bar is not None:
-            self.bar.close()
 
 
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
