@@ -36,8 +36,10 @@ from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._import import ImportRow
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
+from oct_wsss.napari._remembered import forget, recent, remember, remembered
 from oct_wsss.napari._run import RunProgress, WorkerFailed, done_status
 from oct_wsss.napari._session import session
+from oct_wsss.propose.domain import phantom_warning
 from oct_wsss.propose.registry import (
     METHODS,
     load_proposer,
@@ -127,6 +129,7 @@ class ProposeWidget(Container):
         self.provenance: dict[str, Any] = {}  # the running proposal's, recorded per B-scan as results arrive
         self._cancel = False
         self._failure: str | None = None  # the first line of the run's error, so the status never says "done"
+        self._running = ("", "")  # (method, checkpoint) of the run in flight: remembered once loaded, else forgotten
         self.method.changed.connect(self._restore_checkpoint)
         self.method.changed.connect(self.prepare_layer)
         self.known.changed.connect(self._pick_known)
@@ -153,15 +156,15 @@ class ProposeWidget(Container):
         tagged = [("demo" if path.name.startswith("demo-") else "real", path)
                   for path in weights.offered(method, synthetic=is_synthetic(self.image.value))]
         choices = [(f"{tag}: {path.name}", str(path)) for tag, path in tagged]
-        recent = list(self.settings.value(f"recent/{method}", []) or [])
-        saved = self.settings.value(f"checkpoint/{method}", "")
-        for path in ([saved] if saved else []) + recent:
+        saved = remembered(self.settings, method, self.session.project)
+        for path in ([saved] if saved else []) + recent(self.settings, method):
             if Path(path).is_file() and path not in [p for _, p in choices]:
                 choices.append((Path(path).name, path))
         return choices + [(OTHER, OTHER)]
 
     def refresh_checkpoints(self) -> None:
-        """Relist the checkpoints (e.g. after a fine-tune registered a new version) and select the remembered one."""
+        """Relist the checkpoints (after a fine-tune registered a new version, or Review opened a project) and select
+        the remembered one."""
         self._restore_checkpoint()
 
     def _sync_known(self, *_: Any) -> None:
@@ -192,7 +195,7 @@ class ProposeWidget(Container):
             self.known.choices = []  # else magicgui keeps the selected item in front
             self.known.choices = self._known_choices
         paths = list(self.known.choices)  # what the callable just listed, in order
-        saved = self.settings.value(f"checkpoint/{self.method.value}", "")
+        saved = remembered(self.settings, self.method.value, self.session.project)
         if saved in self._bundled():  # bundled choices follow the image; own files stay
             saved = paths[0]
         self.known.value = saved if saved in paths else paths[0]
@@ -267,14 +270,14 @@ class ProposeWidget(Container):
         if not todo:
             show_info("Propose: every B-scan in that range is already accepted")
             return None
-        self.settings.setValue(f"checkpoint/{self.method.value}", ckpt)
+        self._warn_phantom(layer, ckpt)
         options = self.options()
         if options.get("sam2_checkpoint") is not None:
             self.settings.setValue("sam2", str(options["sam2_checkpoint"]))
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
         self.provenance = {"method": self.method.value}  # until the worker has loaded the model
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
-        self._cancel, self._failure = False, None
+        self._cancel, self._failure, self._running = False, None, (self.method.value, ckpt)
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
         bar = RunProgress(len(todo), f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
@@ -289,10 +292,23 @@ class ProposeWidget(Container):
         self.worker.start()
         return self.worker
 
+    def _warn_phantom(self, layer: Any, ckpt: str) -> None:
+        """Warn, once per checkpoint and image in this session, that a phantom-only checkpoint meets a real scan."""
+        pairing = (ckpt, str(layer.name))
+        message = None if pairing in self.session.warned else phantom_warning(ckpt, not is_synthetic(layer))
+        if message is not None:
+            self.session.warned.add(pairing)
+            show_warning(f"Propose: {message}")
+
     def _failed(self, err: BaseException) -> None:
-        """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU."""
+        """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU. A
+        checkpoint that failed to load is forgotten, so it is not preselected again."""
         err = err.cause if isinstance(err, WorkerFailed) else err
         self._failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, CheckpointError):
+            method, path = self._running
+            forget(self.settings, method, self.session.project, path)
+            self._restore_checkpoint()
         message = f"Propose failed: {err} — {fix_for(err)}"
         if "out of memory" not in str(err).lower() or self.device.value == "cpu":
             show_error(message)
@@ -311,8 +327,10 @@ class ProposeWidget(Container):
                 self.provenance = value
             elif kind == "timings":  # the run's B-scans share one record: each gets the run's timings
                 self.provenance["timings"] = value
-            elif self.scores is not None:
-                self.scores.prepare(value)
+            else:  # the model has loaded: its checkpoint is the one to preselect in this project from now on
+                remember(self.settings, self._running[0], self.session.project, self._running[1])
+                if self.scores is not None:
+                    self.scores.prepare(value)
             return
         if result.index in self.protected():
             return
