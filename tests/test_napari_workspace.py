@@ -1,10 +1,12 @@
-"""The OCT workspace: every panel in one tabbed dock that keeps the canvas usable on a 1366 x 768 screen (four
-separate docks grew the window to 1863 px high there), relists its panels' choices, and fits the B-scan."""
+"""The OCT workspace: every panel in one tabbed dock that keeps the canvas usable on a 1366 x 768 and a 1920 x 1080
+screen (four separate docks grew the window to 1863 px high on the small one, and to 2359 x 1561 px on the large one),
+relists its panels' choices, and fits the B-scan."""
 
 from __future__ import annotations
 
 import napari
 import numpy as np
+import pytest
 
 from oct_wsss.napari._workspace import PANELS, WorkspaceWidget
 
@@ -17,18 +19,28 @@ def _settle(qtbot) -> None:
         qtbot.wait(50)
 
 
-def test_the_workspace_fits_a_small_screen(make_napari_viewer, qtbot) -> None:
+@pytest.mark.parametrize("screen", [(1366, 768), (1920, 1080)], ids=["1366x768", "1920x1080"])
+def test_the_workspace_fits_the_screen(make_napari_viewer, qtbot, screen) -> None:
+    width, height = screen
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.zeros((5, 496, 512), np.uint8), name="oct", scale=(0.12, 0.0039, 0.0113))
     _, workspace = viewer.window.add_plugin_dock_widget(PLUGIN, "OCT workspace")
     assert isinstance(workspace, WorkspaceWidget)
     assert [workspace.tabText(i) for i in range(workspace.count())] == list(PANELS)
     window = viewer.window._qt_window
-    window.resize(1366, 768)
+    window.resize(width, height)
     _settle(qtbot)
     canvas = viewer.window._qt_viewer.canvas.native
-    assert window.height() <= 768 and window.width() <= 1366  # the tallest panel scrolls instead of growing it
+    assert window.height() <= height and window.width() <= width  # the tallest panel scrolls instead of growing it
     assert canvas.width() >= 0.4 * window.width() and canvas.height() >= 0.6 * window.height()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    zoom = camera.zoom  # screen px per mm
+    assert canvas.width() / zoom >= 512 * 0.0113 and canvas.height() / zoom >= 496 * 0.0039  # the whole B-scan shows
+    assert canvas.width() / zoom <= 1.2 * 512 * 0.0113 or canvas.height() / zoom <= 1.2 * 496 * 0.0039  # not a stamp
+    camera.zoom = 2 * zoom  # the grader zooms in: a later resize keeps that view
+    window.resize(width - 200, height - 100)
+    _settle(qtbot)
+    assert camera.zoom == 2 * zoom
     room = workspace.currentWidget().viewport().width()
     assert all(panel.native.minimumSizeHint().width() <= room for panel in workspace.panels.values())  # no sideways
     scale_bar = viewer.canvas.overlays.scale_bar if hasattr(viewer, "canvas") else viewer.scale_bar

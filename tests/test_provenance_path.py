@@ -88,10 +88,15 @@ def test_napari_accept_records_the_proposals_checkpoint_hash(make_napari_viewer,
     recorded = session(viewer).records(layer).provenance[0]
     assert recorded["checkpoint"] == expected["checkpoint"] and recorded["params"] == expected["params"]
     assert recorded["source"] == "napari" and recorded["bscans"] == [0, 1, 2, 3]
+    assert set(recorded) - {"source"} == set(expected)  # the same record as the API's, timings included
+    timings = recorded["timings"]
+    assert set(timings) == set(expected["timings"]) and timings["total_s"] > 0
+    assert timings["per_bscan_s"] == pytest.approx(timings["total_s"] / 4, abs=1e-3)
+    assert session(viewer).records(layer).provenance[3] is recorded  # one record per run, for every B-scan
     review = ReviewWidget(viewer)
     review.image.value, review.labels.value = viewer.layers["oct"], layer
     assert review.open()
     review.accept()
     (c,) = review.session.store.corrections()
-    assert c.proposal["checkpoint"]["sha256"] == Checkpoint.load(ckpt).sha256
+    assert c.proposal["checkpoint"]["sha256"] == Checkpoint.load(ckpt).sha256 and c.proposal["timings"] == timings
     assert [e.model for e in edit_effort(review.session.store.corrections())] == [Checkpoint.load(ckpt).id]

@@ -55,6 +55,7 @@ def test_teacher_proposals_are_written_like_propose_does(run: Path) -> None:
 def test_student_checkpoint_and_comparison(run: Path) -> None:
     ckpt = Checkpoint.load(run / "run" / "student.safetensors", expect_method="student")
     assert ckpt.meta["training"]["pseudo_labels"]["teacher"] == "agm"
+    assert ckpt.meta["training"]["layouts"] == ["synth"]  # what propose.domain reads: learnt from the phantom only
     assert ckpt.meta["lineage"] == {"parent": None}
     report = json.loads((run / "run" / "test-comparison.json").read_text())
     assert set(report) == {"student", "teacher"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,11 @@ class OctVolume:
     def n_bscans(self) -> int:
         return int(self.data.shape[0])
 
+    @property
+    def is_phantom(self) -> bool:
+        """Whether this is the synthetic phantom rather than a scan of an eye (see :func:`is_phantom`)."""
+        return is_phantom({**self.meta, "format": self.source.get("format")}, str(self.source.get("name", "")))
+
     def contrast_limits(self) -> tuple[float, float]:
         """Display range: the 0.5th–99.8th percentile, so that speckle outliers don't wash the image out."""
         sample = self.data[:: max(1, self.n_bscans // 8), ::2, ::2]
@@ -65,6 +71,16 @@ class OctVolume:
             "value_range": [float(self.data.min()), float(self.data.max())] if self.data.size else None,
             **{k: v for k, v in self.meta.items() if _is_plain(v)},
         }
+
+
+def is_phantom(info: Mapping[str, Any], name: str = "") -> bool:
+    """Whether a volume's summary (or an image layer's ``oct_wsss`` metadata) marks the synthetic phantom: format
+    "synthetic" (``synth.make_volume``), a generator version or a "synthetic ..." device (a ``synth --out`` folder read
+    back), or "synth" / "phantom" in its name. Anything else counts as a real scan."""
+    device = str(info.get("device") or "").lower()
+    lowered = name.lower()
+    return (info.get("format") == "synthetic" or "generator_version" in info or device.startswith("synthetic")
+            or "synth" in lowered or "phantom" in lowered)
 
 
 def _is_plain(value: Any) -> bool:

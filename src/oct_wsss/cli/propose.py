@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from oct_wsss.cli._common import CliError, parse_bscans
+from oct_wsss.volume import OctVolume
 
 
 def _propose(args: argparse.Namespace) -> None:
@@ -28,11 +30,13 @@ def _propose(args: argparse.Namespace) -> None:
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
+    warn = phantom_warner(args.checkpoint)
     if not many:
-        _one(proposer, args, args.volume, args.out, verbose=True)
+        _one(proposer, args, args.volume, args.out, verbose=True, warn=warn)
         return
     print(f"batch: {len(items)} volumes in shard {i}/{n} -> {args.out}", file=sys.stderr)
-    summary = batch.run_batch(items, args.out, lambda path, out: _one(proposer, args, path, out, verbose=False),
+    summary = batch.run_batch(items, args.out,
+                              lambda path, out: _one(proposer, args, path, out, verbose=False, warn=warn),
                               log=lambda m: print(m, file=sys.stderr))
     batch.report(summary)
     failures = batch.write_failures(args.out, summary["failed"], i, n)
@@ -40,7 +44,25 @@ def _propose(args: argparse.Namespace) -> None:
         raise CliError(f"{len(summary['failed'])} volumes failed (listed in {failures}); rerun to retry them")
 
 
-def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, verbose: bool) -> dict:
+def phantom_warner(checkpoint: Path) -> Callable[[OctVolume], None]:
+    """A check to call on each volume read: the first real scan a phantom-only ``checkpoint`` meets gets the warning
+    on stderr, once per run (``propose.domain.phantom_warning``)."""
+    said = False
+
+    def warn(volume: OctVolume) -> None:
+        from oct_wsss.propose.domain import phantom_warning
+
+        nonlocal said
+        message = None if said else phantom_warning(checkpoint, real_scan=not volume.is_phantom)
+        if message is not None:
+            said = True
+            print(f"warning: {message}", file=sys.stderr)
+
+    return warn
+
+
+def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, verbose: bool,
+         warn: Callable[[OctVolume], None]) -> dict:
     """Propose one volume into ``out``; returns its B-scan count and seconds."""
     from oct_wsss.io import read_volume
     from oct_wsss.propose import ProposalCancelled, propose
@@ -48,6 +70,7 @@ def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, v
     from oct_wsss.propose.registry import write_proposal
 
     volume = read_volume(path)
+    warn(volume)
     bscans = parse_bscans(args.bscans, volume.n_bscans)
     accepted = accepted_in(args.project, volume) if args.project is not None else {}
 

@@ -20,19 +20,13 @@ from qtpy.QtCore import QSettings, QTimer
 
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._quantify import table_value
+from oct_wsss.napari._remembered import remember, remembered
 from oct_wsss.napari._session import session
 from oct_wsss.store import CorrectionStore, StoreError, edit_effort
 from oct_wsss.weights import bundled
 
 EFFORT_HEADER = ["model", "B-scans", "kept", "removed", "added"]
 EPOCH = re.compile(r"student epoch (\d+)")
-
-
-def remember_checkpoint(settings: Any, path: str | Path) -> None:
-    """Make ``path`` the student's checkpoint in Propose lesions and put it first in its recent list."""
-    recent = [str(path)] + [p for p in (settings.value("recent/student", []) or []) if p != str(path)]
-    settings.setValue("recent/student", recent[:10])
-    settings.setValue("checkpoint/student", str(path))
 
 
 class FinetuneWidget(Container):
@@ -45,7 +39,7 @@ class FinetuneWidget(Container):
         self.session.panels["Fine-tune"] = self
         self.settings = QSettings("napari-oct-wsss", "review")  # the Review widget's project
         self.propose_settings = QSettings("napari-oct-wsss", "propose")
-        parent = self.propose_settings.value("checkpoint/student", "") or str(bundled("student") or "")
+        parent = remembered(self.propose_settings, "student", self.session.project) or str(bundled("student") or "")
         opened = self.session.store.root if self.session.store is not None else None  # Review's open project first
         self.project = FileEdit(label="project", mode="d", value=opened or self.settings.value("project", "") or "")
         self.parent_ckpt = FileEdit(label="parent student", mode="r", filter="*.safetensors", value=parent)
@@ -130,7 +124,7 @@ class FinetuneWidget(Container):
     def _finished(self, result: tuple[Path, dict]) -> None:
         path, lineage = result
         self.result = path
-        remember_checkpoint(self.propose_settings, path)
+        remember(self.propose_settings, "student", self.session.project, path)  # Propose's choice in this project
         propose = self.session.panels.get("Propose")
         if propose is not None:
             propose.refresh_checkpoints()

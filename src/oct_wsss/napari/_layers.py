@@ -10,7 +10,7 @@ import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 from oct_wsss.classes import ONTOLOGY, colormap
-from oct_wsss.volume import OctVolume
+from oct_wsss.volume import OctVolume, is_phantom
 
 LayerData = tuple[Any, dict[str, Any], str]
 AXES = ("B-scan", "depth", "lateral")
@@ -38,14 +38,13 @@ def _identifying(patient: dict[str, Any]) -> set[str]:
 
 
 def is_synthetic(layer: Any) -> bool:
-    """Whether an image layer shows the synthetic phantom: its metadata says format "synthetic" (the sample data and
-    phantom volumes), or its name says "synth" (synthetic, synth_0000) or "phantom". Anything else, a plain array
-    included, counts as real, so the widgets offer the real-data checkpoints first."""
+    """Whether an image layer shows the synthetic phantom, by the rule ``oct-wsss propose`` applies to a volume
+    (``volume.is_phantom``: its metadata, or "synth" / "phantom" in its name). Anything else, a plain array included,
+    counts as real, so the widgets offer the real-data checkpoints first (and warn about phantom-only ones)."""
     if layer is None:
         return False
     info = (getattr(layer, "metadata", None) or {}).get("oct_wsss") or {}
-    name = str(getattr(layer, "name", "")).lower()
-    return info.get("format") == "synthetic" or "synth" in name or "phantom" in name
+    return is_phantom(info, str(getattr(layer, "name", "")))
 
 
 def image_layer(volume: OctVolume, name: str | None = None) -> LayerData:

@@ -23,7 +23,7 @@ from oct_wsss.io.eyesegpy import default_dir
 from oct_wsss.napari._enface import EnfaceMap
 from oct_wsss.napari._imports import hide_triton
 from oct_wsss.napari._layers import AXES, BOUNDARY_LAYER, boundary_kwargs, boundary_paths, refresh_bscan, write_page
-from oct_wsss.napari._propose import WorkerFailed, _Progress, done_status
+from oct_wsss.napari._run import RunProgress, WorkerFailed, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.layer_geometry import boundaries_from_paths
 from oct_wsss.propose.layers import (
@@ -121,7 +121,7 @@ class LayersWidget(Container):
         if eyesegpy is not None:
             preload_eyesegpy()
 
-        bar = _Progress(n, "Segmenting layers")
+        bar = RunProgress(n, "Segmenting layers")
         self.worker = _segment_worker(str(checkpoint), self.device.value, volume.data, lambda: self._cancel, eyesegpy)
         self.worker.yielded.connect(lambda item: self._show(item, bar))
         self.worker.errored.connect(self._failed)

@@ -7,6 +7,7 @@ segmentation can be imported into the same layer instead (``_import``; ``oct-wss
 No ``from __future__ import annotations``: napari reads the ``Viewer`` annotation at run time to pass the viewer in.
 """
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,8 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import Notification, notification_manager, show_error, show_info, show_warning
-from qtpy.QtCore import QSettings, QTimer
+from qtpy.QtCore import QSettings
 
 import oct_wsss.weights as weights
 from oct_wsss.checkpoint import CheckpointError
@@ -36,8 +36,18 @@ from oct_wsss.napari._confidence import ConfidenceLayers
 from oct_wsss.napari._import import ImportRow
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
+from oct_wsss.napari._remembered import forget, recent, remember, remembered
+from oct_wsss.napari._run import RunProgress, WorkerFailed, done_status
 from oct_wsss.napari._session import session
-from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
+from oct_wsss.propose.domain import phantom_warning
+from oct_wsss.propose.registry import (
+    METHODS,
+    load_proposer,
+    proposal_provenance,
+    stream,
+    timings,
+    to_propose,
+)
 from oct_wsss.volume import OctVolume
 
 HRF_PROPOSED = "HRF (proposed)"
@@ -75,21 +85,6 @@ def fix_for(err: BaseException) -> str:
     if "cuda" in text or "mps" in text:
         return "choose device 'auto' or 'cpu'"
     return "check the image layer and the options"
-
-
-def done_status(cancelled: bool, failure: str | None) -> str:
-    """The status line once a run has ended: a failure says failed (never "done"), then cancelled, else done."""
-    if failure is not None:
-        return f"failed: {failure}"
-    return "cancelled" if cancelled else "done"
-
-
-class WorkerFailed(Exception):
-    """A RuntimeError (e.g. ProposalError) from the worker, carried to the main thread; superqt would swallow it."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
 
 
 class ProposeWidget(Container):
@@ -134,6 +129,7 @@ class ProposeWidget(Container):
         self.provenance: dict[str, Any] = {}  # the running proposal's, recorded per B-scan as results arrive
         self._cancel = False
         self._failure: str | None = None  # the first line of the run's error, so the status never says "done"
+        self._running = ("", "")  # (method, checkpoint) of the run in flight: remembered once loaded, else forgotten
         self.method.changed.connect(self._restore_checkpoint)
         self.method.changed.connect(self.prepare_layer)
         self.known.changed.connect(self._pick_known)
@@ -160,15 +156,15 @@ class ProposeWidget(Container):
         tagged = [("demo" if path.name.startswith("demo-") else "real", path)
                   for path in weights.offered(method, synthetic=is_synthetic(self.image.value))]
         choices = [(f"{tag}: {path.name}", str(path)) for tag, path in tagged]
-        recent = list(self.settings.value(f"recent/{method}", []) or [])
-        saved = self.settings.value(f"checkpoint/{method}", "")
-        for path in ([saved] if saved else []) + recent:
+        saved = remembered(self.settings, method, self.session.project)
+        for path in ([saved] if saved else []) + recent(self.settings, method):
             if Path(path).is_file() and path not in [p for _, p in choices]:
                 choices.append((Path(path).name, path))
         return choices + [(OTHER, OTHER)]
 
     def refresh_checkpoints(self) -> None:
-        """Relist the checkpoints (e.g. after a fine-tune registered a new version) and select the remembered one."""
+        """Relist the checkpoints (after a fine-tune registered a new version, or Review opened a project) and select
+        the remembered one."""
         self._restore_checkpoint()
 
     def _sync_known(self, *_: Any) -> None:
@@ -199,7 +195,7 @@ class ProposeWidget(Container):
             self.known.choices = []  # else magicgui keeps the selected item in front
             self.known.choices = self._known_choices
         paths = list(self.known.choices)  # what the callable just listed, in order
-        saved = self.settings.value(f"checkpoint/{self.method.value}", "")
+        saved = remembered(self.settings, self.method.value, self.session.project)
         if saved in self._bundled():  # bundled choices follow the image; own files stay
             saved = paths[0]
         self.known.value = saved if saved in paths else paths[0]
@@ -274,16 +270,16 @@ class ProposeWidget(Container):
         if not todo:
             show_info("Propose: every B-scan in that range is already accepted")
             return None
-        self.settings.setValue(f"checkpoint/{self.method.value}", ckpt)
+        self._warn_phantom(layer, ckpt)
         options = self.options()
         if options.get("sam2_checkpoint") is not None:
             self.settings.setValue("sam2", str(options["sam2_checkpoint"]))
         target = self.proposed_layer(volume.shape, volume.spacing_mm)
         self.provenance = {"method": self.method.value}  # until the worker has loaded the model
         self.scores = ConfidenceLayers(self.viewer, volume.shape, volume.spacing_mm) if self.confidence.value else None
-        self._cancel, self._failure = False, None
+        self._cancel, self._failure, self._running = False, None, (self.method.value, ckpt)
         preload_method(self.method.value)  # on the main thread: some first imports crash in a worker thread
-        bar = _Progress(len(todo), f"Proposing ({self.method.value})")
+        bar = RunProgress(len(todo), f"Proposing ({self.method.value})")
         self.worker = _propose_worker(self.method.value, ckpt, options, volume, todo, lambda: self._cancel,
                                       self.scores is not None)
         self.worker.yielded.connect(lambda result: self._show(target, result, bar))
@@ -296,10 +292,23 @@ class ProposeWidget(Container):
         self.worker.start()
         return self.worker
 
+    def _warn_phantom(self, layer: Any, ckpt: str) -> None:
+        """Warn, once per checkpoint and image in this session, that a phantom-only checkpoint meets a real scan."""
+        pairing = (ckpt, str(layer.name))
+        message = None if pairing in self.session.warned else phantom_warning(ckpt, not is_synthetic(layer))
+        if message is not None:
+            self.session.warned.add(pairing)
+            show_warning(f"Propose: {message}")
+
     def _failed(self, err: BaseException) -> None:
-        """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU."""
+        """A notification with the fix; out of GPU memory (after the library halved the batch) offers the CPU. A
+        checkpoint that failed to load is forgotten, so it is not preselected again."""
         err = err.cause if isinstance(err, WorkerFailed) else err
         self._failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, CheckpointError):
+            method, path = self._running
+            forget(self.settings, method, self.session.project, path)
+            self._restore_checkpoint()
         message = f"Propose failed: {err} — {fix_for(err)}"
         if "out of memory" not in str(err).lower() or self.device.value == "cpu":
             show_error(message)
@@ -316,8 +325,12 @@ class ProposeWidget(Container):
             kind, value = result
             if kind == "provenance":  # the same record `oct-wsss propose` writes: checkpoint SHA-256, parameters
                 self.provenance = value
-            elif self.scores is not None:
-                self.scores.prepare(value)
+            elif kind == "timings":  # the run's B-scans share one record: each gets the run's timings
+                self.provenance["timings"] = value
+            else:  # the model has loaded: its checkpoint is the one to preselect in this project from now on
+                remember(self.settings, self._running[0], self.session.project, self._running[1])
+                if self.scores is not None:
+                    self.scores.prepare(value)
             return
         if result.index in self.protected():
             return
@@ -342,39 +355,6 @@ class ProposeWidget(Container):
             self.worker.quit()
 
 
-class _Progress:
-    """A napari progress bar updated at most every 250 ms, each update its own event (updating it redraws napari)."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self.shown, self.bar = total, desc, 0, 0, None
-        self.timer = QTimer()
-        self.timer.setInterval(250)
-        self.timer.timeout.connect(self._update)
-        QTimer.singleShot(0, self._create)  # after the click returns, so the click handler stays short
-
-    def _create(self) -> None:
-        if self.bar is None and self.timer is not None:
-            self.bar = progress(total=self.total, desc=self.desc)
-            if self.timer is None:  # the run ended while the bar was being made
-                self.bar.close()
-            else:
-                self.timer.start()
-
-    def step(self) -> None:
-        self.done += 1
-
-    def _update(self) -> None:
-        if self.bar is not None and self.done > self.shown:
-            self.bar.update(self.done - self.shown)
-            self.shown = self.done
-
-    def close(self) -> None:
-        self.timer.stop()
-        self.timer = None
-        if self.bar is not None:
-            self.bar.close()
-
-
 @thread_worker(ignore_errors=True)  # errors become notifications (errored handler)
 def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volume: OctVolume, todo: list[int],
                     cancelled: Callable[[], bool], keep_scores: bool = False):
@@ -382,6 +362,8 @@ def _propose_worker(method: str, checkpoint: str, options: dict[str, Any], volum
         proposer = load_proposer(method, checkpoint, **options)  # built here, off the main thread
         yield ("classes", tuple(proposer.classes))
         yield ("provenance", {**proposal_provenance(proposer, volume, todo, None), "source": "napari"})
+        start = time.perf_counter()  # as ``propose`` times it: the B-scans, not the model's loading
         yield from stream(proposer, volume, todo, cancel=cancelled, keep_scores=keep_scores)
+        yield ("timings", timings(time.perf_counter() - start, len(todo)))
     except RuntimeError as err:  # superqt's generator worker drops RuntimeErrors (no errored, no finished signal)
         raise WorkerFailed(err) from err

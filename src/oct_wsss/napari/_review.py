@@ -100,6 +100,9 @@ class ReviewWidget(Container):
             show_error(f"Review: {err}")
             return False
         self.settings.setValue("project", str(self.project.value))
+        propose = s.panels.get("Propose")
+        if propose is not None:  # Propose remembers its checkpoints per project
+            propose.refresh_checkpoints()
         s.volume_id = s.store.volume_id(np.asarray(image.data))
         s.decisions.clear()
         s.records(labels).accepted.clear()

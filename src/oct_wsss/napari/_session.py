@@ -4,13 +4,16 @@ state in one ``AnnotatorState`` and napari-nninteractive in one ``session``.
 Who writes what: Review opens the project (``store``, ``volume_id``, ``decisions``) and marks B-scans ``accepted``;
 Propose, Propagate and Import record what they put into a lesions layer (``proposed``, ``provenance``); Review
 reads those on accept, Propose and Propagate read ``accepted`` so they never overwrite the grader's work, and
-Fine-tune reads the project and the panels. Preferences that outlive a session (checkpoint files, the project
-folder) stay in QSettings. Sessions, layers and panels are held weakly: closing a viewer frees its session.
+Fine-tune reads the project and the panels; Propose notes which (checkpoint, image) pairings it has warned about
+(``warned``: a phantom-only checkpoint on a real scan is said once). Preferences that outlive a session (checkpoint
+files, remembered per ``project``; the project folder) stay in QSettings. Sessions, layers and panels are held
+weakly: closing a viewer frees its session.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary, WeakValueDictionary
 
@@ -52,6 +55,12 @@ class Session:
     decisions: dict[int, str] = field(default_factory=dict)  # B-scan -> accepted / rejected (in effect)
     panels: WeakValueDictionary[str, Any] = field(default_factory=WeakValueDictionary)  # "Propose" -> its widget
     layers: WeakKeyDictionary[Any, LayerRecords] = field(default_factory=WeakKeyDictionary)
+    warned: set[tuple[str, str]] = field(default_factory=set)  # (checkpoint, image layer) pairings warned about
+
+    @property
+    def project(self) -> Path | None:
+        """The open project's folder, or None before Review opens one."""
+        return None if self.store is None else self.store.root
 
     def records(self, layer: Any) -> LayerRecords:
         """The records of a lesions layer (created on first use)."""

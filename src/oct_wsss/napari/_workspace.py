@@ -1,6 +1,7 @@
 """The plugin's panels as one tabbed dock (Propose, Review, Propagate, Quantify, Layers, Fine-tune, SAM 2) that keeps
 the canvas usable on a 1366 x 768 screen: each panel scrolls inside its tab instead of growing the window, as separate
-docks did (four of them grew the window to 1863 px high there, and the B-scan shrank to a thumbnail)."""
+docks did (four of them grew the window to 1863 px high there, and the B-scan shrank to a thumbnail). The B-scan stays
+fitted to the canvas while the window and its docks settle, until the grader zooms or pans."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import napari
 from magicgui.widgets import Container, Label
-from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QComboBox, QScrollArea, QSizePolicy, QTabWidget
 
 from oct_wsss.napari._finetune import FinetuneWidget
@@ -42,7 +43,7 @@ class WorkspaceWidget(QTabWidget):
             _compact(panel)
             self.addTab(_scrolling(panel), title)
         show_scale_bar(viewer)
-        QTimer.singleShot(0, viewer.reset_view)  # fit the B-scan once the dock has taken its place beside the canvas
+        self.fitted = FittedView(viewer)
 
     def sizeHint(self) -> QSize:
         """A dock about 380 px wide: beside napari's layer docks the canvas keeps ≥ 40 % of a 1366 px window."""
@@ -52,6 +53,32 @@ class WorkspaceWidget(QTabWidget):
         """Relist every panel's layer and checkpoint choices (napari calls this on layer events)."""
         for panel in self.panels.values():
             panel.reset_choices()
+
+
+class FittedView:
+    """Fits the view again whenever the canvas changes size while the camera is still where a fit put it: docking the
+    workspace narrows the canvas after napari fitted the first image (the B-scan then showed only its middle half)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.fitted: tuple[float, tuple[float, ...]] | None = None
+        viewer.events.reset_view.connect(self._remember)  # napari's own fits (first layer, Home) count too
+        canvas = getattr(viewer, "canvas", None)  # napari >= 0.9; older versions only get the fit below
+        if canvas is not None:
+            canvas.events.size.connect(self.refit)
+        viewer.reset_view()
+
+    def _camera(self) -> tuple[float, tuple[float, ...]]:
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        return float(camera.zoom), tuple(float(c) for c in camera.center)
+
+    def _remember(self, *_: Any) -> None:
+        self.fitted = self._camera()
+
+    def refit(self, *_: Any) -> None:
+        """Fit the layers to the resized canvas unless the grader has zoomed or panned since the last fit."""
+        if self.fitted == self._camera():
+            self.viewer.reset_view()
 
 
 def _compact(panel: Container) -> None:

@@ -136,8 +136,13 @@ def proposal_provenance(proposer: Proposer, volume: OctVolume, bscans: Sequence[
     if accepted:
         prov["accepted_kept"] = [int(i) for i in accepted]
     if seconds is not None:
-        prov["timings"] = {"total_s": round(seconds, 3), "per_bscan_s": round(seconds / max(1, len(bscans)), 4)}
+        prov["timings"] = timings(seconds, len(bscans))
     return prov
+
+
+def timings(seconds: float, n_bscans: int) -> dict[str, float]:
+    """A proposal's timings: the seconds its B-scans took in all and per B-scan (model loading not included)."""
+    return {"total_s": round(seconds, 3), "per_bscan_s": round(seconds / max(1, n_bscans), 4)}
 
 
 def _checked_mask(mask: np.ndarray, shape: tuple[int, ...], index: int) -> np.ndarray:

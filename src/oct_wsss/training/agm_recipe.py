@@ -62,6 +62,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
                               cam_layers=opts.cam_layers, present_threshold=opts.present_threshold,
                               intensity=opts.intensity,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
+                                        "layouts": recipe.layouts(),
                                         "variant": name, "splits": {k: {kk: vv for kk, vv in v.items()
                                                                         if kk != "patient_hashes"}
                                                                     for k, v in summary.items()},

@@ -82,6 +82,7 @@ def run_dfp(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
     ckpt = dfp_checkpoint(run.net, classes, recipe.input_size, threshold=thresholds["dfp"], propagation=params,
                           intensity=opts.intensity,
                           training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
+                                    "layouts": recipe.layouts(),
                                     "epochs": opts.epochs, "target": recipe.raw.get("target"),
                                     "source_classes": [ONTOLOGY[c].key for c in recipe.classes],
                                     "splits": {k: {kk: vv for kk, vv in v.items() if kk != "patient_hashes"}

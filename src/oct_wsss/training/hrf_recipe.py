@@ -42,6 +42,7 @@ def run_hrf(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         write_json(metrics["test"], run_dir / "hrf-test.json")
     ckpt = hrf_checkpoint(run, opts, size, metrics=metrics,
                           training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
+                                    "layouts": recipe.layouts(),
                                     "splits": {k: {kk: vv for kk, vv in v.items() if kk != "patient_hashes"}
                                                for k, v in summary.items()}})
     path = ckpt.save(run_dir / f"hrf-{opts.model}.safetensors")

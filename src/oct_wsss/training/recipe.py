@@ -93,6 +93,13 @@ class Recipe:
             raise TrainingError(f"{self.path or 'recipe'}: input_size must be [height, width], each >= 32")
         return size[0], size[1]
 
+    def layouts(self) -> list[str]:
+        """The dataset layouts the recipe learns and selects from (``synth`` is the phantom), which its checkpoints
+        record so that proposing on a real scan can tell a phantom-only model (``propose.domain``)."""
+        blocks = [self.raw.get(k) for k in ("data", "val_data", "test_data")]
+        blocks.append((self.raw.get("ganomaly") or {}).get("data"))  # AGM's normal-only GANomaly set
+        return sorted({str(b["layout"]) for b in blocks if isinstance(b, dict) and "layout" in b})
+
     def out_dir(self, override: str | Path | None = None) -> Path:
         out = Path(override or self.raw.get("out") or f"runs/{Path(self.path or 'recipe').stem}")
         return out if out.is_absolute() else self.base / out

@@ -183,6 +183,7 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
                for m, r in report.items()}
     ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics, intensity=config.intensity,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
+                                        "layouts": recipe.layouts(),
                                         "pseudo_labels": source, "soft": config.soft, **info,
                                         "split": {k: v["bscans"] for k, v in summary.items()}})
     return ckpt.save(run_dir / "student.safetensors")
