@@ -3,12 +3,12 @@ and its card says what it is (not for clinical use, the data, the recipe); toget
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cards import card_floor
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import ONTOLOGY, by_key
@@ -19,13 +19,6 @@ from oct_wsss.weights import bundled, bundled_checkpoints, model_card
 
 BUNDLED = bundled_checkpoints()
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def card_floor(text: str) -> dict:
-    """The JSON after "**Test floor**" in a model card."""
-    match = re.search(r"\*\*Test floor\*\*.*?: `(\{.*\})`", text)
-    assert match, "the model card states no test floor"
-    return json.loads(match.group(1))
 
 
 def test_the_demo_student_is_bundled_and_everything_is_small() -> None:

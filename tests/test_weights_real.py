@@ -3,12 +3,11 @@ proposes fluid and drusen on held-out real B-scans above the floor its card stat
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cards import card_floor
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import DRUSEN, FLUID
@@ -56,9 +55,7 @@ def _card() -> tuple[str, dict]:
     card = model_card(REAL)
     assert card is not None
     text = card.read_text()
-    match = re.search(r"\*\*Test floor\*\*.*?: `(\{.*\})`", text)
-    assert match, "the model card states no test floor"
-    return text, json.loads(match.group(1))
+    return text, card_floor(text)
 
 
 def test_the_card_is_honest() -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+from cards import card_floor
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import IRF, SRF, by_key
@@ -26,9 +26,7 @@ def _card() -> tuple[str, dict]:
     card = model_card(WSSS)
     assert card is not None
     text = card.read_text()
-    match = re.search(r"\*\*Test floor\*\*.*?: `(\{.*\})`", text)
-    assert match, "the model card states no test floor"
-    return text, json.loads(match.group(1))
+    return text, card_floor(text)
 
 
 def test_it_is_offered_first_for_real_scans_and_learnt_no_real_pixel_label() -> None:
