@@ -38,6 +38,7 @@ from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import PROPOSED, is_synthetic, labels_layer, refresh_bscan
 from oct_wsss.napari._session import session
 from oct_wsss.propose.registry import METHODS, load_proposer, proposal_provenance, stream, to_propose
+from oct_wsss.store.store import EMBEDDINGS_DIR
 from oct_wsss.volume import OctVolume
 
 HRF_PROPOSED = "HRF (proposed)"
@@ -218,6 +219,8 @@ class ProposeWidget(Container):
             sam2 = Path(str(self.sam2.value or ""))
             options.update(iterations=self.iterations.value or None,
                            sam2_checkpoint=sam2 if sam2.is_file() else None)
+            if sam2.is_file() and self.session.store is not None:  # SAM 2's embeddings kept in the open project
+                options["sam2_cache"] = self.session.store.root / EMBEDDINGS_DIR
         return options
 
     @property
