@@ -3,6 +3,8 @@ undoably and marked proposed (accepted B-scans untouched); Undo puts the previou
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from napari_helpers import MemorySettings
 from test_propagate import shifted_volume
@@ -62,6 +64,9 @@ def test_a_failed_propagation_says_failed(make_napari_viewer, qtbot, monkeypatch
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
     assert shown and "Propagation failed" in shown[-1]
     assert w.status.value.startswith("failed") and "nothing propagated" in w.status.value
+    # the run's provenance named the SAM 2 file by its SHA-256 (hashed before SAM 2 was built), never by its path
+    assert w.run_info["sam2"] == {"config": "sam2.1_hiera_t", "checkpoint": "sam2.pt",
+                                  "sha256": hashlib.sha256(b"not a checkpoint").hexdigest()}
 
 
 def test_cancel_mid_propagation_leaves_consistent_layers(make_napari_viewer, qtbot, monkeypatch) -> None:
