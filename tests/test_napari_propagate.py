@@ -3,6 +3,8 @@ undoably and marked proposed (accepted B-scans untouched); Undo puts the previou
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from napari_helpers import MemorySettings
 from test_propagate import shifted_volume
@@ -62,3 +64,43 @@ def test_a_failed_propagation_says_failed(make_napari_viewer, qtbot, monkeypatch
     qtbot.waitUntil(lambda: w.run_button.enabled, timeout=120_000)
     assert shown and "Propagation failed" in shown[-1]
     assert w.status.value.startswith("failed") and "nothing propagated" in w.status.value
+    # the run's provenance named the SAM 2 file by its SHA-256 (hashed before SAM 2 was built), never by its path
+    assert w.run_info["sam2"] == {"config": "sam2.1_hiera_t", "checkpoint": "sam2.pt",
+                                  "sha256": hashlib.sha256(b"not a checkpoint").hexdigest()}
+
+
+def test_cancel_mid_propagation_leaves_consistent_layers(make_napari_viewer, qtbot, monkeypatch) -> None:
+    """Cancel pressed while B-scan 5 arrives: the B-scans propagated so far are in the layer and recorded proposed
+    (the same pages, this run's provenance), every other B-scan and the records of the rest are untouched, the
+    accepted B-scan included."""
+    monkeypatch.setattr(_propagate, "QSettings", lambda *a: MemorySettings())
+    data, truth = shifted_volume(n=16, present=16)
+    viewer = make_napari_viewer()
+    viewer.add_image(data, name="oct")
+    start = np.zeros(data.shape, np.uint8)
+    start[3][truth[3]] = 2
+    start[4, :3, :3] = 5  # accepted: passed over, never written
+    start[1][truth[1]] = 1  # an earlier proposal on the other side of B-scan 3
+    layer = viewer.add_labels(start.copy(), name="lesions (proposed)")
+    records = session(viewer).records(layer)
+    records.accepted.add(4)
+    records.propose(1, start[1], {"method": "student"})
+    w = PropagateWidget(viewer)
+    viewer.dims.set_current_step(0, 3)
+    w.start.value, w.end.value = 0, 15
+    worker = w.propagate()
+    worker.yielded.connect(lambda result: w.cancel() if result.index == 5 else None)
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=60_000)
+    done = sorted(w.previous)
+    assert done[0] == 5 and done == list(range(5, done[-1] + 1)) and done[-1] < 15, done
+    assert w.status.value.startswith("cancelled") and f"{len(done)} B-scans proposed" in w.status.value
+    assert sorted(records.proposed) == [1, *done] and records.provenance[1] == {"method": "student"}
+    for i in done:
+        np.testing.assert_array_equal(layer.data[i], records.proposed[i])
+        assert (layer.data[i] == 2).any() and records.provenance[i]["method"] == "propagate"
+    untouched = [i for i in range(16) if i not in done]
+    np.testing.assert_array_equal(np.asarray(layer.data)[untouched], start[untouched])
+    assert 4 not in records.proposed and records.accepted == {4}
+    assert w.undo_button.enabled
+    w.undo()
+    assert (np.asarray(layer.data) == start).all() and sorted(records.proposed) == [1]

@@ -11,6 +11,7 @@ from oct_wsss.napari import _propose
 from oct_wsss.napari._propose import PROPOSED, ProposeWidget
 from oct_wsss.napari._session import session
 from oct_wsss.propose import propose
+from oct_wsss.store import CorrectionStore
 from oct_wsss.synth import make_volume
 
 PLUGIN = "napari-oct-wsss"
@@ -133,6 +134,10 @@ def test_hrf_gets_its_own_layer_options_and_the_fallback_notice(make_napari_view
     assert PROPOSED not in viewer.layers or not viewer.layers[PROPOSED].data.any()
     assert viewer.layers[_propose.HRF_PROPOSED].data.shape == volume.shape
     assert any("classical" in m for m in warned)  # without SAM 2 weights the grader is told
+    w.sam2.value = str(ckpt)  # any existing file: the options only name it
+    assert "sam2_cache" not in w.options()  # no project open: SAM 2's embeddings are not kept on disk
+    session(viewer).store = CorrectionStore(tmp_path / "project")
+    assert w.options()["sam2_cache"] == tmp_path / "project" / "sam2-embeddings"
 
 
 def test_a_failed_run_says_failed_not_done_and_names_the_checkpoint_in_good_english(widget, tmp_path, qtbot,

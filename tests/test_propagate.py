@@ -80,6 +80,28 @@ def test_stream_cancel_and_classes() -> None:
         next(propagate_stream(data, labels, 2, 0, 4, flow_engine(), classes=(3,)))
 
 
+def test_cancel_computes_no_further_bscan_in_either_direction() -> None:
+    """Cancel seen after a yielded B-scan: the engine is asked for nothing more (a SAM 2 frame costs 15-30 s on a
+    CPU), neither the next B-scan of this direction nor the first of the other."""
+    data, truth = shifted_volume(n=9)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[4][truth[4]] = 2
+    computed: list[int] = []
+
+    def still(data, source, seeds, order, alive):  # an engine that carries each mask unchanged
+        for i in order:
+            computed.append(i)
+            yield i, dict(seeds), dict.fromkeys(seeds, 1.0)
+
+    flag: list[bool] = []
+    stops: list = []
+    stream = propagate_stream(data, labels, 4, 0, 8, still, cancel=lambda: bool(flag), stops=stops)
+    assert next(stream).index == 5
+    flag.append(True)  # Cancel pressed while the widget handles B-scan 5
+    assert list(stream) == [] and computed == [5]
+    assert [(s.direction, s.last, s.reason) for s in stops] == [(1, 5, "cancelled"), (-1, None, "cancelled")]
+
+
 @pytest.mark.parametrize(("labels_shape", "source", "start", "end", "message"), [
     ((3, 8, 8), 1, 0, 2, "do not fit the volume"),
     ((4, 8, 8), 3, 0, 2, "B-scan 3 is outside the range 0:2"),

@@ -37,7 +37,7 @@ def _propagate(args: argparse.Namespace) -> None:
     engine_fn = None
     if args.engine == "sam2":
         from oct_wsss.preprocess.device import resolve_device
-        from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine
+        from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine, sam2_provenance
 
         if args.sam2_checkpoint is None:
             raise CliError("--engine sam2 needs --sam2-checkpoint (a SAM 2 .pt file); or use --engine flow")
@@ -54,7 +54,7 @@ def _propagate(args: argparse.Namespace) -> None:
         raise CliError(str(err)) from err
     print(file=sys.stderr)
     if args.engine == "sam2":
-        result.provenance["sam2"] = {"config": args.sam2_config, "checkpoint": Path(args.sam2_checkpoint).name}
+        result.provenance["sam2"] = sam2_provenance(args.sam2_checkpoint, args.sam2_config)
     result.provenance["volume"] = {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
                                    "format": volume.source.get("format")}
     files = write_labels_and_provenance(args.out, result.labels, tuple(volume.spacing_mm), result.provenance)

@@ -14,6 +14,7 @@ from oct_wsss.volume import OctVolume
 def _propose(args: argparse.Namespace) -> None:
     from oct_wsss.cli import batch
     from oct_wsss.propose import load_proposer
+    from oct_wsss.store.store import EMBEDDINGS_DIR
 
     if not args.volume.exists():  # say so before spending seconds on loading a model
         from oct_wsss.io import OctReadError
@@ -25,10 +26,13 @@ def _propose(args: argparse.Namespace) -> None:
     if many:  # check the batch before loading a model
         i, n = batch.parse_shard(args.shard)
         items = batch.shard(batch.batch_items(args.volume), i, n)
+    if args.project is not None:
+        check_project(args.project)
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
     if args.method == "hrf":
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
-                       iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size)
+                       iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size,
+                       sam2_cache=None if args.project is None else args.project / EMBEDDINGS_DIR)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
     warn = phantom_warner(args.checkpoint)
     if not many:
@@ -95,13 +99,19 @@ def _one(proposer: object, args: argparse.Namespace, path: Path, out: Path, *, v
     return {"bscans": int(result.done.sum()), "seconds": timing["total_s"]}
 
 
-def accepted_in(project: Path, volume: object) -> dict:
-    """B-scan -> accepted mask of ``volume`` in the grader's project (an existing correction store)."""
-    from oct_wsss.store import CorrectionStore, StoreError
+def check_project(project: Path) -> None:
+    """Refuse a folder that is not a grader's project (an existing correction store), before anything is written."""
+    from oct_wsss.store import StoreError
     from oct_wsss.store.store import DB_FILE
 
     if not (project / DB_FILE).is_file():
         raise StoreError(f"{project} is not a project folder (no {DB_FILE}); open it in Review first")
+
+
+def accepted_in(project: Path, volume: object) -> dict:
+    """B-scan -> accepted mask of ``volume`` in the grader's project (checked by :func:`check_project`)."""
+    from oct_wsss.store import CorrectionStore
+
     store = CorrectionStore(project)
     return store.accepted_masks(store.volume_id(volume))
 
@@ -123,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
     p.add_argument("--project", type=Path, help="a grader's project folder: B-scans accepted there are not proposed "
-                                                "over; labels.tif keeps their accepted masks")
+                                                "over; labels.tif keeps their accepted masks; with --method hrf and "
+                                                "--sam2-checkpoint, SAM 2 embeddings are kept in its sam2-embeddings")
     hrf = p.add_argument_group("hrf", "options of --method hrf (docs/hrf.md)")
     hrf.add_argument("--sam2-checkpoint", type=Path, help="SAM 2 checkpoint (.pt); without it a classical step")
     hrf.add_argument("--sam2-config", help="packaged SAM 2 config name (default sam2.1_hiera_t)")

@@ -94,8 +94,7 @@ class PropagateWidget(Container):
             preload_sam2()
         self.previous, self._cancel, self._failure = {}, False, None
         self.run_info = {"method": "propagate", "engine": self.engine.value, "from_bscan": k,
-                         "min_confidence": float(self.min_confidence.value), "source": "napari",
-                         **({"sam2_checkpoint": ckpt.name} if ckpt is not None else {})}
+                         "min_confidence": float(self.min_confidence.value), "source": "napari"}  # sam2: the worker
         self.worker = _propagate_worker(np.asarray(image.data), np.array(labels.data), k, start, end, ckpt,
                                         float(self.min_confidence.value), lambda: self._cancel)
         self.worker.yielded.connect(lambda result: self._apply(labels, result, end - start))
@@ -107,9 +106,13 @@ class PropagateWidget(Container):
         return self.worker
 
     def _apply(self, layer: Any, result: Any, total: int) -> None:
-        """Write one propagated B-scan into the layer (undoable) and mark it proposed; accepted ones stay."""
+        """Write one propagated B-scan into the layer (undoable) and mark it proposed; accepted ones stay. A dict (the
+        worker's first yield with the sam2 engine) joins this run's provenance: SAM 2's config, file and SHA-256."""
         from oct_wsss.propose.propagate import apply_page
 
+        if isinstance(result, dict):
+            self.run_info = {**self.run_info, **result}
+            return
         i, records = result.index, self.session.records(layer)
         if i in records.accepted:
             return
@@ -171,8 +174,9 @@ def _propagate_worker(data: np.ndarray, labels: np.ndarray, source: int, start: 
         if checkpoint is None:
             engine = flow_engine()
         else:
-            from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine
+            from oct_wsss.propose.propagate_sam2 import build_video_predictor, sam2_engine, sam2_provenance
 
+            yield {"sam2": sam2_provenance(checkpoint)}  # hashed here, off the main thread, before any B-scan
             engine = sam2_engine(build_video_predictor(checkpoint))  # built here, off the main thread
         yield from propagate_stream(data, labels, source, start, end, engine, min_confidence=min_confidence,
                                     cancel=cancelled)

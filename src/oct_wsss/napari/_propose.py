@@ -48,6 +48,7 @@ from oct_wsss.propose.registry import (
     timings,
     to_propose,
 )
+from oct_wsss.store.store import EMBEDDINGS_DIR
 from oct_wsss.volume import OctVolume
 
 HRF_PROPOSED = "HRF (proposed)"
@@ -214,6 +215,8 @@ class ProposeWidget(Container):
             sam2 = Path(str(self.sam2.value or ""))
             options.update(iterations=self.iterations.value or None,
                            sam2_checkpoint=sam2 if sam2.is_file() else None)
+            if sam2.is_file() and self.session.store is not None:  # SAM 2's embeddings kept in the open project
+                options["sam2_cache"] = self.session.store.root / EMBEDDINGS_DIR
         return options
 
     @property

@@ -2,10 +2,12 @@
 into the chosen class of the lesions layer (undoable with napari's undo, Ctrl-Z).
 
 Thin: ``propose.sam2_assist.Sam2Assist`` builds SAM 2 from the user's checkpoint, caches each B-scan's embedding and
-answers prompts; it runs in a ``thread_worker`` (torch is imported only there and by the preload). Without a SAM 2
-checkpoint the widget says where to get one; nothing is downloaded.
+answers prompts; it runs in a ``thread_worker`` (torch is imported only there and by the preload). With a project
+open (Review) the embeddings also go to ``PROJECT/sam2-embeddings``, so reopening the volume reads them back.
+Without a SAM 2 checkpoint the widget says where to get one; nothing is downloaded.
 """
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.napari._session import session
+from oct_wsss.store.store import EMBEDDINGS_DIR
 
 POSITIVE, NEGATIVE, BOX = "SAM 2 positive", "SAM 2 negative", "SAM 2 box"
 HOW = ("SAM 2 assist needs a SAM 2 checkpoint file, e.g. sam2.1_hiera_tiny.pt from the SAM 2 release "
@@ -29,6 +33,7 @@ class Sam2Widget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        self.session = session(viewer)
         self.settings = QSettings("napari-oct-wsss", "propose")  # the SAM 2 checkpoint is shared with HRF
         self.checkpoint = FileEdit(label="SAM 2 checkpoint", mode="r", filter="*.pt",
                                    value=self.settings.value("sam2", "") or "")
@@ -44,6 +49,8 @@ class Sam2Widget(Container):
         self.extend([self.checkpoint, self.image, self.labels, self.lesion, self.prompts_button, self.auto,
                      self.segment_button, self.clear_button, self.status])
         self.assist: Any = None
+        self.built_for: tuple[Any, ...] = ()  # (checkpoint, its mtime and size, cache folder) the assist was built for
+        self.hashed: tuple[Any, str] | None = None  # (weak reference to the volume, its hash) for the disk cache
         self.worker: Any = None
         self.busy = False
         self.last: dict[str, Any] = {}
@@ -126,18 +133,20 @@ class Sam2Widget(Container):
             self.status.value = f"B-scan {i}: {err}"
             return None
         self.settings.setValue("sam2", str(ckpt))
-        bscan, key = np.asarray(image.data[i]), (id(image), i)
-        self.worker = _segment_worker(self, str(ckpt), bscan, prompt, key)
+        key, store = (id(image), i), self.session.store
+        cache = None if store is None else store.root / EMBEDDINGS_DIR
+        self.worker = _segment_worker(self, str(ckpt), image.data, i, prompt, key, cache)
         self.worker.returned.connect(lambda out: self._paint(labels, i, *out))
         self.worker.errored.connect(lambda err: self._failed(i, err))
         self.worker.finished.connect(self._idle)
         self.busy, self.last = True, {}
-        self.status.value = f"B-scan {i}: computing the image embedding (once per B-scan) ..." \
+        how = "read from the project or computed once per B-scan" if cache is not None else "once per B-scan"
+        self.status.value = f"B-scan {i}: computing the image embedding ({how}) ..." \
             if self.assist is None or key not in self.assist.backend.cache else f"B-scan {i}: segmenting ..."
         self.worker.start()
         return self.worker
 
-    def _paint(self, layer: Any, i: int, mask: np.ndarray, score: float, embedded: bool) -> None:
+    def _paint(self, layer: Any, i: int, mask: np.ndarray, score: float, embedded: bool, read: bool) -> None:
         from oct_wsss.propose.sam2_assist import paint
 
         class_id = int(self.lesion.value)
@@ -147,7 +156,8 @@ class Sam2Widget(Container):
         a = self.assist
         self.last = {"bscan": i, "pixels": int(mask.sum()), "score": score, "embed_s": a.last_embed_s if embedded
                      else None, "prompt_ms": 1000 * a.last_prompt_s}
-        embed = f"embedding {a.last_embed_s:.1f} s" if embedded else "embedding cached"
+        embed = (f"embedding {a.last_embed_s:.1f} s" if embedded else "embedding read from the project" if read
+                 else "embedding cached")
         self.status.value = (f"B-scan {i}: {int(mask.sum())} px → {ONTOLOGY[class_id].key.upper()} (score {score:.2f};"
                              f" {embed}, prompt {1000 * a.last_prompt_s:.0f} ms)")
 
@@ -171,11 +181,25 @@ class Sam2Widget(Container):
 
 
 @thread_worker(ignore_errors=True)  # errors become notifications
-def _segment_worker(widget: Sam2Widget, checkpoint: str, bscan: np.ndarray, prompt: Any, key: Any):
+def _segment_worker(widget: Sam2Widget, checkpoint: str, volume: Any, i: int, prompt: Any, key: Any,
+                    cache: Path | None):
     from oct_wsss.propose.sam2_assist import Sam2Assist
 
-    if widget.assist is None or widget.assist.backend.checkpoint != checkpoint:
-        widget.assist = Sam2Assist(checkpoint, device="cpu")  # built here, off the main thread
-    embedded = widget.assist.embed(bscan, key)
+    stat = Path(checkpoint).stat()
+    built_for = (checkpoint, stat.st_mtime_ns, stat.st_size, cache)
+    if widget.assist is None or widget.built_for != built_for:  # a replaced file is another model
+        widget.assist = Sam2Assist(checkpoint, device="cpu", cache_dir=cache)  # built here, off the main thread
+        widget.built_for = built_for
+    bscan, read = np.asarray(volume[i]), widget.assist.backend.embeddings_loaded
+    embedded = widget.assist.embed(bscan, key, None if cache is None else (_volume_hash(widget, volume), i))
     result = widget.assist.segment(bscan, prompt, key)
-    return result.mask, result.score, embedded
+    return result.mask, result.score, embedded, widget.assist.backend.embeddings_loaded > read
+
+
+def _volume_hash(widget: Sam2Widget, volume: Any) -> str:
+    """The disk cache's key of ``volume`` (SHA-256 of its voxels), hashed once per volume the widget meets."""
+    from oct_wsss.propose.sam2_cache import volume_hash
+
+    if widget.hashed is None or widget.hashed[0]() is not volume:
+        widget.hashed = (weakref.ref(volume), volume_hash(np.asarray(volume)))
+    return widget.hashed[1]

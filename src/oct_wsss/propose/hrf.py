@@ -30,6 +30,7 @@ from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
+from oct_wsss.propose.sam2_cache import volume_hash
 from oct_wsss.volume import OctVolume
 
 METHODS = ("hrf-cct", "hrf-mil")
@@ -77,7 +78,8 @@ class HrfProposer:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> HrfProposer:
-        """Load an ``hrf-cct`` or ``hrf-mil`` checkpoint; ``sam2_checkpoint``/``sam2_config`` choose the SAM 2 step."""
+        """Load an ``hrf-cct`` or ``hrf-mil`` checkpoint; ``sam2_checkpoint``/``sam2_config`` choose the SAM 2 step,
+        ``sam2_cache`` (a folder, e.g. ``PROJECT/sam2-embeddings``) keeps its crops' embeddings on disk."""
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
         if ckpt.method not in METHODS:
             raise CheckpointError(None, f"checkpoint {ckpt.id} is a {ckpt.method!r} checkpoint; the HRF proposer "
@@ -86,7 +88,8 @@ class HrfProposer:
         opts.pop("batch_size", None)  # one B-scan at a time: the loop is sequential per B-scan
         device = resolve_device(opts.pop("device", "auto"))
         sam2_ckpt, sam2_config = opts.pop("sam2_checkpoint", None), opts.pop("sam2_config", DEFAULT_CONFIG)
-        sam2 = Sam2Backend(sam2_config, sam2_ckpt, device=device) if sam2_ckpt is not None else None
+        cache = opts.pop("sam2_cache", None)
+        sam2 = None if sam2_ckpt is None else Sam2Backend(sam2_config, sam2_ckpt, device=device, cache_dir=cache)
         settings = {**DEFAULTS, **{k: v for k, v in ckpt.meta.get("params", {}).items() if k in DEFAULTS}, **opts}
         return cls(build_classifier(ckpt), ckpt.meta["normalisation"], sam2=sam2, device=device, checkpoint=ckpt,
                    **settings)
@@ -142,7 +145,7 @@ class HrfProposer:
             rel = r.pixels[0].cpu().numpy()
             allowed = ~found & (retina if retina.any() else True)
             peak = np.unravel_index(int(np.argmax(np.where(allowed, rel, -np.inf))), rel.shape)
-            region, score = self._region(work, (int(peak[0]), int(peak[1])))
+            region, score = self._region(work, (int(peak[0]), int(peak[1])), index)
             region &= ~found
             if not region.any():
                 region = np.zeros_like(found)
@@ -157,12 +160,14 @@ class HrfProposer:
                             "peak_y": int(peak[0]), "peak_x": int(peak[1])})
         return found, records, probs
 
-    def _region(self, work: np.ndarray, peak: tuple[int, int]) -> tuple[np.ndarray, float | None]:
-        """The focus at ``peak`` as a full-size mask, and SAM 2's score (None for the classical step)."""
+    def _region(self, work: np.ndarray, peak: tuple[int, int], index: int) -> tuple[np.ndarray, float | None]:
+        """The focus at ``peak`` of B-scan ``index`` as a full-size mask, and SAM 2's score (None for the classical
+        step). SAM 2 sees a crop that changes as foci are occluded: its disk cache key is the crop's own hash."""
         crop = Crop.around(peak, self.crop_size, work.shape)
         image = crop.take(work)
         if self.sam2 is not None:
-            mask, score = sam_region(self.sam2, image, peak, crop, self.box_size)
+            where = None if self.sam2.disk is None else (volume_hash(image), index)
+            mask, score = sam_region(self.sam2, image, peak, crop, self.box_size, where=where)
             return crop.paste(mask, work.shape), score
         seed = (peak[0] - crop.y0, peak[1] - crop.x0)
         return crop.paste(classical_region(image, seed, self.box_size), work.shape), None

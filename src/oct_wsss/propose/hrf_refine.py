@@ -84,9 +84,9 @@ def classical_region(crop_image: np.ndarray, seed: tuple[int, int], box: int, ma
 
 
 def sam_region(backend: Sam2Backend, crop_image: np.ndarray, peak: tuple[int, int], crop: Crop,
-               box: float, max_area: int = MAX_AREA) -> tuple[np.ndarray, float]:
+               box: float, max_area: int = MAX_AREA, where: tuple[str, int] | None = None) -> tuple[np.ndarray, float]:
     """SAM 2's highest-scoring mask for the box prompt at the peak (crop size), capped at ``max_area`` px like the
-    classical step, and its predicted IoU."""
-    out = backend.box(crop_image, prompt_box(peak, crop, box))
+    classical step, and its predicted IoU (``where``: the embedding's disk cache key, ``Sam2Backend.set_image``)."""
+    out = backend.box(crop_image, prompt_box(peak, crop, box), where=where)
     seed = (peak[0] - crop.y0, peak[1] - crop.x0)
     return cap_area(out.mask, seed, max(1, round(box)), max_area), out.score

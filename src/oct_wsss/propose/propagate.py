@@ -91,15 +91,14 @@ def propagate_stream(data: np.ndarray, labels: np.ndarray, source: int, start: i
     if not present:
         raise PropagationError(f"B-scan {source} holds none of the classes {sorted(classes or [])}")
     stops = [] if stops is None else stops
+    cancelled = cancel if cancel is not None else lambda: False
     for direction, order in ((1, range(source + 1, end + 1)), (-1, range(source - 1, start - 1, -1))):
         alive = set(present)
         last = dict.fromkeys(present)
         seeds = {c: labels[source] == c for c in present}
-        steps = engine(data, source, seeds, list(order), alive) if len(order) else iter(())
+        steps = engine(data, source, seeds, list(order), alive) if len(order) and not cancelled() else iter(())
         for index, masks, conf in steps:
-            if cancel is not None and cancel():
-                stops += [Stop(c, direction, last[c], "cancelled") for c in sorted(alive)]
-                alive.clear()
+            if cancelled():  # the B-scan computed meanwhile is dropped
                 break
             page = np.zeros(labels.shape[1:], np.uint8)
             kept = {}
@@ -115,9 +114,10 @@ def propagate_stream(data: np.ndarray, labels: np.ndarray, source: int, start: i
                 kept[c], last[c] = round(score, 4), index
             if kept:
                 yield PropagatedBscan(index, page, kept)
-            if not alive:
+            if not alive or cancelled():  # cancelled: the engine computes no further B-scan
                 break
-        stops += [Stop(c, direction, last[c], "range end") for c in sorted(alive)]
+        why = "cancelled" if cancelled() else "range end"
+        stops += [Stop(c, direction, last[c], why) for c in sorted(alive)]
 
 
 def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end: int, engine: str = "flow", *,

@@ -18,6 +18,7 @@ import torch
 from oct_wsss.propose.propagate import Engine
 from oct_wsss.propose.proposal import ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, _read_checkpoint, config_file, sam2_available, to_rgb8
+from oct_wsss.propose.sam2_cache import file_sha256
 
 
 def build_video_predictor(checkpoint: str | Path | None, config: str = DEFAULT_CONFIG, device: str = "cpu",
@@ -35,6 +36,11 @@ def build_video_predictor(checkpoint: str | Path | None, config: str = DEFAULT_C
     if checkpoint is not None:
         model.load_state_dict(_read_checkpoint(Path(checkpoint)), strict=True)
     return model
+
+
+def sam2_provenance(checkpoint: str | Path, config: str = DEFAULT_CONFIG) -> dict[str, str]:
+    """What a propagation records of its SAM 2 model: config, checkpoint file name (no path) and the file's SHA-256."""
+    return {"config": config, "checkpoint": Path(checkpoint).name, "sha256": file_sha256(checkpoint)}
 
 
 def sam2_engine(predictor: torch.nn.Module) -> Engine:

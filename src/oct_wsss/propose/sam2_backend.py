@@ -22,7 +22,7 @@ import torch
 from oct_wsss.checkpoint import CheckpointError, import_torch_weights
 from oct_wsss.preprocess.inputs import to_unit
 from oct_wsss.propose.proposal import ProposalError
-from oct_wsss.propose.sam2_cache import DEFAULT_MAX_BYTES, EmbeddingCache, model_hash
+from oct_wsss.propose.sam2_cache import DEFAULT_MAX_BYTES, EmbeddingCache, file_sha256, model_hash
 
 DEFAULT_CONFIG = "sam2.1_hiera_t"
 CONFIGS: tuple[str, ...] = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
@@ -97,7 +97,8 @@ class Sam2Backend:
 
     def set_image(self, crop: np.ndarray, key: Hashable | None = None, where: tuple[str, int] | None = None) -> None:
         """Make ``crop`` the predictor's image, from the cache when its key (default: content hash) was seen, else
-        from the disk cache when ``where`` (volume hash, B-scan index) names a stored embedding."""
+        from the disk cache when ``where`` (volume hash, B-scan index) names a stored embedding. An embedding computed
+        now and stored is used as stored (float16-rounded), so a reopened volume gives the very same masks."""
         rgb = to_rgb8(crop)
         key = key if key is not None else hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
         p = self.predictor
@@ -106,30 +107,35 @@ class Sam2Backend:
             p._features, p._orig_hw = self.cache[key]
             p._is_image_set = True
             return
-        stored = None if self.disk is None or where is None else self.disk.get(where[0], self.model_hash, where[1])
+        disk = self.disk if where is not None else None
+        stored = None if disk is None else disk.get(where[0], self.model_hash, where[1])
+        if stored is None:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                        enabled=self.device.type == "cuda"):
+                p.set_image(rgb)
+            self.embeddings_computed += 1
+            if disk is not None:
+                feats = p._features
+                disk.put(where[0], self.model_hash, where[1],
+                         {"image_embed": feats["image_embed"], "orig_hw": torch.tensor(p._orig_hw[0]),
+                          **{f"high_res_{k}": f for k, f in enumerate(feats["high_res_feats"])}})
+                stored = disk.get(where[0], self.model_hash, where[1])
+        else:
+            self.embeddings_loaded += 1
         if stored is not None:
             p.reset_predictor()
             p._features = {"image_embed": stored["image_embed"].to(self.device),
                            "high_res_feats": [stored[f"high_res_{k}"].to(self.device) for k in range(2)]}
             p._orig_hw, p._is_image_set = [tuple(stored["orig_hw"].tolist())], True
-            self.embeddings_loaded += 1
-        else:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                        enabled=self.device.type == "cuda"):
-                p.set_image(rgb)
-            self.embeddings_computed += 1
-            if self.disk is not None and where is not None:
-                feats = p._features
-                self.disk.put(where[0], self.model_hash, where[1],
-                              {"image_embed": feats["image_embed"], "orig_hw": torch.tensor(p._orig_hw[0]),
-                               **{f"high_res_{k}": f for k, f in enumerate(feats["high_res_feats"])}})
         self.cache[key] = (p._features, p._orig_hw)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
 
-    def box(self, crop: np.ndarray, box: tuple[float, float, float, float], key: Hashable | None = None) -> SamMask:
-        """Highest-scoring mask (crop size, bool) for a box ``(x0, y0, x1, y1)`` in crop pixel coordinates."""
-        self.set_image(crop, key)
+    def box(self, crop: np.ndarray, box: tuple[float, float, float, float], key: Hashable | None = None,
+            where: tuple[str, int] | None = None) -> SamMask:
+        """Highest-scoring mask (crop size, bool) for a box ``(x0, y0, x1, y1)`` in crop pixel coordinates (``key``,
+        ``where``: as in :meth:`set_image`)."""
+        self.set_image(crop, key, where)
         return self.predict(box=box)
 
     def predict(self, *, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
@@ -146,9 +152,7 @@ class Sam2Backend:
 
     def provenance(self) -> dict[str, Any]:
         """Config and checkpoint (path and SHA-256) of the model, for the proposal's provenance."""
-        sha = None
-        if self.checkpoint is not None:
-            sha = hashlib.sha256(Path(self.checkpoint).read_bytes()).hexdigest()
+        sha = None if self.checkpoint is None else file_sha256(self.checkpoint)
         return {"config": self.config, "checkpoint": self.checkpoint, "sha256": sha, "device": str(self.device)}
 
 

@@ -5,6 +5,7 @@ holds the accepted mask, the B-scan's pixels (so fine-tuning needs nothing else)
 The mask file is written and fsync'ed under a temporary name and renamed before its row commits, so an acknowledged
 accept is always complete and a crash leaves at most an orphan file, never a row without its mask. Re-accepting a
 B-scan adds a version; nothing is overwritten. Volume ids are salted hashes of the voxels: no PHI is stored.
+``PROJECT/sam2-embeddings/`` (``EMBEDDINGS_DIR``) is SAM 2's embedding cache, which the store itself never reads.
 
 Undo and redo move which version is in effect (the *head*) per B-scan: each version records the one it replaced
 (its ``parent``, 0 = unreviewed), and every move is a row appended to ``heads`` in the same transaction as the
@@ -33,6 +34,8 @@ from oct_wsss.store.schema import SCHEMA_VERSION, migrate
 from oct_wsss.volume import OctVolume
 
 DB_FILE = "corrections.sqlite"
+#: the project's SAM 2 embeddings on disk (``propose.sam2_cache``; the SAM 2 widgets and HRF proposals fill it)
+EMBEDDINGS_DIR = "sam2-embeddings"
 COLUMNS = ("c.volume, c.bscan, c.status, c.version, c.labels, c.changes, c.proposal, c.grader, c.time, c.mask_file, "
            "c.sha256, c.parent")
 ACCEPTED, REJECTED = "accepted", "rejected"
