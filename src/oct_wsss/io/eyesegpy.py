@@ -75,11 +75,8 @@ def missing_message(name: str, folder: Path | None = None) -> str:
 
 def sha256(path: Path) -> str:
     """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch_wheel(folder: Path | None = None, pip_args: tuple[str, ...] = ()) -> Path:

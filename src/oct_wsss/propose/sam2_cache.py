@@ -33,19 +33,14 @@ def volume_hash(data: np.ndarray) -> str:
 
 def model_hash(config: str, checkpoint: str | Path) -> str:
     """SHA-256 of the checkpoint file's bytes, the config name and :data:`CACHE_VERSION`."""
-    return _file_digest(checkpoint, hashlib.sha256(f"{config}|{CACHE_VERSION}|".encode()))
+    with open(checkpoint, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.sha256(f"{config}|{CACHE_VERSION}|".encode())).hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in blocks (a SAM 2 checkpoint's hash in provenance records)."""
-    return _file_digest(path, hashlib.sha256())
-
-
-def _file_digest(path: str | Path, h: hashlib._Hash) -> str:
+    """SHA-256 of a file's bytes (a SAM 2 checkpoint's hash in provenance records)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class EmbeddingCache:
