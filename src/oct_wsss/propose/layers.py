@@ -275,9 +275,9 @@ PIT_MIN_DEPTH = 0.05
 def _side_means(t: np.ndarray, axis: int, r_in: int, r_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``t`` over offsets -r_out..-r_in and r_in..r_out along ``axis`` (NaN where that side leaves the map)."""
     n = t.shape[axis]
+    idx = np.arange(n)
     lo, hi = [], []
     for d in range(r_in, r_out + 1):
-        idx = np.arange(n)
         for sign, out in ((-1, lo), (1, hi)):
             j = idx + sign * d
             shifted = np.take(t, np.clip(j, 0, n - 1), axis=axis)

@@ -88,7 +88,8 @@ def image_level_target(probs: np.ndarray, classes: Sequence[int], labels: Collec
 def _top_k(out: np.ndarray, probs: np.ndarray, allowed: list[int], ids: np.ndarray, k: int) -> None:
     """Mark the k pixels of highest summed allowed-class probability still ignored with their likeliest allowed
     class (in place)."""
-    group = probs[allowed].sum(0).ravel()
+    chosen = probs[allowed].reshape(len(allowed), -1)  # one copy of the allowed channels
+    group = chosen.sum(0)
     pick = np.argpartition(-group, min(k, group.size - 1))[:k]
     pick = pick[out.ravel()[pick] == IGNORE]
-    out.ravel()[pick] = ids[probs[allowed].reshape(len(allowed), -1)[:, pick].argmax(0)]
+    out.ravel()[pick] = ids[chosen[:, pick].argmax(0)]
