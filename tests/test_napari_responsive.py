@@ -7,17 +7,19 @@ import os
 import time
 
 import numpy as np
+import pytest
 import torch
 from napari.utils import progress
 from napari_helpers import MemorySettings
 from qtpy.QtCore import QTimer
 
 from oct_wsss.models.student import StudentConfig, StudentNet
-from oct_wsss.napari import _propagate, _propose
+from oct_wsss.napari import _propagate, _propose, _review
 from oct_wsss.napari._imports import preload_method
 from oct_wsss.napari._layers import labels_layer, refresh_bscan
 from oct_wsss.napari._propagate import PropagateWidget
 from oct_wsss.napari._propose import ProposeWidget
+from oct_wsss.napari._review import ReviewWidget
 from oct_wsss.synth import make_volume
 from oct_wsss.training.student import student_checkpoint
 
@@ -90,11 +92,14 @@ def test_streamed_bscan_is_drawn_when_on_screen_and_when_stepped_to(make_napari_
     assert np.array_equal(viewer.screenshot(canvas_only=True, flash=False), on_screen)
 
 
-def test_longest_event_loop_gap_while_propagating(make_napari_viewer, qtbot, monkeypatch) -> None:
+@pytest.mark.parametrize("project", [False, True], ids=["no-project", "project"])
+def test_longest_event_loop_gap_while_propagating(make_napari_viewer, qtbot, monkeypatch, tmp_path, project) -> None:
     """The Propagate worker carries a phantom SRF lesion over k ± 3 (flow engine) while a QTimer measures the event
-    loop; each propagated B-scan is written into the layer (with napari's undo) on the main thread. The first click of
-    the session is timed. OCT_WSSS_PROPAGATE_SIZE=496x512 times native-size B-scans (~6 s; default 248x256, ~1.5 s)."""
+    loop; each propagated B-scan is written into the layer (with napari's undo) on the main thread, and with a project
+    open also into the store (a proposed version, fsync'ed). The first click of the session is timed.
+    OCT_WSSS_PROPAGATE_SIZE=496x512 times native-size B-scans (~6 s; default 248x256, ~1.5 s)."""
     monkeypatch.setattr(_propagate, "QSettings", lambda *a: MemorySettings())
+    monkeypatch.setattr(_review, "QSettings", lambda *a: MemorySettings())
     size = tuple(int(v) for v in os.environ.get("OCT_WSSS_PROPAGATE_SIZE", "248x256").split("x"))
     s = make_volume(101, n_bscans=12, height=size[0], width=size[1], prevalence={"srf": 1.0, "irf": 0.0, "ped": 0.0})
     k = int(np.argmax((s.labels == 1).sum(axis=(1, 2))))
@@ -104,6 +109,10 @@ def test_longest_event_loop_gap_while_propagating(make_napari_viewer, qtbot, mon
     start[k][s.labels[k] == 1] = 1
     layer = viewer.add_labels(start, name="lesions (proposed)", scale=s.volume.spacing_mm)
     w = PropagateWidget(viewer)
+    if project:
+        review = ReviewWidget(viewer)
+        review.project.value = str(tmp_path / "project")
+        assert review.open()
     viewer.dims.set_current_step(0, k)
     qtbot.wait(300)
     ticks: list[tuple[float, float]] = []
@@ -123,10 +132,14 @@ def test_longest_event_loop_gap_while_propagating(make_napari_viewer, qtbot, mon
     gaps = sorted(b[0] - a[0] for a, b in pairs)
     cpu = sorted(b[1] - a[1] for a, b in pairs)
     done = sorted(w.previous)
-    print(f"\nevent-loop gaps while propagating {len(done)} B-scans of {size[0]} x {size[1]} ({seconds:.1f} s): wall "
+    into = " into a project" if project else ""
+    print(f"\nevent-loop gaps while propagating {len(done)} B-scans{into} of {size[0]} x {size[1]} ({seconds:.1f} s): "
+          f"wall "
           f"max {gaps[-1]:.0f} ms, median {gaps[len(gaps) // 2]:.1f} ms over {len(gaps)} ticks, worst five "
           f"{[round(g) for g in gaps[-5:]]}; main-thread CPU in one gap: max {cpu[-1]:.0f} ms, worst five "
           f"{[round(c) for c in cpu[-5:]]}; load average {os.getloadavg()[0]:.1f}")
     assert len(done) >= 4 and all((layer.data[i] == 1).any() for i in done)
+    if project:
+        assert set(review.session.store.status(review.session.volume_id)) == set(done)
     assert cpu[-1] <= CPU_BOUND_MS, f"the main thread was busy {cpu[-1]:.0f} ms in one go (bound {CPU_BOUND_MS:.0f})"
     assert gaps[-1] <= WALL_BOUND_MS, f"the UI froze for {gaps[-1]:.0f} ms (bound {WALL_BOUND_MS:.0f} ms)"

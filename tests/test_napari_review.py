@@ -79,7 +79,8 @@ def test_shortcuts_are_bound_and_missing_project_is_explained(make_napari_viewer
 
 def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reopening(make_napari_viewer, qtbot,
                                                                                         monkeypatch, tmp_path) -> None:
-    """The issue's check: correct -> propagate -> accept -> undo; the store's versions and the layers agree."""
+    """The issue's check: correct -> propagate -> accept -> undo (and redo, of the accept and of the propagation);
+    the store's versions and the layers agree, also after the project is reopened."""
     from test_propagate import shifted_volume
 
     from oct_wsss.napari import _propagate
@@ -95,44 +96,53 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
     review, propagate = ReviewWidget(viewer), PropagateWidget(viewer)
     review.project.value = str(tmp_path / "project")
     viewer.dims.set_current_step(0, 2)
-    worker = propagate.propagate()
+    worker = propagate.propagate()  # opens the chosen project: the pages are kept there
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     qtbot.waitUntil(lambda: propagate.run_button.enabled)
-    propagated = np.array(layer.data[3])
-    assert (propagated == 2).any() and session(viewer).records(layer).proposed[3].tolist() == propagated.tolist()
+    store, volume = CorrectionStore(tmp_path / "project"), review.session.volume_id
+    propagated = np.array(layer.data)
+    assert store.status(volume) == {i: "proposed" for i in (0, 1, 3, 4, 5)} and (propagated[3] == 2).any()
+    for i in (0, 1, 3, 4, 5):
+        np.testing.assert_array_equal(store.current(volume, i).arrays()["mask"], propagated[i])
+    assert session(viewer).records(layer).proposed[3].tolist() == propagated[3].tolist()
     viewer.dims.set_current_step(0, 3)
     layer.data[3, :4, :4] = 1
     review.accept()
     first = np.array(layer.data[3])
     layer.data[3, :4, :4] = 3
     review.accept()
-    store = CorrectionStore(tmp_path / "project")
-    volume = review.session.volume_id
-    assert [c.version for c in store.versions(volume, 3)] == [1, 2]
-    review.undo()  # back to version 1: its mask
+    assert [c.status for c in store.versions(volume, 3)] == ["proposed", "accepted", "accepted"]
+    review.undo()  # back to the first accept: its mask
     np.testing.assert_array_equal(layer.data[3], first)
-    assert store.corrections(volume)[0].version == 1 and review.decisions == {3: "accepted"}
+    assert store.corrections(volume)[0].version == 2 and review.decisions == {3: "accepted"}
     propagate.undo()  # the propagation is taken back, except on B-scan 3, accepted since
-    assert (np.asarray(layer.data[1]) == 0).all() and np.array_equal(layer.data[3], first)
-    review.undo()  # back to unreviewed: the propagated proposal again
-    np.testing.assert_array_equal(layer.data[3], propagated)
-    assert store.status(volume) == {} and review.decisions == {} and 3 not in session(viewer).records(layer).accepted
-    assert not review.undo_button.enabled and review.redo_button.enabled
-    review.undo()  # nothing left: a message, nothing changes
+    assert (np.asarray(layer.data[[0, 1, 4, 5]]) == 0).all() and np.array_equal(layer.data[3], first)
+    assert store.status(volume) == {3: "accepted"} and propagate.redo_button.enabled
+    propagate.redo()  # and brought back
+    np.testing.assert_array_equal(layer.data, np.where(np.arange(6)[:, None, None] == 3, first, propagated))
+    assert store.status(volume) == {0: "proposed", 1: "proposed", 3: "accepted", 4: "proposed", 5: "proposed"}
+    review.undo()  # B-scan 3 back to the propagated page, still to review
+    np.testing.assert_array_equal(layer.data[3], propagated[3])
+    assert review.decisions == {} and 3 not in session(viewer).records(layer).accepted
+    assert review.status.value.startswith("0 accepted") and review.undo_button.enabled and review.redo_button.enabled
     review.redo()
     np.testing.assert_array_equal(layer.data[3], first)
-    assert review.status.value.startswith("1 accepted, 0 rejected") and review.undo_button.enabled
     viewer.close()
 
     viewer = make_napari_viewer()
     viewer.add_image(data, name="oct")
     layer = viewer.add_labels(np.zeros_like(start), name=PROPOSED)
-    review = ReviewWidget(viewer)
+    review, propagate = ReviewWidget(viewer), PropagateWidget(viewer)
     review.project.value = str(tmp_path / "project")
     assert review.open() and review.decisions == {3: "accepted"}
-    np.testing.assert_array_equal(layer.data[3], first)
+    expected = np.where(np.arange(6)[:, None, None] == 3, first, propagated)
+    expected[2] = 0  # the source B-scan was corrected but never accepted: the store does not have it
+    np.testing.assert_array_equal(layer.data, expected)
+    assert sorted(session(viewer).records(layer).proposed) == [0, 1, 4, 5]  # the propagated pages, to review
+    assert propagate.undo_button.enabled and not propagate.redo_button.enabled
+    propagate.undo()  # the reopened project's last propagation, taken back
+    assert (np.asarray(layer.data[[0, 1, 4, 5]]) == 0).all() and store.status(volume) == {3: "accepted"}
     review.viewer.dims.set_current_step(0, 3)
-    review.redo()  # version 2 again, also after reopening
-    assert (np.asarray(layer.data[3, :4, :4]) == 3).all() and CorrectionStore(tmp_path / "project").corrections(
-        volume)[0].version == 2
+    review.redo()  # the second accept again, also after reopening
+    assert (np.asarray(layer.data[3, :4, :4]) == 3).all() and store.corrections(volume)[0].version == 3

@@ -66,11 +66,16 @@ def test_edit_effort_is_keyed_by_the_checkpoints_hash(tmp_path) -> None:
     infos = [{"method": "student", "checkpoint": {"id": "student-aaaaaaaaaaaa", "sha256": "a" * 64}},
              {"method": "student", "checkpoint": {"id": "student-aaaaaaaaaaaa", "sha256": "a" * 64}, "x": 1},
              {"method": "student", "checkpoint": {"id": "student-bbbbbbbbbbbb", "sha256": "b" * 64}},
-             {"method": "student", "checkpoint": "old.safetensors"}]
+             {"method": "student", "checkpoint": "old.safetensors"},
+             # propagated pages: SAM 2's checkpoint hash (two file names, one model), the weight-free engine by name
+             {"method": "propagate", "engine": "sam2", "sam2": {"checkpoint": "a.pt", "sha256": "c" * 64}},
+             {"method": "propagate", "engine": "sam2", "sam2": {"checkpoint": "b.pt", "sha256": "c" * 64}},
+             {"method": "propagate", "engine": "flow"}]
     for i, info in enumerate(infos):
         store.accept("v", i, proposal, proposal=proposal, proposal_info=info)
     rows = {e.model: e.bscans for e in edit_effort(store.corrections())}
-    assert rows == {"student-aaaaaaaaaaaa": 2, "student-bbbbbbbbbbbb": 1, "old.safetensors": 1}
+    assert rows == {"student-aaaaaaaaaaaa": 2, "student-bbbbbbbbbbbb": 1, "old.safetensors": 1,
+                    "sam2-cccccccccccc": 2, "propagate-flow": 1}
 
 
 def test_napari_accept_records_the_proposals_checkpoint_hash(make_napari_viewer, tmp_path, volume, ckpt, qtbot,

@@ -5,8 +5,9 @@ The grader edits with napari's own label tools; Accept writes the B-scan's mask 
 started from) through ``CorrectionStore.accept`` — the same call a script makes. The project, the decisions and
 the accepted B-scans live in the viewer's session (``_session``), which Propose and Propagate read so they never
 overwrite accepted work. Undo and Redo move the current B-scan through its versions in the store
-(``CorrectionStore.undo`` / ``redo``): the layer then shows the decision in effect — an accepted version's mask, or
-the proposal again when the B-scan is back to unreviewed or rejected — and nothing is deleted.
+(``CorrectionStore.undo`` / ``redo``): the layer then shows the version in effect — an accepted or propagated
+(proposed) version's mask, or the proposal again when the B-scan is back to unreviewed or rejected — and nothing is
+deleted. Opening a project restores accepted B-scans and the pages of propagations still to review.
 Shortcuts: Shift-A accept, Shift-R reject, Shift-N next unreviewed, Shift-P previous, Shift-U undo, Shift-Y redo. A
 strip shows every B-scan's status (click to jump); per-class checkboxes hold the B-scan's image-level labels, derived
 from the mask until the grader toggles one, and are stored with the accept.
@@ -22,10 +23,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
-from oct_wsss.napari._layers import write_page
 from oct_wsss.napari._session import session
 from oct_wsss.napari._status_strip import StatusStrip
-from oct_wsss.store import ACCEPTED, REJECTED, Correction, CorrectionStore, StoreError, derived_labels
+from oct_wsss.napari._versions import show_version
+from oct_wsss.store import ACCEPTED, PROPOSED, REJECTED, Correction, CorrectionStore, StoreError, derived_labels
 from oct_wsss.store.store import DB_FILE
 
 
@@ -88,9 +89,7 @@ class ReviewWidget(Container):
         if image is None or labels is None:
             show_error("Review: choose the OCT image and the lesion labels layer first (propose, or add Labels)")
             return False
-        folder = Path(self.project.value)
-        unset = str(self.project.value) in ("", ".") or (folder == Path.cwd() and not (folder / DB_FILE).exists())
-        if unset or not folder.parent.exists():
+        if not self.project_chosen():
             show_error("Review: choose a project folder for the corrections (a new or an existing project)")
             return False
         s = self.session
@@ -107,15 +106,30 @@ class ReviewWidget(Container):
         s.decisions.clear()
         s.records(labels).accepted.clear()
         self.image_labels = {}
+        records = s.records(labels)
         for c in s.store.corrections(s.volume_id, status=None):
             if c.bscan < labels.data.shape[0]:
-                mask = c.arrays()["mask"] if c.status == ACCEPTED else None
+                mask = c.arrays()["mask"] if c.status != REJECTED else None
                 if mask is not None:
                     labels.data[c.bscan] = mask  # one refresh below, not one per B-scan
-                self._mark(c.bscan, c, mask)
+                if c.status == PROPOSED:  # a propagated page, still to review
+                    records.propose(c.bscan, mask, c.proposal)
+                else:
+                    self.decisions[c.bscan] = c.status
+                    if c.status == ACCEPTED:
+                        records.accepted.add(c.bscan)
+                self._keep_labels(c.bscan, c, mask)
         labels.refresh()
+        if (propagate := s.panels.get("Propagate")) is not None:  # its Undo / Redo follow the project's last run
+            propagate.refresh()
         self._show()
         return True
+
+    def project_chosen(self) -> bool:
+        """Whether the grader has chosen a project folder (a new one in an existing folder, or a project)."""
+        folder = Path(self.project.value)
+        unset = str(self.project.value) in ("", ".") or (folder == Path.cwd() and not (folder / DB_FILE).exists())
+        return not unset and folder.parent.exists()
 
     def present_labels(self, bscan: int) -> set[int]:
         """The image-level labels of ``bscan``: the grader's toggles, else the lesion ids in its mask."""
@@ -155,26 +169,11 @@ class ReviewWidget(Container):
     def _ready(self) -> bool:
         return self.session.store is not None or self.open()
 
-    def _put(self, i: int, c: Correction | None) -> None:
-        """Show decision ``c`` on B-scan ``i`` (None: unreviewed): its status, and the pixels of an accepted mask, else
-        the proposal recorded for the B-scan (when there is one)."""
-        layer = self.labels.value
-        mask = c.arrays()["mask"] if c is not None and c.status == ACCEPTED else None
-        page = mask if mask is not None else self.session.records(layer).proposed.get(i)
-        if page is not None:
-            write_page(layer, i, page)
-        self._mark(i, c, mask)
-
-    def _mark(self, i: int, c: Correction | None, mask: np.ndarray | None) -> None:
-        """Record decision ``c`` of B-scan ``i`` (its accepted ``mask``) in the session and the image labels."""
-        records = self.session.records(self.labels.value)
-        if c is None:
-            self.decisions.pop(i, None)
-        else:
-            self.decisions[i] = c.status
-        (records.accepted.discard if mask is None else records.accepted.add)(i)
+    def _keep_labels(self, i: int, c: Correction | None, mask: np.ndarray | None) -> None:
+        """The image-level labels of decision ``c`` on B-scan ``i``: kept where the grader set them apart from the
+        lesions in its accepted ``mask``."""
         self.image_labels.pop(i, None)
-        if mask is not None and set(c.labels) != set(derived_labels(mask)):
+        if mask is not None and c is not None and c.status == ACCEPTED and set(c.labels) != set(derived_labels(mask)):
             self.image_labels[i] = set(c.labels)
 
     def accept(self, *_: Any) -> None:
@@ -218,12 +217,14 @@ class ReviewWidget(Container):
         if not self._ready():
             return
         i, s = self.current, self.session
+        undone = s.store.current(s.volume_id, i)
         try:
             c = getattr(s.store, action)(s.volume_id, i)
         except StoreError as err:
             show_info(f"Review: {err}")
             return
-        self._put(i, c)
+        show_version(s, self.labels.value, i, c, undone)
+        self._keep_labels(i, c, None if c is None or c.status != ACCEPTED else c.arrays()["mask"])
         show_info(f"B-scan {i}: {action} — now " + ("unreviewed" if c is None else f"{c.status} (version {c.version})"))
         self._show()
 
@@ -239,6 +240,10 @@ class ReviewWidget(Container):
 
     def previous(self, *_: Any) -> None:
         self.viewer.dims.set_current_step(0, max(0, self.current - 1))
+
+    def refresh_status(self) -> None:
+        """Redraw the counts, the strip, the labels and Undo/Redo after another panel moved the store's versions."""
+        self._show()
 
     def _show(self) -> None:
         n = self.viewer.dims.nsteps[0]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from oct_wsss.store.effort import Effort, edit_effort
-from oct_wsss.store.store import ACCEPTED, REJECTED, Correction, CorrectionStore, StoreError, changes, derived_labels
+from oct_wsss.store.masks import changes, derived_labels
+from oct_wsss.store.store import ACCEPTED, PROPOSED, REJECTED, Correction, CorrectionStore, StoreError
 
-__all__ = ["ACCEPTED", "REJECTED", "Correction", "CorrectionStore", "Effort", "StoreError", "changes", "derived_labels",
-           "edit_effort"]
+__all__ = ["ACCEPTED", "PROPOSED", "REJECTED", "Correction", "CorrectionStore", "Effort", "StoreError", "changes",
+           "derived_labels", "edit_effort"]

@@ -71,9 +71,12 @@ def edit_effort(corrections: Iterable[Correction]) -> list[Effort]:
 
 def model_version(info: dict[str, Any]) -> tuple[str, str]:
     """(key, name) of the model behind a proposal's provenance: its checkpoint's SHA-256 and id when recorded (every
-    proposal made by this version), else the checkpoint's file name or the method (records made before that)."""
-    ckpt = info.get("checkpoint")
+    proposal made by this version; a SAM 2 propagation's ``sam2`` checkpoint alike), else the checkpoint's file name,
+    or the method and its engine (a weight-free propagation; records made before hashes)."""
+    ckpt, sam2 = info.get("checkpoint"), info.get("sam2")
+    if not isinstance(ckpt, dict) and isinstance(sam2, dict) and sam2.get("sha256"):
+        ckpt = {"sha256": sam2["sha256"], "id": f"sam2-{sam2['sha256'][:12]}"}
     if isinstance(ckpt, dict) and ckpt.get("sha256"):
         return str(ckpt["sha256"]), str(ckpt.get("id") or f"{info.get('method', 'model')}-{ckpt['sha256'][:12]}")
-    name = str(ckpt or info.get("method") or "unknown")
+    name = str(ckpt or "-".join(str(info[k]) for k in ("method", "engine") if info.get(k)) or "unknown")
     return name, name

@@ -6,7 +6,7 @@ import secrets
 import sqlite3
 from datetime import UTC, datetime
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: version -> the statements that bring a store from version - 1 to it (1 creates it)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -29,6 +29,22 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX heads_by_bscan ON heads (volume, bscan, id)",
         "INSERT INTO heads (volume, bscan, version, action, time) SELECT volume, bscan, MAX(version), 'migrate', "
         "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now') FROM corrections GROUP BY volume, bscan",
+    ),
+    # proposed versions (a propagation's pages, kept so that undo, redo and reopening see them) and the run that
+    # wrote them; SQLite cannot widen a CHECK in place, so the table is rebuilt with its rows and ids
+    3: (
+        "CREATE TABLE corrections_v3 (id INTEGER PRIMARY KEY, volume TEXT NOT NULL, bscan INTEGER NOT NULL, "
+        "status TEXT NOT NULL CHECK (status IN ('accepted', 'rejected', 'proposed')), version INTEGER NOT NULL, "
+        "labels TEXT NOT NULL, changes TEXT NOT NULL, proposal TEXT NOT NULL, grader TEXT NOT NULL, "
+        "time TEXT NOT NULL, mask_file TEXT, sha256 TEXT, parent INTEGER NOT NULL DEFAULT 0, run TEXT, "
+        "UNIQUE (volume, bscan, version))",
+        "INSERT INTO corrections_v3 (id, volume, bscan, status, version, labels, changes, proposal, grader, time, "
+        "mask_file, sha256, parent) SELECT id, volume, bscan, status, version, labels, changes, proposal, grader, "
+        "time, mask_file, sha256, parent FROM corrections",
+        "DROP TABLE corrections",
+        "ALTER TABLE corrections_v3 RENAME TO corrections",
+        "CREATE INDEX corrections_by_bscan ON corrections (volume, bscan)",
+        "CREATE INDEX corrections_by_run ON corrections (volume, run)",
     ),
 }
 

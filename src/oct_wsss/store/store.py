@@ -11,6 +11,8 @@ Undo and redo move which version is in effect (the *head*) per B-scan: each vers
 (its ``parent``, 0 = unreviewed), and every move is a row appended to ``heads`` in the same transaction as the
 decision it concerns. Undo goes to the parent, redo to the newest version made from the head; a new decision after an
 undo starts a new branch, so redo then follows it. Nothing is ever deleted, so an undone accept is still on disk.
+A propagation's pages are *proposed* versions sharing a ``run`` id: in effect until the grader decides, undone and
+redone together (``undo_run`` / ``redo_run``), never written over an accepted B-scan, and back when a project reopens.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from oct_wsss.classes import BACKGROUND, ONTOLOGY
+from oct_wsss.classes import ONTOLOGY
 from oct_wsss.store.boundaries import BoundaryEdits
+from oct_wsss.store.masks import changes, checked_mask, derived_labels, version_arrays
 from oct_wsss.store.schema import SCHEMA_VERSION, migrate
 from oct_wsss.volume import OctVolume
 
@@ -37,8 +40,8 @@ DB_FILE = "corrections.sqlite"
 #: the project's SAM 2 embeddings on disk (``propose.sam2_cache``; the SAM 2 widgets and HRF proposals fill it)
 EMBEDDINGS_DIR = "sam2-embeddings"
 COLUMNS = ("c.volume, c.bscan, c.status, c.version, c.labels, c.changes, c.proposal, c.grader, c.time, c.mask_file, "
-           "c.sha256, c.parent")
-ACCEPTED, REJECTED = "accepted", "rejected"
+           "c.sha256, c.parent, c.run")
+ACCEPTED, REJECTED, PROPOSED = "accepted", "rejected", "proposed"
 
 
 class StoreError(RuntimeError):
@@ -61,6 +64,7 @@ class Correction:
     mask_file: Path | None
     sha256: str | None
     parent: int = 0  # the version this one replaced (0: the B-scan was unreviewed)
+    run: str | None = None  # the propagation run that proposed it (proposed versions only)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``mask`` (H, W) uint8 ontology ids, ``image`` (the B-scan), ``proposal`` when kept; checksum-verified."""
@@ -71,22 +75,6 @@ class Correction:
             raise StoreError(f"{self.mask_file} does not match its checksum; the file was changed or damaged")
         with np.load(self.mask_file, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-
-
-def derived_labels(mask: np.ndarray) -> tuple[int, ...]:
-    """Image-level labels of a mask: the lesion ids present in it."""
-    return tuple(int(c) for c in np.unique(mask) if c != BACKGROUND)
-
-
-def changes(mask: np.ndarray, proposal: np.ndarray | None) -> dict[str, dict[str, int]]:
-    """Pixels the grader added and removed per class, relative to the proposal (all added when there was none)."""
-    before = np.zeros_like(mask) if proposal is None else proposal
-    out = {}
-    for c in sorted((set(np.unique(mask).tolist()) | set(np.unique(before).tolist())) - {BACKGROUND}):
-        added = int(((mask == c) & (before != c)).sum())
-        removed = int(((before == c) & (mask != c)).sum())
-        out[ONTOLOGY[c].key] = {"added": added, "removed": removed}
-    return out
 
 
 class CorrectionStore:
@@ -136,30 +124,40 @@ class CorrectionStore:
 
         ``labels``: the image-level labels as the grader set them; by default derived from the mask.
         """
-        mask = np.asarray(mask)
-        if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) or mask.min(initial=0) < 0 \
-                or mask.max(initial=0) >= len(ONTOLOGY):
-            raise ValueError(f"a mask is a 2-D array of ontology ids 0..{len(ONTOLOGY) - 1}; got {mask.dtype} "
-                             f"{mask.shape}")
-        mask = mask.astype(np.uint8)
+        mask = checked_mask(mask)
         if labels is not None and not set(labels) <= set(range(1, len(ONTOLOGY))):
             raise ValueError(f"image-level labels are lesion ids 1..{len(ONTOLOGY) - 1}; got {sorted(labels)}")
         labels = derived_labels(mask) if labels is None else tuple(sorted(int(c) for c in set(labels)))
-        for name, other in (("image", image), ("proposal", proposal)):
-            if other is not None and np.shape(other) != mask.shape:
-                raise ValueError(f"the {name} is {np.shape(other)}, the mask {mask.shape}")
+        kept = None if proposal is None else np.asarray(proposal, np.uint8)
+        arrays = version_arrays(mask, image=image, proposal=kept)
+        return self._record(volume, bscan, ACCEPTED, arrays, labels, changes(mask, proposal), proposal_info, grader)
+
+    def propose(self, volume: str, bscan: int, mask: np.ndarray, *, run: str, image: np.ndarray | None = None,
+                previous: dict[str, np.ndarray] | None = None, proposal_info: dict[str, Any] | None = None,
+                grader: str = "") -> Correction:
+        """Record a *proposed* version of one B-scan (a page a propagation wrote), so that undo, redo and reopening
+        see it; ``run`` groups the pages of one propagation (:meth:`undo_run`), ``previous`` keeps, as
+        ``previous_<key>``, what the page was before. Refused on an accepted B-scan: proposals never overwrite the
+        grader's work."""
+        mask = checked_mask(mask)
+        arrays = version_arrays(mask, image=image, **{f"previous_{k}": v for k, v in (previous or {}).items()})
+        return self._record(volume, bscan, PROPOSED, arrays, derived_labels(mask), changes(mask, None),
+                            proposal_info, grader, run=run)
+
+    def _record(self, volume: str, bscan: int, status: str, arrays: dict[str, np.ndarray], labels: tuple[int, ...],
+                change: dict[str, dict[str, int]], info: dict[str, Any] | None, grader: str,
+                run: str | None = None) -> Correction:
+        """Write a new version's mask file, then its row and the head move in one transaction."""
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             version, parent = self._next_version(con, volume, bscan), self._head(con, volume, bscan)
+            if status == PROPOSED and self._status_of(con, volume, bscan, parent) == ACCEPTED:
+                con.execute("ROLLBACK")
+                raise StoreError(f"B-scan {int(bscan)} is accepted; a proposal does not overwrite it")
             rel = Path("masks") / volume / f"{int(bscan):04d}-v{version}.npz"
-            arrays = {"mask": mask}
-            if image is not None:
-                arrays["image"] = np.asarray(image)
-            if proposal is not None:
-                arrays["proposal"] = np.asarray(proposal, np.uint8)
             sha = self._write_npz(self.root / rel, arrays)
-            row = Correction(volume, int(bscan), ACCEPTED, version, labels, changes(mask, proposal),
-                             proposal_info or {}, grader, _now(), self.root / rel, sha, parent)
+            row = Correction(volume, int(bscan), status, version, labels, change, info or {}, grader, _now(),
+                             self.root / rel, sha, parent, run)
             self._insert(con, row, rel.as_posix())
             self._move_head(con, volume, bscan, version, "decide")
             con.execute("COMMIT")
@@ -178,7 +176,7 @@ class CorrectionStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             row = Correction(volume, int(bscan), REJECTED, self._next_version(con, volume, bscan), (), {}, {},
-                             grader, _now(), None, None, self._head(con, volume, bscan))
+                             grader, _now(), None, None, self._head(con, volume, bscan), None)
             self._insert(con, row, None)
             self._move_head(con, volume, bscan, row.version, "decide")
             con.execute("COMMIT")
@@ -191,6 +189,11 @@ class CorrectionStore:
     def redo(self, volume: str, bscan: int) -> Correction | None:
         """Bring back the newest decision undone on the B-scan (after a new decision, that one); returns it."""
         return self._step(volume, bscan, "redo")
+
+    def current(self, volume: str, bscan: int) -> Correction | None:
+        """The version in effect on the B-scan (None: unreviewed)."""
+        with self._connect() as con:
+            return self._version_row(con, volume, bscan, self._head(con, volume, bscan))
 
     def can_undo(self, volume: str, bscan: int) -> bool:
         """Whether the B-scan has a decision in effect that :meth:`undo` would take back."""
@@ -217,8 +220,47 @@ class CorrectionStore:
             con.execute("COMMIT")
             return self._version_row(con, volume, bscan, target)
 
+    def undo_run(self, volume: str, run: str) -> dict[int, Correction | None]:
+        """Take back the pages of propagation ``run`` still in effect, in one transaction; returns B-scan -> the
+        version in effect now (None: unreviewed). B-scans decided since are left as they are, and absent."""
+        return self._step_run(volume, run, "undo")
+
+    def redo_run(self, volume: str, run: str) -> dict[int, Correction | None]:
+        """Bring back the pages of ``run`` where the version each replaced is in effect again (after ``undo_run``)."""
+        return self._step_run(volume, run, "redo")
+
+    def run_moves(self, volume: str, run: str) -> tuple[int, int]:
+        """(B-scans :meth:`undo_run` would take back, B-scans :meth:`redo_run` would bring back) for ``run``."""
+        with self._connect() as con:
+            return len(self._run_moves(con, volume, run, "undo")), len(self._run_moves(con, volume, run, "redo"))
+
+    def last_run(self, volume: str) -> str | None:
+        """The newest propagation run recorded on ``volume``, or None."""
+        with self._connect() as con:
+            row = con.execute("SELECT run FROM corrections WHERE volume = ? AND run IS NOT NULL ORDER BY id DESC "
+                              "LIMIT 1", (volume,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _step_run(self, volume: str, run: str, action: str) -> dict[int, Correction | None]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            moves = self._run_moves(con, volume, run, action)
+            for bscan, version in moves.items():
+                self._move_head(con, volume, bscan, version, action)
+            con.execute("COMMIT")
+            return {b: self._version_row(con, volume, b, v) for b, v in moves.items()}
+
+    def _run_moves(self, con: sqlite3.Connection, volume: str, run: str, action: str) -> dict[int, int]:
+        """B-scan -> the version ``action`` would put in effect: undo where the run's page is in effect (its parent),
+        redo where that parent is in effect again (the run's page)."""
+        rows = con.execute("SELECT bscan, version, parent FROM corrections WHERE volume = ? AND run = ? ORDER BY bscan",
+                           (volume, run)).fetchall()
+        frm, to = (1, 2) if action == "undo" else (2, 1)
+        return {r[0]: r[to] for r in rows if self._head(con, volume, r[0]) == r[frm]}
+
     def status(self, volume: str) -> dict[int, str]:
-        """B-scan index -> its latest decision (``accepted`` / ``rejected``); unreviewed B-scans are absent."""
+        """B-scan index -> the version in effect (``accepted`` / ``rejected`` / ``proposed``); unreviewed B-scans are
+        absent."""
         return {c.bscan: c.status for c in self.corrections(volume, status=None)}
 
     def accepted_masks(self, volume: str) -> dict[int, np.ndarray]:
@@ -248,7 +290,7 @@ class CorrectionStore:
 
     def _correction(self, r: tuple[Any, ...]) -> Correction:
         return Correction(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), json.loads(r[5]), json.loads(r[6]), r[7],
-                          r[8], None if r[9] is None else self.root / r[9], r[10], r[11])
+                          r[8], None if r[9] is None else self.root / r[9], r[10], r[11], r[12])
 
     def _version_row(self, con: sqlite3.Connection, volume: str, bscan: int, version: int) -> Correction | None:
         row = con.execute(f"SELECT {COLUMNS} FROM corrections c WHERE volume = ? AND bscan = ? AND version = ?",
@@ -261,6 +303,13 @@ class CorrectionStore:
         row = con.execute("SELECT version FROM heads WHERE volume = ? AND bscan = ? ORDER BY id DESC LIMIT 1",
                           (volume, int(bscan))).fetchone()
         return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def _status_of(con: sqlite3.Connection, volume: str, bscan: int, version: int) -> str | None:
+        """The status of a version (None for 0, unreviewed)."""
+        row = con.execute("SELECT status FROM corrections WHERE volume = ? AND bscan = ? AND version = ?",
+                          (volume, int(bscan), version)).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def _parent(con: sqlite3.Connection, volume: str, bscan: int, version: int) -> int | None:
@@ -289,9 +338,9 @@ class CorrectionStore:
     @staticmethod
     def _insert(con: sqlite3.Connection, c: Correction, rel: str | None) -> None:
         con.execute("INSERT INTO corrections (volume, bscan, status, version, labels, changes, proposal, grader, time,"
-                    " mask_file, sha256, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " mask_file, sha256, parent, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (c.volume, c.bscan, c.status, c.version, json.dumps(list(c.labels)), json.dumps(c.changes),
-                     json.dumps(c.proposal), c.grader, c.time, rel, c.sha256, c.parent))
+                     json.dumps(c.proposal), c.grader, c.time, rel, c.sha256, c.parent, c.run))
 
     @staticmethod
     def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
