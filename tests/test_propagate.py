@@ -145,6 +145,41 @@ def test_cli_writes_labels_and_provenance(tmp_path) -> None:
     assert str(tmp_path) not in (out / "provenance.json").read_text()  # no paths (they can hold names)
 
 
+def test_cli_project_keeps_accepted_bscans_and_records_a_proposed_run(tmp_path, capsys) -> None:
+    import json
+
+    import tifffile
+
+    from oct_wsss.cli import main
+    from oct_wsss.io import read_volume, write_labels
+    from oct_wsss.store import ACCEPTED, PROPOSED, CorrectionStore
+
+    data, truth = shifted_volume(n=7, present=5)
+    tifffile.imwrite(tmp_path / "vol.tif", data)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[2][truth[2]] = 2
+    write_labels(tmp_path / "in.tif", labels)
+    argv = ["propagate", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "in.tif"), "--from", "2", "--to", "1:5"]
+    assert main([*argv, "--out", str(tmp_path / "no"), "--project", str(tmp_path / "not-a-project")]) == 2
+    assert "not a project folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    store = CorrectionStore(tmp_path / "project")
+    volume = store.volume_id(read_volume(tmp_path / "vol.tif"))
+    grader = np.zeros(data.shape[1:], np.uint8)
+    grader[:5, :5] = 1  # the grader accepted B-scan 3 with something else
+    store.accept(volume, 3, grader)
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--project", str(tmp_path / "project")]) == 0
+    got = tifffile.imread(out / "labels.tif")
+    np.testing.assert_array_equal(got[3], grader)  # kept, though the lesion was carried through it
+    assert dice(got[4] == 2, truth[4]) >= 0.85
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["proposed_bscans"] == [1, 4] and prov["accepted_kept"] == [3]
+    assert store.status(volume) == {1: PROPOSED, 3: ACCEPTED, 4: PROPOSED}
+    assert store.last_run(volume) == prov["project_run"] and store.current(volume, 4).proposal["engine"] == "flow"
+    np.testing.assert_array_equal(store.current(volume, 4).arrays()["mask"], got[4])
+    assert sorted(store.undo_run(volume, prov["project_run"])) == [1, 4] and store.status(volume) == {3: ACCEPTED}
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--from", "6", "--to", "1:5"], "B-scan 6 is outside the range 1:5"),
     (["--from", "2", "--to", "1:9"], "outside the volume's B-scans 0..6"),

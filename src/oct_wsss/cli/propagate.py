@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from oct_wsss.cli._common import CliError, write_labels_and_provenance
 
@@ -34,6 +37,10 @@ def _propagate(args: argparse.Namespace) -> None:
         check_request(volume.shape, labels, args.source, start, end)  # before loading SAM 2
     except ValueError as err:  # PropagationError, or a labels file that is not label pages
         raise CliError(str(err)) from err
+    project = _open_project(args.project, volume) if args.project is not None else None
+    accepted = project[0].accepted_masks(project[1]) if project is not None else {}
+    for i, mask in accepted.items():  # the grader's accepted masks are what the labels hold there
+        labels[i] = mask
     engine_fn = None
     if args.engine == "sam2":
         from oct_wsss.preprocess.device import resolve_device
@@ -49,7 +56,7 @@ def _propagate(args: argparse.Namespace) -> None:
 
     try:
         result = propagate(volume.data, labels, args.source, start, end, args.engine, engine_fn=engine_fn,
-                           progress=progress, min_confidence=args.min_confidence)
+                           progress=progress, min_confidence=args.min_confidence, accepted=set(accepted))
     except PropagationError as err:
         raise CliError(str(err)) from err
     print(file=sys.stderr)
@@ -57,12 +64,44 @@ def _propagate(args: argparse.Namespace) -> None:
         result.provenance["sam2"] = sam2_provenance(args.sam2_checkpoint, args.sam2_config)
     result.provenance["volume"] = {"shape": list(volume.shape), "spacing_mm": list(volume.spacing_mm),
                                    "format": volume.source.get("format")}
+    if project is not None:
+        result.provenance["project_run"] = _keep_in_project(*project, volume.data, labels, result)
     files = write_labels_and_provenance(args.out, result.labels, tuple(volume.spacing_mm), result.provenance)
     print(f"proposed {int(result.proposed.sum())} B-scans from B-scan {args.source} ({args.engine})")
     for stop in result.provenance["stops"]:
         print(f"  class {stop['class']} {stop['direction']}: last B-scan {stop['last_filled']} ({stop['reason']})")
+    if project is not None:
+        print(f"kept {len(accepted)} accepted B-scans; the proposed B-scans are run {result.provenance['project_run']} "
+              f"in {args.project} (Review and Propagate reopen them)")
     for file in files:
         print(f"wrote {file}")
+
+
+def _open_project(folder: Path, volume: Any) -> tuple[Any, str]:
+    """(the grader's store, the volume's id in it); refused in one line before anything is written when ``folder``
+    is not a project."""
+    from oct_wsss.cli.propose import check_project
+    from oct_wsss.store import CorrectionStore, StoreError
+
+    try:
+        check_project(folder)
+        store = CorrectionStore(folder)
+    except StoreError as err:
+        raise CliError(str(err)) from err
+    return store, store.volume_id(volume)
+
+
+def _keep_in_project(store: Any, volume_id: str, data: np.ndarray, before: np.ndarray, result: Any) -> str:
+    """Record the propagated B-scans as one run of proposed versions (what each page was beside it); the run id."""
+    from oct_wsss.store import new_run_id
+
+    run = new_run_id()
+    info = {k: result.provenance[k] for k in ("method", "engine", "source_bscan", "range", "parameters", "sam2")
+            if k in result.provenance}
+    for i in result.provenance["proposed_bscans"]:
+        store.propose(volume_id, i, result.labels[i], run=run, image=data[i], previous={"page": before[i]},
+                      proposal_info={**info, "run": run, "source": "cli"})
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,4 +120,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-confidence", type=float, default=0.5,
                    help="stop a class where its confidence drops below this (default 0.5)")
     p.add_argument("--device", default="auto", help="sam2 engine: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--project", type=Path, help="a grader's project folder: B-scans accepted there are kept, and the "
+                   "propagated B-scans are recorded there as one proposed run (undo/redo it in napari)")
     p.set_defaults(func=_propagate)

@@ -12,7 +12,6 @@ Without a project, Undo puts back the pages kept in memory and there is no Redo.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from qtpy.QtCore import QSettings
 from oct_wsss.napari._layers import write_page
 from oct_wsss.napari._session import session
 from oct_wsss.napari._versions import show_version
-from oct_wsss.store import StoreError
+from oct_wsss.store import StoreError, new_run_id
 
 
 class PropagateWidget(Container):
@@ -106,7 +105,7 @@ class PropagateWidget(Container):
         if self.session.store is None and review is not None and review.project_chosen():
             review.open()  # the pages are kept in the project: undo and redo survive reopening it
         self.previous, self._cancel, self._failure = {}, False, None
-        self.run = uuid.uuid4().hex[:12] if self.session.store is not None else None
+        self.run = new_run_id() if self.session.store is not None else None
         self.run_info = {"method": "propagate", "engine": self.engine.value, "from_bscan": k,
                          "min_confidence": float(self.min_confidence.value), "source": "napari",
                          **({"run": self.run} if self.run else {})}  # sam2: the worker adds its checkpoint

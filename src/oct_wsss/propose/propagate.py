@@ -11,7 +11,7 @@ are *proposed* (never accepted): the grader still accepts them. The engines (``f
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,9 +122,10 @@ def propagate_stream(data: np.ndarray, labels: np.ndarray, source: int, start: i
 
 def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end: int, engine: str = "flow", *,
               engine_fn: Engine | None = None, params: dict[str, Any] | None = None, progress: Progress | None = None,
-              cancel: Cancel | None = None, **options: Any) -> Propagation:
+              cancel: Cancel | None = None, accepted: Collection[int] = (), **options: Any) -> Propagation:
     """Propagate B-scan ``source`` of ``labels`` over ``start..end`` with ``engine`` ("flow", or "sam2" with
-    ``engine_fn`` from ``propagate_sam2.sam2_engine``) and return the filled labels (a copy) and provenance."""
+    ``engine_fn`` from ``propagate_sam2.sam2_engine``) and return the filled labels (a copy) and provenance. B-scans in
+    ``accepted`` (the grader's) are carried through but never written."""
     if engine not in ENGINES:
         raise PropagationError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine_fn is None:
@@ -135,9 +136,10 @@ def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end
     total, t0 = end - start, time.perf_counter()
     for done, result in enumerate(propagate_stream(data, labels, source, start, end, engine_fn, cancel=cancel,
                                                    stops=stops, **options), start=1):
-        apply_page(out[result.index], result)
-        proposed[result.index] = True
-        confidence[result.index] = result.confidence
+        if result.index not in accepted:
+            apply_page(out[result.index], result)
+            proposed[result.index] = True
+            confidence[result.index] = result.confidence
         if progress is not None:
             progress(done, total)
     prov = {"method": "propagate", "engine": engine, "source_bscan": int(source), "range": [int(start), int(end)],
@@ -145,6 +147,7 @@ def propagate(data: np.ndarray, labels: np.ndarray, source: int, start: int, end
                            "classes": sorted({c for conf in confidence.values() for c in conf}
                                              | {s.class_id for s in stops})},
             "proposed_bscans": [int(i) for i in np.flatnonzero(proposed)],
+            **({"accepted_kept": sorted(int(i) for i in accepted)} if accepted else {}),
             "confidence": {str(i): {str(c): v for c, v in conf.items()} for i, conf in sorted(confidence.items())},
             "stops": [{"class": s.class_id, "direction": "forward" if s.direction > 0 else "backward",
                        "last_filled": s.last, "reason": s.reason} for s in stops],

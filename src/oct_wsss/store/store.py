@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -363,6 +364,11 @@ class CorrectionStore:
             raise StoreError(f"could not write {path.name} into {path.parent}: {err.strerror}; nothing was recorded "
                              "(free disk space and accept again)") from err
         return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def new_run_id() -> str:
+    """A fresh id for one propagation's proposed versions (``CorrectionStore.propose(run=...)``)."""
+    return uuid.uuid4().hex[:12]
 
 
 def _now() -> str:
