@@ -106,6 +106,7 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
     for i in (0, 1, 3, 4, 5):
         np.testing.assert_array_equal(store.current(volume, i).arrays()["mask"], propagated[i])
     assert session(viewer).records(layer).proposed[3].tolist() == propagated[3].tolist()
+    assert review.strip.statuses == ["proposed", "proposed", "unreviewed", "proposed", "proposed", "proposed"]
     viewer.dims.set_current_step(0, 3)
     layer.data[3, :4, :4] = 1
     review.accept()
@@ -119,6 +120,7 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
     propagate.undo()  # the propagation is taken back, except on B-scan 3, accepted since
     assert (np.asarray(layer.data[[0, 1, 4, 5]]) == 0).all() and np.array_equal(layer.data[3], first)
     assert store.status(volume) == {3: "accepted"} and propagate.redo_button.enabled
+    assert review.strip.statuses == ["unreviewed"] * 3 + ["accepted"] + ["unreviewed"] * 2
     propagate.redo()  # and brought back
     np.testing.assert_array_equal(layer.data, np.where(np.arange(6)[:, None, None] == 3, first, propagated))
     assert store.status(volume) == {0: "proposed", 1: "proposed", 3: "accepted", 4: "proposed", 5: "proposed"}
@@ -140,6 +142,7 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
     expected[2] = 0  # the source B-scan was corrected but never accepted: the store does not have it
     np.testing.assert_array_equal(layer.data, expected)
     assert sorted(session(viewer).records(layer).proposed) == [0, 1, 4, 5]  # the propagated pages, to review
+    assert review.strip.statuses == ["proposed", "proposed", "unreviewed", "accepted", "proposed", "proposed"]
     assert propagate.undo_button.enabled and not propagate.redo_button.enabled
     propagate.undo()  # the reopened project's last propagation, taken back
     assert (np.asarray(layer.data[[0, 1, 4, 5]]) == 0).all() and store.status(volume) == {3: "accepted"}

@@ -151,6 +151,8 @@ class PropagateWidget(Container):
 
     def _done(self) -> None:
         self.worker = None
+        if (review := self.session.panels.get("Review")) is not None:  # its strip marks the propagated B-scans
+            review.refresh_status()
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self._show_history()
         what = f"failed ({self._failure}): " if self._failure is not None else "cancelled: " if self._cancel else ""
@@ -226,8 +228,7 @@ class PropagateWidget(Container):
         moved = getattr(s.store, f"{action}_run")(s.volume_id, self.run)
         for i, c in moved.items():
             show_version(s, layer, i, c, mine.get(i))
-        review = s.panels.get("Review")
-        if review is not None:
+        if (review := s.panels.get("Review")) is not None:
             review.refresh_status()
         return sorted(moved)
 
@@ -244,6 +245,8 @@ class PropagateWidget(Container):
                     kept.pop(i, None)
                 else:
                     kept[i] = value
+        if (review := self.session.panels.get("Review")) is not None:
+            review.refresh_status()
         return restored
 
 

@@ -253,5 +253,9 @@ class ReviewWidget(Container):
         self._show_labels()
 
     def _show_strip(self) -> None:
+        """Each B-scan's decision; undecided ones a propagation wrote are *proposed* (to review)."""
         n = self.viewer.dims.nsteps[0] if self.viewer.dims.ndim else 0
-        self.strip.set_status([self.decisions.get(i, "unreviewed") for i in range(n)], self.current)
+        layer = self.labels.value
+        info = self.session.records(layer).provenance if layer is not None else {}
+        self.strip.set_status([self.decisions.get(i) or ("proposed" if info.get(i, {}).get("method") == "propagate"
+                                                         else "unreviewed") for i in range(n)], self.current)

@@ -8,11 +8,13 @@ from qtpy.QtCore import QRect, Qt
 from qtpy.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-COLOURS = {"unreviewed": QColor(110, 110, 110), "accepted": QColor(40, 170, 70), "rejected": QColor(200, 50, 50)}
+COLOURS = {"unreviewed": QColor(110, 110, 110), "proposed": QColor(230, 160, 30), "accepted": QColor(40, 170, 70),
+           "rejected": QColor(200, 50, 50)}
 
 
 class StatusStrip(QWidget):
-    """Grey = unreviewed, green = accepted, red = rejected; the current B-scan is outlined; a click jumps there."""
+    """Grey = unreviewed, amber = propagated (proposed, to review), green = accepted, red = rejected; the current
+    B-scan is outlined; a click jumps there."""
 
     def __init__(self, jump: Callable[[int], None]) -> None:
         super().__init__()
@@ -21,7 +23,8 @@ class StatusStrip(QWidget):
         self.current = 0
         self.setMinimumHeight(18)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("review status per B-scan (grey unreviewed, green accepted, red rejected); click to go there")
+        self.setToolTip("review status per B-scan (grey unreviewed, amber propagated, green accepted, red rejected); "
+                        "click to go there")
 
     def set_status(self, statuses: list[str], current: int) -> None:
         """Show ``statuses`` (one per B-scan) with ``current`` outlined."""
