@@ -6,6 +6,7 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py --hrf
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py --workspace
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --layers
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --propagate
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --layers-eyesegpy
 """
 
@@ -175,6 +176,43 @@ def workspace() -> None:
     viewer.close()
 
 
+def propagation() -> None:
+    """The grader's loop at 1366 x 768 on the demo: B-scan 24 corrected (its truth) and accepted into a project,
+    carried over 20..28 by the Propagate tab (flow engine), then the Review tab on a propagated B-scan: its strip marks
+    the propagated B-scans amber (proposed, to review)."""
+    import tempfile
+
+    from oct_wsss.napari._propose import PROPOSED
+    from oct_wsss.weights import bundled_checkpoints
+
+    viewer = napari.Viewer(title="napari-oct-wsss")
+    worker = populate_demo(viewer, "student", bundled_checkpoints()["student"], device="cpu")
+    app = napari.qt.get_qapp()
+    while worker.is_running or PROPOSED not in viewer.layers:
+        app.processEvents()
+        time.sleep(0.01)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-oct-wsss", "OCT workspace")
+    viewer.window._qt_window.resize(1366, 768)
+    review, propagate = dock.panels["Review"], dock.panels["Propagate"]
+    layer = viewer.layers[PROPOSED]
+    viewer.dims.set_current_step(0, 24)
+    layer.data[24] = viewer.layers["ground truth"].data[24]  # the grader's correction
+    review.project.value = tempfile.mkdtemp(prefix="oct-wsss-project-")
+    review.accept()
+    propagate.start.value, propagate.end.value = 20, 28
+    run = propagate.propagate()
+    while run.is_running or not propagate.run_button.enabled:
+        app.processEvents()
+        time.sleep(0.02)
+    print(propagate.status.value)
+    viewer.dims.set_current_step(0, 26)
+    viewer.layers["ground truth"].visible = False
+    dock.setCurrentIndex(list(dock.panels).index("Review"))
+    viewer.reset_view()
+    _settle_and_shoot(viewer, "napari_propagate_1366x768.png")
+    viewer.close()
+
+
 def _run_layers_panel(viewer: napari.Viewer, source: str = "bundled") -> tuple:
     """Dock the workspace at 1366 x 768, open its Layers tab and run it on the CPU from ``source``; (dock, panel)
     once the run is over."""
@@ -245,6 +283,9 @@ def main() -> int:
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--layers":
         layers()
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--propagate":
+        propagation()
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--workspace":
         workspace()

@@ -107,6 +107,7 @@ def test_correct_propagate_accept_undo_redo_agree_with_the_store_and_survive_reo
         np.testing.assert_array_equal(store.current(volume, i).arrays()["mask"], propagated[i])
     assert session(viewer).records(layer).proposed[3].tolist() == propagated[3].tolist()
     assert review.strip.statuses == ["proposed", "proposed", "unreviewed", "proposed", "proposed", "proposed"]
+    assert review.status.value == "0 accepted, 0 rejected, 6 unreviewed of 6 (5 propagated)"
     viewer.dims.set_current_step(0, 3)
     layer.data[3, :4, :4] = 1
     review.accept()

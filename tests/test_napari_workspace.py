@@ -88,3 +88,24 @@ def test_re_propose_from_the_fine_tune_tab_runs_the_propose_tab(make_napari_view
     assert worker is not None and propose.checkpoint.value == finetune.result
     qtbot.waitUntil(lambda: propose.run_button.enabled and not worker.is_running, timeout=120_000)
     assert propose.status.value == "done"
+
+
+def test_lesion_panels_work_on_the_proposals_not_the_first_labels_layer(make_napari_viewer) -> None:
+    """In the demo the ground truth is the first Labels layer: Review, Propagate, Quantify and SAM 2 assist chose it
+    (the grader's accept stored the truth). They follow the proposal layer when one exists or is added."""
+    from oct_wsss.napari._layers import PROPOSED
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 16, 16), np.float32), name="oct")
+    truth = viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="ground truth")
+    workspace = WorkspaceWidget(viewer)  # Propose makes the proposal layer for the image at once
+    choosers = [workspace.panels[t].labels for t in ("Review", "Propagate", "Quantify", "SAM 2")]
+    proposed = viewer.layers[PROPOSED]
+    assert proposed is not truth and all(c.value is proposed for c in choosers)
+    viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="my own")  # another layer does not take over
+    assert all(c.value is proposed for c in choosers)
+    choosers[0].value = truth  # the grader's own choice stays until new proposals arrive
+    assert choosers[0].value is truth
+    viewer.layers.remove(proposed)
+    again = viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name=PROPOSED)  # e.g. an import
+    assert all(c.value is again for c in choosers)

@@ -17,6 +17,19 @@ AXES = ("B-scan", "depth", "lateral")
 #: the layer every method but HRF fills with its proposals, and imported segmentations go into
 PROPOSED = "lesions (proposed)"
 
+
+def follow_proposals(viewer: Any, chooser: Any) -> None:
+    """Point a lesion-labels chooser at the proposal layer now and whenever one is added: graders review, carry and
+    measure the proposals, not the first Labels layer in the list (in the demo that is the ground truth)."""
+    def pick(event: Any = None) -> None:
+        layer = event.value if event is not None else viewer.layers[PROPOSED] if PROPOSED in viewer.layers else None
+        if layer is not None and layer.name == PROPOSED:
+            chooser.reset_choices()
+            chooser.value = layer
+
+    viewer.layers.events.inserted.connect(pick)
+    pick()
+
 def display_name(volume: OctVolume) -> str:
     """A layer name from the file name, unless the file name carries the patient's name or an id."""
     stem = Path(str(volume.source.get("name") or "")).stem

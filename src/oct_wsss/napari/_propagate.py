@@ -22,7 +22,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSettings
 
-from oct_wsss.napari._layers import write_page
+from oct_wsss.napari._layers import follow_proposals, write_page
 from oct_wsss.napari._session import session
 from oct_wsss.napari._versions import show_version
 from oct_wsss.store import StoreError, new_run_id
@@ -39,6 +39,7 @@ class PropagateWidget(Container):
         self.settings = QSettings("napari-oct-wsss", "propose")  # the SAM 2 checkpoint is shared with HRF and assist
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.labels = create_widget(annotation="napari.layers.Labels", label="lesion labels")
+        follow_proposals(viewer, self.labels)
         self.start = SpinBox(label="from B-scan", min=0, max=9999)
         self.end = SpinBox(label="to B-scan", min=0, max=9999)
         self.engine = ComboBox(label="engine", choices=["flow", "sam2"], value="flow")

@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 
 from oct_wsss.classes import ONTOLOGY, by_key
 from oct_wsss.evaluate.measure import Measurements, measure_labels
+from oct_wsss.napari._layers import follow_proposals
 
 HEADER = ["class", "B-scans", "pixels", "volume (mm³)"]
 
@@ -40,6 +41,7 @@ class QuantifyWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.labels = create_widget(annotation="napari.layers.Labels", label="labels")
+        follow_proposals(viewer, self.labels)
         self.refresh_button = PushButton(text="Measure now")
         self.table = Table(value=table_value([], HEADER))
         self.summary = Label(value="")

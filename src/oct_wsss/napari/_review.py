@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.napari._layers import follow_proposals
 from oct_wsss.napari._session import session
 from oct_wsss.napari._status_strip import StatusStrip
 from oct_wsss.napari._versions import show_version
@@ -39,6 +40,7 @@ class ReviewWidget(Container):
         self.settings = QSettings("napari-oct-wsss", "review")
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.labels = create_widget(annotation="napari.layers.Labels", label="lesion labels")
+        follow_proposals(viewer, self.labels)
         self.project = FileEdit(label="project", mode="d", value=self.settings.value("project", "") or "")
         self.grader = LineEdit(label="grader", value=self.settings.value("grader", "") or "")
         self.open_button = PushButton(text="Open project / restore")
@@ -249,8 +251,10 @@ class ReviewWidget(Container):
         n = self.viewer.dims.nsteps[0]
         accepted = sum(s == ACCEPTED for s in self.decisions.values())
         rejected = sum(s == REJECTED for s in self.decisions.values())
-        self.status.value = f"{accepted} accepted, {rejected} rejected, {n - accepted - rejected} unreviewed of {n}"
-        self._show_labels()
+        self._show_labels()  # and the strip, which knows the propagated B-scans
+        propagated = self.strip.statuses.count("proposed")
+        self.status.value = (f"{accepted} accepted, {rejected} rejected, {n - accepted - rejected} unreviewed of {n}"
+                             + (f" ({propagated} propagated)" if propagated else ""))
 
     def _show_strip(self) -> None:
         """Each B-scan's decision; undecided ones a propagation wrote are *proposed* (to review)."""

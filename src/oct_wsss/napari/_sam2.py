@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.napari._layers import follow_proposals
 from oct_wsss.napari._session import session
 from oct_wsss.store.store import EMBEDDINGS_DIR
 
@@ -39,6 +40,7 @@ class Sam2Widget(Container):
                                    value=self.settings.value("sam2", "") or "")
         self.image = create_widget(annotation="napari.layers.Image", label="OCT image")
         self.labels = create_widget(annotation="napari.layers.Labels", label="lesion labels")
+        follow_proposals(viewer, self.labels)
         self.lesion = ComboBox(label="class", choices=[(c.name, c.id) for c in ONTOLOGY[1:]], value=1)
         self.auto = CheckBox(text="segment on each new point", value=True)
         self.prompts_button = PushButton(text="Add prompt layers (points ±, box)")
