@@ -39,6 +39,14 @@ def test_bench_times_every_stage_of_student_and_agm(tmp_path) -> None:
     assert all(v > 0 for v in report["speedup"].values())
 
 
+def test_bench_times_the_layer_model_network_and_ordering() -> None:
+    volume = make_volume(0, n_bscans=2, height=96, width=80).volume
+    report = run_bench(volume, device="cpu", repeats=2, methods=("layers",), log=lambda _m: None)
+    names = [s["name"].split(" (")[0] for s in report["stages"] if s["method"] == "layers"]
+    assert names == ["band probabilities", "bands and boundaries"]
+    assert all(s["bscans"] == 2 and s["median_s"] > 0 for s in report["stages"])
+
+
 def test_baseline_cams_are_the_grad_cam_packages_on_our_inputs(tmp_path) -> None:
     """The baseline's CAM of one class equals a direct pytorch-grad-cam call on the stacked inputs."""
     import torch

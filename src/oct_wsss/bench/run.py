@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from oct_wsss.bench.hrf import hrf_stages, sam2_stages
-from oct_wsss.bench.stages import agm_stages, student_stages
+from oct_wsss.bench.stages import agm_stages, layers_stages, student_stages
 from oct_wsss.bench.timing import Stage, machine, peak_memory, speedups, timed
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.volume import OctVolume
 
-METHODS = ("student", "agm", "sam2", "hrf")
+METHODS = ("student", "agm", "sam2", "hrf", "layers")
 
 
 def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, methods: tuple[str, ...] = METHODS,
@@ -45,6 +45,8 @@ def run_bench(volume: OctVolume, *, device: str = "auto", repeats: int = 5, meth
             stages += agm_stages(volume, dev, repeats, checkpoints.get(method), size=agm_size, baseline=baseline)
         elif method == "sam2":
             stages += sam2_stages(volume, dev, repeats)
+        elif method == "layers":
+            stages += layers_stages(volume, dev, repeats, checkpoints.get(method))
         else:
             stages += hrf_stages(volume, dev, repeats, checkpoints.get(method), iterations=hrf_iterations,
                                  sam2="sam2" in methods)

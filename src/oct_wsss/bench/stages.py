@@ -1,5 +1,6 @@
-"""Student and AGM stages of ``oct-wsss bench``: the student on one B-scan and a volume; AGM's GANomaly,
-classification, GradCAM with and without smoothing, refinement, post-processing, full proposal, and the baseline."""
+"""Student, layers and AGM stages of ``oct-wsss bench``: the student on one B-scan and a volume; the layer model on the
+volume; AGM's GANomaly, classification, GradCAM with and without smoothing, refinement, post-processing, full
+proposal, and the baseline."""
 
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def student_stages(volume: OctVolume, device: torch.device, repeats: int, checkp
                 volume.n_bscans, timed(lambda: list(proposer.run(volume, everything)), max(1, repeats // 2),
                                        device=device))
     return [one, vol]
+
+
+def layers_stages(volume: OctVolume, device: torch.device, repeats: int,
+                  checkpoint: str | Path | None = None) -> list[Stage]:
+    """The layer model (bundled checkpoint by default) on the whole volume: the network's band probabilities alone,
+    then what ``oct-wsss layers`` computes (network and the ordering step)."""
+    from oct_wsss.propose.layers import LayerModel
+
+    model = LayerModel(checkpoint, device=str(device))
+    n = volume.n_bscans
+    return [Stage("layers", f"band probabilities ({n} B-scans)", n,
+                  timed(lambda: sum(1 for _ in model.probs(volume.data)), max(1, repeats // 2), device=device)),
+            Stage("layers", f"bands and boundaries ({n} B-scans, network + ordering)", n,
+                  timed(lambda: model.segment(volume.data, require_retina=False), max(1, repeats // 2),
+                        device=device))]
 
 
 #: AGM built with random weights when no checkpoint is given: the paper's size, or (quick) the demo checkpoint's

@@ -24,8 +24,8 @@ def _bench(args: argparse.Namespace) -> None:
 
         volume = make_volume(0, n_bscans=8 if args.quick else 49, height=496, width=512).volume
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    checkpoints = {k: v for k, v in (("student", args.student), ("agm", args.agm), ("hrf", args.hrf))
-                   if v is not None}
+    checkpoints = {k: v for k, v in (("student", args.student), ("agm", args.agm), ("hrf", args.hrf),
+                                     ("layers", args.layers)) if v is not None}
     try:
         report = run_bench(volume, device=args.device, repeats=args.repeats or (2 if args.quick else 5),
                            methods=methods, checkpoints=checkpoints, read=read,
@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--volume", type=Path, help="OCT file to time (default: a 49 x 496 x 512 synthetic volume)")
     p.add_argument("--methods", default="student,agm,sam2,hrf",
-                   help="comma-separated methods to time (default student,agm,sam2,hrf)")
+                   help="comma-separated methods to time (default student,agm,sam2,hrf; also layers)")
+    p.add_argument("--layers", type=Path, help="layer checkpoint (default: the bundled layers.safetensors)")
     p.add_argument("--hrf", type=Path, help="HRF checkpoint (default: random weights, a small MIL classifier)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the grad-cam package baseline (per image and class, aug_smooth, fp32) and the speed-up")
