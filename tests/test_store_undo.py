@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oct_wsss.store import ACCEPTED, REJECTED, CorrectionStore, StoreError
+from oct_wsss.store import ACCEPTED, PROPOSED, REJECTED, CorrectionStore, StoreError
 from oct_wsss.store.schema import MIGRATIONS
 
 _FORK = multiprocessing.get_context("fork")
@@ -59,9 +59,12 @@ class Model:
 
 
 def model_step(model: Model, op: tuple[str, int]) -> bool:
-    """Apply ``op`` to the model; False when it is an undo or redo with nothing to do."""
+    """Apply ``op`` to the model; False when it is an undo or redo with nothing to do, or a proposal on an accepted
+    B-scan (refused)."""
     action, bscan = op
-    if action in (ACCEPTED, REJECTED):
+    if action == PROPOSED and model.status().get(bscan) == ACCEPTED:
+        return False
+    if action in (ACCEPTED, REJECTED, PROPOSED):
         model.decide(bscan, action)
         return True
     return model.step(bscan, action)
@@ -74,6 +77,12 @@ def store_step(store: CorrectionStore, op: tuple[str, int], possible: bool) -> N
         store.accept("vol", bscan, _mask(1 + bscan))
     elif action == REJECTED:
         store.reject("vol", bscan)
+    elif action == PROPOSED:
+        if possible:
+            store.propose("vol", bscan, _mask(7), run="run")
+        else:
+            with pytest.raises(StoreError, match="does not overwrite"):
+                store.propose("vol", bscan, _mask(7), run="run")
     elif possible:
         getattr(store, action)("vol", bscan)
     else:
@@ -110,7 +119,8 @@ def test_a_new_decision_after_undo_is_what_redo_brings_back(tmp_path: Path) -> N
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from([ACCEPTED, REJECTED, "undo", "redo"]), st.integers(0, 1)), max_size=12))
+@given(st.lists(st.tuples(st.sampled_from([ACCEPTED, REJECTED, PROPOSED, "undo", "redo"]), st.integers(0, 1)),
+                max_size=12))
 def test_any_sequence_matches_the_model_and_a_reopened_store(tmp_path_factory, ops) -> None:
     root = tmp_path_factory.mktemp("store")
     store, model = CorrectionStore(root), Model()
