@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python training/real_wsss_lopo.py --init PHANTOM_STUDENT.safetensors \
         --runs /work/runs/real-wsss [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4] \
-        [--confidence '{"top_k": 200}']
+        [--confidence '{"top_k": 200}'] [--cam /work/runs/dfp-unet/dfp-{held}.safetensors [--gate '{"moderate": 0.3}']]
 
 For each held-out patient the phantom student (``--init``; the table's ``phantom_only`` rows score it) is adapted by
 ``method: real-wsss`` on the other four patients' B-scans with their image-level ``has_fluid`` only (masks dropped
@@ -11,7 +11,9 @@ recipe's defaults, fixed before any scoring; nothing is selected on Duke. Predic
 against grader 1, pooled IoU and mean per-image DSC (B-scans with fluid), three ways: raw; inside the retina of the
 layer model of the same fold (``training/layers_train.py lopo``: trained on the other four patients' layer labels, a
 separate model); inside Duke's own layer labels (an oracle, for reference only). Per-fold JSON under ``--runs``; a
-rerun skips finished folds.
+rerun skips finished folds. ``--cam``: each fold's DFP classifier (``training/duke_dfp_variants.py``, trained on three
+of the four training patients' ``has_fluid``, never the held-out one) gates the weak targets (recipe key ``cam``,
+issue 19 item 2c).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ PATIENTS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09"
 RECIPE = REPO / "training" / "real-wsss.yaml"  # the shipped recipe; each fold changes init, out, data root, real
 
 
-def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int, confidence: dict | None = None) -> dict:
+def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int, confidence: dict | None = None,
+           cam: dict | None = None) -> dict:
     """The shipped recipe for one fold: the held-out patient excluded, real paths absolute, run under ``runs``
-    (``confidence``: entries that replace the recipe's, e.g. {"top_k": 200})."""
+    (``confidence``: entries that replace the recipe's, e.g. {"top_k": 200}; ``cam``: the recipe's cam block)."""
     raw = yaml.safe_load(RECIPE.read_text())
+    if cam:
+        raw["cam"] = cam
     raw["confidence"] = {**(raw.get("confidence") or {}), **(confidence or {})}
     raw["data"]["root"] = str(runs / "phantom")
     for entry in raw["real"]:
@@ -105,6 +110,8 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--confidence", type=json.loads, default=None, help='JSON replacing recipe confidence entries, '
                     'e.g. \'{"top_k": 200}\'')
+    ap.add_argument("--cam", help="a DFP checkpoint per fold; {held} stands for the held-out patient")
+    ap.add_argument("--gate", type=json.loads, default={}, help='JSON CamGate entries, e.g. \'{"moderate": 0.3}\'')
     ap.add_argument("--table", action="store_true", help="only print the table of the folds already run")
     args = ap.parse_args()
     if args.table:
@@ -116,7 +123,8 @@ def main() -> None:
             continue
         path = args.runs / f"recipe-{held}.yaml"
         init = Path(args.init.format(held=held)).resolve()
-        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs, args.confidence)))
+        cam = {"checkpoint": str(Path(args.cam.format(held=held)).resolve()), **args.gate} if args.cam else None
+        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs, args.confidence, cam)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
         bands = None

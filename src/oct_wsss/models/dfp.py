@@ -14,6 +14,11 @@ try with Σ_c f_c / C + b never left "all abnormal" in 12 epochs; docs/results.m
 replaces the sum by GMP → Linear, and its saliency per class is the CAM Σ_c w_kc F_c. The encoder keeps no
 max-pool either by default (``encoder_maxpool=False``), so R_4 lies on M's stride-8 grid and S_4 = M meets its
 first reference at its own scale; ``True`` gives the torchvision layout.
+
+``backbone="unet"`` (issue 19, item 2b) swaps the ResNet for the student U-Net's encoder (depth 4): the shared input
+block is its first double conv, the prediction module its next three down blocks (stride 8, 8 x width channels) and
+the encoder its four down blocks, so R_1..R_5 lie at strides 1, 2, 4, 8, 16; :func:`load_unet_encoder` copies a
+trained student's encoder into both (the phantom student as a domain-matched stand-in for ImageNet weights).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .config import strict_from_dict
+from .student import double_conv
 
 #: backbone -> (torchvision block type, blocks per stage)
 BACKBONES: dict[str, tuple[type[tvm.resnet.BasicBlock | tvm.resnet.Bottleneck], list[int]]] = {
@@ -34,6 +40,8 @@ BACKBONES: dict[str, tuple[type[tvm.resnet.BasicBlock | tvm.resnet.Bottleneck], 
     "resnet34": (tvm.resnet.BasicBlock, [3, 4, 6, 3]),
     "resnet50": (tvm.resnet.Bottleneck, [3, 4, 6, 3]),
 }
+#: the student U-Net's encoder (depth 4): not a ResNet, so not in BACKBONES
+UNET = "unet"
 
 
 @dataclass
@@ -48,8 +56,8 @@ class DfpConfig:
 
     def __post_init__(self) -> None:
         """Validate choices early, with the allowed values in the message."""
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"DfpConfig.backbone must be one of {tuple(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone not in (*BACKBONES, UNET):
+            raise ValueError(f"DfpConfig.backbone must be one of {(*BACKBONES, UNET)}, got {self.backbone!r}")
         if self.n_classes < 1:
             raise ValueError(f"DfpConfig.n_classes must be >= 1, got {self.n_classes}")
         if self.image_channels < 1:
@@ -58,7 +66,10 @@ class DfpConfig:
             raise ValueError(f"DfpConfig.width must be >= 4, got {self.width}")
 
     def stage_channels(self, stage: int) -> int:
-        """Output channels of layer ``stage`` (1..4): width x 2^(stage-1) x the block's expansion."""
+        """Output channels of layer ``stage`` (1..4): width x 2^(stage-1) x the block's expansion (U-Net: width x
+        2^stage)."""
+        if self.backbone == UNET:
+            return self.width * 2**stage
         return self.width * 2 ** (stage - 1) * BACKBONES[self.backbone][0].expansion
 
     @property
@@ -130,18 +141,59 @@ def _resnet(config: DfpConfig) -> tuple[tvm.ResNet, list[nn.Sequential]]:
     return net, stages
 
 
+def _unet_parts(config: DfpConfig) -> tuple[nn.Sequential, list[nn.Sequential], list[nn.Sequential]]:
+    """The U-Net encoder's first double conv (shared stem), three down blocks (predictor) and four (encoder)."""
+    w = config.width
+
+    def down(i: int) -> nn.Sequential:
+        return nn.Sequential(nn.MaxPool2d(2), double_conv(w * 2 ** (i - 1), w * 2**i))
+
+    return (double_conv(config.image_channels, w), [down(i) for i in (1, 2, 3)], [down(i) for i in (1, 2, 3, 4)])
+
+
+def load_unet_encoder(net: DfpNet, student_state: dict[str, torch.Tensor]) -> int:
+    """Copy a student U-Net's encoder (``net.down.i`` weights of a StudentNet state dict) into a ``unet`` DfpNet's
+    stem, predictor and encoder; the heads keep their initialisation. Returns the number of tensors copied."""
+    if net.config.backbone != UNET:
+        raise ValueError(f"only a 'unet' DFP backbone takes a student's encoder, not {net.config.backbone!r}")
+    own, copied = net.state_dict(), {}
+    for key, value in student_state.items():
+        parts = key.split(".")
+        if parts[:2] != ["net", "down"]:
+            continue
+        i, rest = int(parts[2]), ".".join(parts[3:])
+        names = [f"stem.{rest}"] if i == 0 else [f"encoder.{i - 1}.1.{rest}"]
+        names += [f"predictor.layer{i}.1.{rest}"] if 1 <= i <= 3 else []
+        for name in names:
+            if name not in own:
+                raise ValueError(f"the student's {key} has no place in this DFP network (a depth-4 U-Net encoder)")
+            if own[name].shape != value.shape:
+                raise ValueError(f"the student's {key} is {tuple(value.shape)}, the DFP network's {name} "
+                                 f"{tuple(own[name].shape)}: build DfpConfig with the student's width")
+            copied[name] = value
+    missing = [k for k in own if k.startswith(("stem.", "predictor.", "encoder.")) and k not in copied]
+    if missing:
+        raise ValueError(f"the student state lacks {len(missing)} encoder tensors (first: {missing[0]}); is it a "
+                         "depth-4 U-Net?")
+    net.load_state_dict(copied, strict=False)
+    return len(copied)
+
+
 class DfpNet(nn.Module):
     """Prediction module + feature-propagation encoder sharing the input conv; ``forward(x) -> DfpOutput``."""
 
     def __init__(self, config: DfpConfig) -> None:
         super().__init__()
         self.config = config
-        _, pred = _resnet(config)
-        _, enc = _resnet(config)
-        conv1 = nn.Conv2d(config.image_channels, config.width, kernel_size=7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
-        stem = [("conv1", conv1), ("bn1", nn.BatchNorm2d(config.width)), ("relu", nn.ReLU(inplace=True))]
-        self.stem = nn.Sequential(OrderedDict(stem))
+        if config.backbone == UNET:
+            self.stem, pred, enc = _unet_parts(config)
+        else:
+            _, pred = _resnet(config)
+            _, enc = _resnet(config)
+            conv1 = nn.Conv2d(config.image_channels, config.width, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
+            stem = [("conv1", conv1), ("bn1", nn.BatchNorm2d(config.width)), ("relu", nn.ReLU(inplace=True))]
+            self.stem = nn.Sequential(OrderedDict(stem))
         self.predictor = nn.Sequential(OrderedDict([("layer1", pred[0]), ("layer2", pred[1]), ("layer3", pred[2])]))
         self.pool = nn.MaxPool2d(3, 2, 1) if config.encoder_maxpool else nn.Identity()
         self.encoder = nn.ModuleList(enc)

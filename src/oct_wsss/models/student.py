@@ -45,7 +45,8 @@ class StudentConfig:
         return strict_from_dict(cls, data, "student config")
 
 
-def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+def double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 conv + batch norm + ReLU: a U-Net level (the DFP "unet" backbone reuses it)."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
@@ -57,9 +58,9 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, n_outputs: int, width: int = 16, depth: int = 4) -> None:
         super().__init__()
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_double_conv(in_channels, chans[0])] +
-                                  [_double_conv(chans[i], chans[i + 1]) for i in range(depth)])
-        self.up = nn.ModuleList([_double_conv(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
+        self.down = nn.ModuleList([double_conv(in_channels, chans[0])] +
+                                  [double_conv(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([double_conv(chans[i + 1] + chans[i], chans[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], n_outputs, 1)
         self.depth = depth
 

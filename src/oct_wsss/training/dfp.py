@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import classification_scores
 from oct_wsss.models.config import strict_from_dict
-from oct_wsss.models.dfp import DfpConfig, DfpNet
+from oct_wsss.models.dfp import DfpConfig, DfpNet, load_unet_encoder
 from oct_wsss.preprocess.intensity import check_intensity
 from oct_wsss.training.agm import make_optimizer
 from oct_wsss.training.data import Sample
@@ -44,6 +45,7 @@ class DfpTrainConfig:
     max_steps_per_epoch: int | None = None
     cache: bool = True
     intensity: str = "unit"  # or "harmonised" (preprocess.intensity): the checkpoint records it, proposers apply it
+    init: str | None = None  # a student checkpoint whose U-Net encoder starts a "unet" backbone (issue 19, item 2b)
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)
@@ -114,7 +116,10 @@ def _train(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[int
     """The epoch loop of :func:`train_dfp` in the process group ``dist`` (``log`` is already rank 0's only)."""
     seed_everything(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    net = DfpNet(net_config).to(dist.device)
+    net = DfpNet(net_config)
+    if opts.init:
+        log(f"dfp: {init_from_student(net, Path(opts.init))} encoder tensors from {Path(opts.init).name}")
+    net = net.to(dist.device)
     optimizer = make_optimizer(net.parameters(), opts.optimizer)
     state_path, start = run_dir / STATE_FILE, 0
     if state_path.is_file():
@@ -143,6 +148,19 @@ def _train(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[int
     if metrics is not None:
         metrics.close()
     return DfpRun(net.eval(), history)
+
+
+def init_from_student(net: DfpNet, path: Path) -> int:
+    """Start ``net``'s U-Net backbone from a student checkpoint's encoder (its width and intensity must match)."""
+    ckpt = Checkpoint.load(path, expect_method="student")
+    arch = ckpt.meta["architecture"]["student"]
+    if arch.get("arch") != "unet" or arch.get("depth") != 4 or arch.get("width") != net.config.width:
+        raise TrainingError(f"{path.name}: a DFP 'unet' backbone of width {net.config.width} needs a depth-4 U-Net "
+                            f"student of that width; the checkpoint has {arch}")
+    try:
+        return load_unet_encoder(net, ckpt.state_dict)
+    except ValueError as err:
+        raise TrainingError(f"{path.name}: {err}") from err
 
 
 def _epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, opts: DfpTrainConfig,

@@ -4,8 +4,10 @@ Each round the current student labels the real B-scans; :func:`~oct_wsss.trainin
 keeps what each B-scan's image labels allow and the student is sure of; the student then trains on those targets
 beside the phantom's pixel truth (self-training). No real pixel label is read: a real data entry whose adapter
 carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and then the masks are dropped unread.
-``retina: layers`` records in the checkpoint that its proposals keep lesions between the layer model's ILM and BM
-(applied when proposing, never in training).
+``cam: {checkpoint: DFP.safetensors, threshold, moderate}`` gates the allowed-class targets by that classifier's
+saliency M (:func:`~oct_wsss.training.weak_labels.cam_gate`; issue 19 item 2c). ``retina: layers`` records in the
+checkpoint that its proposals keep lesions between the layer model's ILM and BM (applied when proposing, never in
+training).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.propose.dfp import DfpProposer
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import LabelledSet
 from oct_wsss.training.datasets import load_dataset
@@ -26,7 +29,7 @@ from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
 from oct_wsss.training.student_data import IGNORE, WEAK, Target, truth_targets
-from oct_wsss.training.weak_labels import Confidence, image_level_target, verdicts
+from oct_wsss.training.weak_labels import CamGate, Confidence, cam_gate, image_level_target, verdicts
 
 
 def real_sets(recipe: Recipe) -> list[LabelledSet]:
@@ -64,10 +67,10 @@ def _real_set(spec: dict[str, Any], i: int, recipe: Recipe) -> LabelledSet:
 
 
 def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confidence: Confidence, weight: float,
-                 log: Callable[[str], None]) -> list[Target]:
-    """One target per real B-scan from the current student, filtered by the B-scan's image-level labels; logs per set
-    on how many B-scans with and without a labelled class the student predicts one (an image-level criterion that
-    needs no pixel label)."""
+                 log: Callable[[str], None], cam: tuple[DfpProposer, CamGate] | None = None) -> list[Target]:
+    """One target per real B-scan from the current student, filtered by the B-scan's image-level labels (and, with
+    ``cam``, gated by a DFP classifier's saliency on B-scans that allow a class); logs per set on how many B-scans with
+    and without a labelled class the student predicts one (an image-level criterion that needs no pixel label)."""
     classes = proposer.classes
     out, kept = [], np.zeros(len(classes) + 2, np.int64)  # background, classes..., ignored
     for data in sets:
@@ -76,10 +79,14 @@ def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confide
             image = s.load_image()  # read once: proposed on now, trained on later
             probs = proposer.probabilities([image])[0]
             target = image_level_target(probs, classes, s.labels, data.classes, confidence)
+            said = verdicts(classes, s.labels, data.classes)
+            if cam is not None and "allowed" in said:
+                soft, _ = cam[0].scores([image], np.ones((1, len(cam[0].classes)), bool))
+                target = cam_gate(target, probs, soft[0].max(0), classes, s.labels, data.classes, cam[0].classes,
+                                  cam[1])
             kept += np.bincount(np.searchsorted((0, *classes, IGNORE), target.ravel()), minlength=len(kept))
             out.append(Target(partial(np.asarray, image), partial(np.asarray, target), weight, WEAK,
                               (s.volume, s.bscan)))
-            said = verdicts(classes, s.labels, data.classes)
             spoken = [j for j, v in enumerate(said, start=1) if v != "unknown"]
             shown[int("allowed" in said)] += (1, bool(np.isin(probs.argmax(0), spoken).any()))
         log(f"image level, {data.name}: the student predicts a class the labels speak about on {shown[1, 1]} of "
@@ -102,6 +109,24 @@ def _init(recipe: Recipe, device: str) -> tuple[StudentProposer, dict[str, str]]
     return proposer, {"file": path.name, "sha256": proposer.checkpoint.sha256}  # hashed once, when loaded
 
 
+def _cam(recipe: Recipe, device: str) -> tuple[DfpProposer, CamGate] | None:
+    """The recipe's ``cam`` block: a DFP checkpoint trained on image labels (its saliency M, no propagation) and the
+    gate's fixed thresholds."""
+    spec = dict(recipe.raw.get("cam") or {})
+    if not spec:
+        return None
+    path = Path(str(spec.pop("checkpoint", "")))
+    path = path if path.is_absolute() else recipe.base / path
+    if not path.is_file():
+        raise TrainingError(f"{recipe.path or 'recipe'}: cam: checkpoint must name a DFP checkpoint; {path} is "
+                            "not a file")
+    try:
+        gate = CamGate(**spec)
+    except (TypeError, ValueError) as err:
+        raise TrainingError(f"{recipe.path or 'recipe'}: cam: {err}") from err
+    return DfpProposer.from_checkpoint(path, propagate=False, device=device), gate
+
+
 def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                   cancel: Callable[[], bool] | None) -> Path:
     """Adapt the ``init`` student to the ``real`` entries over ``rounds`` rounds; writes ``student.safetensors``."""
@@ -117,17 +142,20 @@ def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str
         confidence = Confidence(**(recipe.raw.get("confidence") or {}))
     except (TypeError, ValueError) as err:
         raise TrainingError(f"{recipe.path or 'recipe'}: {err}") from err
+    cam = _cam(recipe, device)
     train, val, _ = recipe.splits()
     phantom = truth_targets(train)
     net, info, rounds = proposer.net, {}, int(recipe.raw.get("rounds", 2))
     for r in range(rounds):
-        weak = weak_targets(proposer, sets, confidence, float(recipe.raw.get("real_weight", 1.0)), log)
+        weak = weak_targets(proposer, sets, confidence, float(recipe.raw.get("real_weight", 1.0)), log, cam)
         net, info = train_student([*phantom, *weak], recipe.classes, recipe.input_size, net.config, config,
                                   run_dir / f"round-{r}", val=val, init=net, device=device, seed=recipe.seed + r,
                                   log=log, cancel=cancel)
         proposer = StudentProposer(net, recipe.classes, recipe.input_size, device=device, intensity=config.intensity)
     training = {"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed, "init": init,
-                "rounds": rounds, "confidence": vars(confidence), "phantom_bscans": len(phantom),
+                "rounds": rounds, "confidence": vars(confidence),
+                "cam": None if cam is None else {"file": cam[0].checkpoint.id, "sha256": cam[0].checkpoint.sha256,
+                                                 **vars(cam[1])}, "phantom_bscans": len(phantom),
                 "real_data": [_card_entry(d) for d in sets], **info}
     ckpt = student_checkpoint(net, recipe.classes, recipe.input_size, intensity=config.intensity, training=training,
                               retina=recipe.raw.get("retina"))

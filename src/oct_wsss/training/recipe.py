@@ -31,7 +31,7 @@ TRAINERS: dict[str, tuple[str, set[str]]] = {
     "dfp": ("oct_wsss.training.dfp_recipe:run_dfp", {"target", "dfp", "propagation", "threshold"}),
     "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
     "real-wsss": ("oct_wsss.training.real_wsss:run_real_wsss",
-                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina"}),
+                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina", "cam"}),
 }
 
 

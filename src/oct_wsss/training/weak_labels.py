@@ -6,7 +6,8 @@ confident; pixels the student is unsure of, and classes the label says nothing a
 (:data:`~oct_wsss.training.student_data.IGNORE`) instead of being called background. A B-scan that shows a class
 says where it is, not where it is not: by default its background stays out of the loss too, because a student that
 misses part of a lesion is confident there, and calling that background teaches it to miss more (measured on Duke:
-naive targets halved the phantom student's fluid recall, docs/results-real.md §10).
+naive targets halved the phantom student's fluid recall, docs/results-real.md §10). :func:`cam_gate` adds a localisation
+signal that is not the student's own: a classifier's map (e.g. DFP's saliency) trained on the same image labels.
 """
 
 from __future__ import annotations
@@ -93,3 +94,39 @@ def _top_k(out: np.ndarray, probs: np.ndarray, allowed: list[int], ids: np.ndarr
     pick = np.argpartition(-group, min(k, group.size - 1))[:k]
     pick = pick[out.ravel()[pick] == IGNORE]
     out.ravel()[pick] = ids[chosen[:, pick].argmax(0)]
+
+
+@dataclass(frozen=True)
+class CamGate:
+    """A classifier's lesion map in [0, 1] as a second opinion on allowed-class targets: a student target survives only
+    where the map is >= ``threshold``; an ignored pixel the map puts there becomes a target where the student gives the
+    allowed classes >= ``moderate`` probability (the recall the student's own confidence lacks)."""
+
+    threshold: float = 0.5
+    moderate: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "moderate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"cam {name} must be in [0, 1]; got {getattr(self, name)}")
+
+
+def cam_gate(target: np.ndarray, probs: np.ndarray, cam: np.ndarray, classes: Sequence[int],
+             labels: Collection[int], known: Collection[int], cam_classes: Collection[int],
+             gate: CamGate = CamGate()) -> np.ndarray:
+    """``target`` of :func:`image_level_target` intersected with the map ``cam`` (H, W) for the allowed classes the
+    map's classifier speaks for (``cam_classes``, e.g. fluid for SRF and IRF), and widened to the map's moderately
+    likely pixels; other classes and B-scans that allow none are returned unchanged (a copy)."""
+    out = target.copy()
+    said = verdicts(classes, labels, known)
+    gated = [j for j, (c, v) in enumerate(zip(classes, said, strict=True), start=1)
+             if v == "allowed" and (_speaks(c, cam_classes) or any(_speaks(s, cam_classes) for s in COVERS.get(c, ())))]
+    if not gated:
+        return out
+    ids = np.array((0, *classes))[gated]
+    high = np.asarray(cam) >= gate.threshold
+    out[np.isin(out, ids) & ~high] = IGNORE
+    group = probs[gated]
+    add = (out == IGNORE) & high & (group.sum(0) >= gate.moderate)
+    out[add] = ids[group[:, add].argmax(0)]
+    return out
