@@ -37,7 +37,12 @@ def _propagate(args: argparse.Namespace) -> None:
         check_request(volume.shape, labels, args.source, start, end)  # before loading SAM 2
     except ValueError as err:  # PropagationError, or a labels file that is not label pages
         raise CliError(str(err)) from err
-    project = _open_project(args.project, volume) if args.project is not None else None
+    project = None
+    if args.project is not None:
+        from oct_wsss.cli.propose import check_project, project_store
+
+        check_project(args.project)
+        project = project_store(args.project, volume)
     accepted = project[0].accepted_masks(project[1]) if project is not None else {}
     for i, mask in accepted.items():  # the grader's accepted masks are what the labels hold there
         labels[i] = mask
@@ -75,20 +80,6 @@ def _propagate(args: argparse.Namespace) -> None:
               f"in {args.project} (Review and Propagate reopen them)")
     for file in files:
         print(f"wrote {file}")
-
-
-def _open_project(folder: Path, volume: Any) -> tuple[Any, str]:
-    """(the grader's store, the volume's id in it); refused in one line before anything is written when ``folder``
-    is not a project."""
-    from oct_wsss.cli.propose import check_project
-    from oct_wsss.store import CorrectionStore, StoreError
-
-    try:
-        check_project(folder)
-        store = CorrectionStore(folder)
-    except StoreError as err:
-        raise CliError(str(err)) from err
-    return store, store.volume_id(volume)
 
 
 def _keep_in_project(store: Any, volume_id: str, data: np.ndarray, before: np.ndarray, result: Any) -> str:

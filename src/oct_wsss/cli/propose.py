@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from oct_wsss.cli._common import CliError, parse_bscans
 from oct_wsss.volume import OctVolume
@@ -108,12 +109,18 @@ def check_project(project: Path) -> None:
         raise StoreError(f"{project} is not a project folder (no {DB_FILE}); open it in Review first")
 
 
-def accepted_in(project: Path, volume: object) -> dict:
-    """B-scan -> accepted mask of ``volume`` in the grader's project (checked by :func:`check_project`)."""
+def project_store(project: Path, volume: object) -> tuple[Any, str]:
+    """The grader's store in ``project`` (checked by :func:`check_project`) and ``volume``'s id in it."""
     from oct_wsss.store import CorrectionStore
 
     store = CorrectionStore(project)
-    return store.accepted_masks(store.volume_id(volume))
+    return store, store.volume_id(volume)
+
+
+def accepted_in(project: Path, volume: object) -> dict:
+    """B-scan -> accepted mask of ``volume`` in the grader's project (checked by :func:`check_project`)."""
+    store, volume_id = project_store(project, volume)
+    return store.accepted_masks(volume_id)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

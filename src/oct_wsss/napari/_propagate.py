@@ -210,7 +210,7 @@ class PropagateWidget(Container):
             undone = self._undo_in_memory(layer)
         left = sorted(set(self.previous) - set(undone)) if self.previous else []
         self.status.value = f"undone: B-scans {', '.join(map(str, undone)) or 'none'} restored" + (
-            f"; accepted since (undo in Review): {', '.join(map(str, left))}" if left else "")
+            f"; decided since (undo in Review): {', '.join(map(str, left))}" if left else "")
         self.previous = {}
         self._show_history()
 

@@ -106,9 +106,9 @@ class ReviewWidget(Container):
             propose.refresh_checkpoints()
         s.volume_id = s.store.volume_id(np.asarray(image.data))
         s.decisions.clear()
-        s.records(labels).accepted.clear()
-        self.image_labels = {}
         records = s.records(labels)
+        records.accepted.clear()
+        self.image_labels = {}
         for c in s.store.corrections(s.volume_id, status=None):
             if c.bscan < labels.data.shape[0]:
                 mask = c.arrays()["mask"] if c.status != REJECTED else None
@@ -225,8 +225,7 @@ class ReviewWidget(Container):
         except StoreError as err:
             show_info(f"Review: {err}")
             return
-        show_version(s, self.labels.value, i, c, undone)
-        self._keep_labels(i, c, None if c is None or c.status != ACCEPTED else c.arrays()["mask"])
+        self._keep_labels(i, c, show_version(s, self.labels.value, i, c, undone))
         show_info(f"B-scan {i}: {action} — now " + ("unreviewed" if c is None else f"{c.status} (version {c.version})"))
         self._show()
 

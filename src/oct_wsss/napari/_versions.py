@@ -13,17 +13,21 @@ from oct_wsss.napari._session import Session
 from oct_wsss.store import ACCEPTED, PROPOSED, REJECTED, Correction
 
 
-def show_version(session: Session, layer: Any, i: int, c: Correction | None, undone: Correction | None) -> None:
-    """Put version ``c`` (None: unreviewed) of B-scan ``i`` into ``layer`` and the session. ``undone``: the version
-    in effect before; when it was a proposed page and ``c`` has no mask, the page and records it replaced come
-    back (kept in its file); otherwise a maskless ``c`` shows the B-scan's recorded proposal."""
+def show_version(session: Session, layer: Any, i: int, c: Correction | None,
+                 undone: Correction | None) -> np.ndarray | None:
+    """Put version ``c`` (None: unreviewed) of B-scan ``i`` into ``layer`` and the session; returns ``c``'s mask (read
+    once; None when it has none). ``undone``: the version in effect before; when it was a proposed page and ``c`` has
+    no mask, the page and records it replaced come back (kept in its file); otherwise a maskless ``c`` shows the
+    B-scan's recorded proposal."""
     records = session.records(layer)
     mask = c.arrays()["mask"] if c is not None and c.status in (ACCEPTED, PROPOSED) else None
     if c is not None and c.status == PROPOSED:
         records.propose(i, mask, c.proposal)
-    if mask is None and undone is not None and undone.status == PROPOSED:
-        mask = _restore_previous(records, i, undone)
-    page = mask if mask is not None else records.proposed.get(i)
+    page = mask
+    if page is None and undone is not None and undone.status == PROPOSED:
+        page = _restore_previous(records, i, undone)
+    if page is None:
+        page = records.proposed.get(i)
     if page is not None:
         write_page(layer, i, page)
     if c is not None and c.status in (ACCEPTED, REJECTED):
@@ -31,6 +35,7 @@ def show_version(session: Session, layer: Any, i: int, c: Correction | None, und
     else:
         session.decisions.pop(i, None)
     (records.accepted.add if c is not None and c.status == ACCEPTED else records.accepted.discard)(i)
+    return mask
 
 
 def _restore_previous(records: Any, i: int, undone: Correction) -> np.ndarray | None:
