@@ -152,7 +152,8 @@ class CorrectionStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             version, parent = self._next_version(con, volume, bscan), self._head(con, volume, bscan)
-            if status == PROPOSED and self._status_of(con, volume, bscan, parent) == ACCEPTED:
+            head = self._version_row(con, volume, bscan, parent) if status == PROPOSED else None
+            if head is not None and head.status == ACCEPTED:
                 con.execute("ROLLBACK")
                 raise StoreError(f"B-scan {int(bscan)} is accepted; a proposal does not overwrite it")
             rel = Path("masks") / volume / f"{int(bscan):04d}-v{version}.npz"
@@ -304,13 +305,6 @@ class CorrectionStore:
         row = con.execute("SELECT version FROM heads WHERE volume = ? AND bscan = ? ORDER BY id DESC LIMIT 1",
                           (volume, int(bscan))).fetchone()
         return 0 if row is None else int(row[0])
-
-    @staticmethod
-    def _status_of(con: sqlite3.Connection, volume: str, bscan: int, version: int) -> str | None:
-        """The status of a version (None for 0, unreviewed)."""
-        row = con.execute("SELECT status FROM corrections WHERE volume = ? AND bscan = ? AND version = ?",
-                          (volume, int(bscan), version)).fetchone()
-        return None if row is None else str(row[0])
 
     @staticmethod
     def _parent(con: sqlite3.Connection, volume: str, bscan: int, version: int) -> int | None:
