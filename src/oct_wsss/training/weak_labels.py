@@ -52,12 +52,16 @@ def _speaks(c: int, ids: Collection[int]) -> bool:
     return c in COVERS and COVERS[c] <= set(ids)
 
 
+def _shows(c: int, ids: Collection[int]) -> bool:
+    """Whether image-label ids say class ``c`` is there: it or a part of it (SRF shown: fluid is)."""
+    return _speaks(c, ids) or any(_speaks(s, ids) for s in COVERS.get(c, ()))
+
+
 def verdicts(classes: Sequence[int], labels: Collection[int], known: Collection[int]) -> list[str]:
     """Per student class: "allowed" (the image shows it), "excluded" (the label says it is absent) or "unknown"."""
     out = []
     for c in classes:
-        present = _speaks(c, labels) or any(_speaks(s, labels) for s in COVERS.get(c, ()))  # SRF shown: fluid is
-        out.append("allowed" if present else "excluded" if _speaks(c, known) else "unknown")
+        out.append("allowed" if _shows(c, labels) else "excluded" if _speaks(c, known) else "unknown")
     return out
 
 
@@ -120,7 +124,7 @@ def cam_gate(target: np.ndarray, probs: np.ndarray, cam: np.ndarray, classes: Se
     out = target.copy()
     said = verdicts(classes, labels, known)
     gated = [j for j, (c, v) in enumerate(zip(classes, said, strict=True), start=1)
-             if v == "allowed" and (_speaks(c, cam_classes) or any(_speaks(s, cam_classes) for s in COVERS.get(c, ())))]
+             if v == "allowed" and _shows(c, cam_classes)]
     if not gated:
         return out
     ids = np.array((0, *classes))[gated]
