@@ -61,6 +61,8 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
     rng = np.random.default_rng(schedule["seed"])
     pairs = [_half(s, CONFIG.scale) for s in samples]
     net = LayerNet(CONFIG)
+    if schedule.get("bf16"):
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
     n_it = schedule["iterations"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=schedule["lr"], total_steps=n_it, pct_start=0.15)
@@ -94,7 +96,11 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
             xs.append(x)
             ys.append(y)
         x, y = torch.stack(xs), torch.stack(ys)
-        logits = net(x)
+        if schedule.get("bf16"):  # bf16 autocast + channels-last: 2.5x on AVX512-BF16 cores (docs/benchmarks.md)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = net(x.contiguous(memory_format=torch.channels_last)).float()
+        else:
+            logits = net(x)
         loss = F.cross_entropy(logits, y, weight=weights)
         prob = logits.softmax(1)
         onehot = F.one_hot(y, len(BANDS)).permute(0, 3, 1, 2).float()
@@ -198,12 +204,15 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--iterations", type=int)
     ap.add_argument("--bundle", type=Path)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast and channels-last (fast on AVX512-BF16 cores)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.runs.mkdir(parents=True, exist_ok=True)
     schedule = dict(SCHEDULE)
     if args.iterations:
         schedule["iterations"] = args.iterations
+    if args.bf16:
+        schedule["bf16"] = True
     if args.mode == "lopo":
         lopo(args.runs, [int(f) for f in args.folds.split(",")], schedule)
     elif args.mode == "final":

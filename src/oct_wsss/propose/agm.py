@@ -7,6 +7,7 @@ under ``generator.``); ``run`` streams one :class:`BscanResult` per B-scan. Trai
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
 from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
+from oct_wsss.propose.layers import LayerModel, check_retina, retina_mask
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
 from oct_wsss.volume import OctVolume
@@ -72,7 +74,8 @@ class AgmProposer:
                  *, threshold: float = DEFAULT_THRESHOLD, cam_layers: Sequence[str] = DEFAULT_CAM_LAYERS,
                  smooth: bool = True, present_threshold: float = 0.5, device: str | torch.device = "auto",
                  batch_size: int | None = None, checkpoint: Checkpoint | None = None,
-                 intensity: str | None = None) -> None:
+                 intensity: str | None = None, retina: str | None = None,
+                 layers_checkpoint: str | Path | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.net = net.to(self.device).eval()
         self.generator = None if generator is None else generator.to(self.device).eval()
@@ -88,6 +91,12 @@ class AgmProposer:
         #: input intensity option: the argument, else the checkpoint's ``normalisation`` meta ("unit" when absent)
         self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
                                          else intensity_of(checkpoint.meta.get("normalisation")))
+        #: where the retina is, for the anomaly input and the CAM damping: None = the intensity heuristic at the input
+        #: size (``retina_masks``), "layers" = ILM to BM of the layer model at native size (``layers_checkpoint``, else
+        #: the bundled one); a checkpoint records the choice it was trained with
+        self.retina = check_retina(retina)
+        self.layers_checkpoint = layers_checkpoint
+        self._layer_model: LayerModel | None = None
         #: logit columns of the lesion classes (after the background logit, when the network has one)
         self.lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
 
@@ -110,9 +119,25 @@ class AgmProposer:
         params = ckpt.meta.get("params", {})
         settings = {"threshold": params.get("threshold", DEFAULT_THRESHOLD),
                     "cam_layers": params.get("cam_layers", DEFAULT_CAM_LAYERS),
-                    "present_threshold": params.get("present_threshold", 0.5)}
+                    "present_threshold": params.get("present_threshold", 0.5), "retina": params.get("retina")}
         settings.update({k: v for k, v in options.items() if v is not None})
-        return cls(net, generator, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
+        proposer = cls(net, generator, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt,
+                       **settings)
+        proposer.check_layer_model(params.get("layers_sha256"))
+        return proposer
+
+    def layer_model(self) -> LayerModel:
+        """The layer model behind ``retina="layers"`` (loaded on first use)."""
+        if self._layer_model is None:
+            self._layer_model = LayerModel(self.layers_checkpoint, device=str(self.device))
+        return self._layer_model
+
+    def check_layer_model(self, trained_with: str | None) -> None:
+        """Warn when the layer model differs from the one the checkpoint was trained with (its masks shift a little)."""
+        if self.retina == "layers" and trained_with and self.layer_model().checkpoint.sha256 != trained_with:
+            warnings.warn(f"this AGM checkpoint was trained with the retina of layer model {trained_with[:12]}; "
+                          f"{self.layer_model().checkpoint.id} gives it now, so its masks differ a little",
+                          stacklevel=2)
 
     def provenance(self) -> dict[str, Any]:
         """What produced the result: checkpoint id and hash, every parameter that changes it, the device."""
@@ -121,7 +146,8 @@ class AgmProposer:
                 "classes": list(self.classes), "input_size": list(self.input_size),
                 "params": {"threshold": self.threshold, "smooth": self.smooth, "cam_layers": list(self.cam_layers),
                            "present_threshold": self.present_threshold, "batch_size": self.batch_size,
-                           "intensity": self.intensity},
+                           "intensity": self.intensity, "retina": self.retina,
+                           "layers_checkpoint": None if self.retina is None else self.layer_model().checkpoint.id},
                 "device": str(self.device)}
 
     def scores(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,12 +159,17 @@ class AgmProposer:
         native = tuple(bscans[0].shape)
         x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        retina = torch.from_numpy(retina_masks(x)).to(self.device)
+        if self.retina == "layers":
+            at_native = torch.from_numpy(retina_mask(np.stack(bscans), model=self.layer_model())).to(self.device)
+            retina = resize_nearest(at_native, self.input_size)
+        else:
+            retina = torch.from_numpy(retina_masks(x)).to(self.device)
+            at_native = resize_nearest(retina, native)
         inputs = network_inputs(self.generator, x, retina[:, None].float(), self.net.config.image_channels)
         cams, logits = self.gradcam(inputs, self.lesion_outputs, augmentations=SMOOTHING if self.smooth else IDENTITY,
                                     output_size=native, return_logits=True)
         probs = torch.sigmoid(logits[:, self.lesion_outputs]).cpu().numpy()
-        soft = soft_mask(resize_nearest(retina, native))
+        soft = soft_mask(at_native)
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)
         return class_scores(cams, soft, keep).cpu().numpy(), probs
 
@@ -151,6 +182,7 @@ class AgmProposer:
         """Go on on the CPU: the last step of the GPU out-of-memory fallback (the provenance then says ``cpu``)."""
         self.device = torch.device("cpu")
         self.net = self.net.to(self.device)
+        self._layer_model = None
         self.generator = None if self.generator is None else self.generator.to(self.device)
         self.gradcam = self._gradcam()
 

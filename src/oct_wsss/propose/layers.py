@@ -254,6 +254,17 @@ def retina_mask_from_bands(bands: np.ndarray) -> np.ndarray:
     return ((b >= 1) & (b <= 7)) | (b == FLUID_BAND)
 
 
+#: retina sources a proposer or trainer can mask with: None (its own intensity heuristic) or the layer model
+RETINAS = (None, "layers")
+
+
+def check_retina(value: str | None) -> str | None:
+    """``value`` checked as a retina source (None: the intensity heuristic; "layers": ILM to BM of the layer model)."""
+    if value not in RETINAS:
+        raise ValueError(f"retina must be None or 'layers'; got {value!r}")
+    return value
+
+
 def retina_mask(volume: Any, checkpoint: str | Path | None = None, device: str = "cpu",
                 model: LayerModel | None = None) -> np.ndarray:
     """Boolean (n_bscans, H, W) retina mask (ILM to BM) of an ``OctVolume`` or an (n, H, W) / (H, W) array, from the

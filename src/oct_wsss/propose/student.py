@@ -21,6 +21,7 @@ from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.layers import check_retina
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.volume import OctVolume
 
@@ -61,10 +62,8 @@ class StudentProposer:
         self.intensity = check_intensity(intensity if intensity is not None or checkpoint is None
                                          else intensity_of(checkpoint.meta.get("normalisation")))
         self._ids = np.array((0, *self.classes), np.uint8)
-        if retina not in (None, "layers"):
-            raise ValueError(f"retina must be None or 'layers'; got {retina!r}")
         #: "layers": lesions are kept only between ILM and BM of the layer model (``propose.layers.retina_mask``)
-        self.retina = retina
+        self.retina = check_retina(retina)
         self._layer_model: Any = None
 
     @classmethod

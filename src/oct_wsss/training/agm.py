@@ -23,6 +23,7 @@ from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import Generator
 from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.agm import DEFAULT_CAM_LAYERS, AgmProposer, agm_gradcam, bundle_state, network_inputs
+from oct_wsss.propose.layers import LayerModel, check_retina
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, init_distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -52,9 +53,12 @@ class AgmTrainConfig:
     cache: bool = True  # keep resized B-scans and retina masks in memory (input-sized, so small)
     pos_weight: str | None = None  # "balanced": BCE positives weighted n_neg / n_pos per class (clipped to 1..20)
     intensity: str = "unit"  # or "harmonised" (preprocess.intensity): the GANomaly stage and the checkpoint follow it
+    retina: str | None = None  # "layers": the layer model's ILM-to-BM mask in the anomaly input, not the heuristic
+    layers_checkpoint: str | None = None  # the layer model for retina "layers" (default: the bundled one)
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)
+        check_retina(self.retina)
         if self.refine_weights not in ("probability", "logit"):
             raise ValueError(f"refine_weights must be 'probability' or 'logit', got {self.refine_weights!r}")
         if self.epochs < 0 or self.refine_epochs < 0 or self.batch_size < 1 or self.refine_batch_size < 1:
@@ -119,9 +123,11 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
         log(f"agm: resuming at epoch {start} from {state_path}")
     metrics = MetricLog(run_dir / "agm-metrics.csv", resume=start > 0, start_epoch=start)
     augment = Augment(**opts.augment) if isinstance(opts.augment, dict) else Augment() if opts.augment else None
+    layers = LayerModel(opts.layers_checkpoint, device=str(dist.device)) if opts.retina == "layers" else None
     train_set = BscanDataset(train, classes, input_size, augment, seed=seed,
-                             cache=opts.cache, intensity=opts.intensity)
-    val_set = BscanDataset(val, classes, input_size, cache=opts.cache, intensity=opts.intensity) if val else None
+                             cache=opts.cache, intensity=opts.intensity, layers=layers)
+    val_set = BscanDataset(val, classes, input_size, cache=opts.cache, intensity=opts.intensity,
+                           layers=layers) if val else None
     pos_weight = _pos_weight(train, classes, dist.device) if opts.pos_weight == "balanced" else None
     history: list[dict[str, Any]] = []
     for epoch in range(start, total):
@@ -253,12 +259,15 @@ def choose_threshold(proposer: AgmProposer, samples: Sequence[Sample], run_dir: 
 def agm_checkpoint(net: AgmNet, generator: Generator | None, classes: Sequence[int], input_size: tuple[int, int],
                    *, threshold: float, cam_layers: Sequence[str], present_threshold: float = 0.5,
                    training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                   intensity: str = "unit") -> Checkpoint:
-    """One ``agm`` checkpoint: AGM weights + bundled generator, threshold α and CAM settings in ``params``."""
+                   intensity: str = "unit", retina: LayerModel | None = None) -> Checkpoint:
+    """One ``agm`` checkpoint: AGM weights + bundled generator, threshold α and CAM settings in ``params``; with
+    ``retina`` (the layer model it was trained with) ``params`` records retina "layers" and that model's hash."""
     arch = {"agm": net.config.to_dict(), "ganomaly": None if generator is None else generator.config.to_dict()}
     return Checkpoint.new(bundle_state(net, generator), method="agm", architecture=arch, classes=list(classes),
                           input_size=list(input_size), normalisation=normalisation_meta(intensity, x_hat="unit"),
                           training=training, metrics=metrics,
                           params={"threshold": float(threshold), "cam_layers": list(cam_layers),
-                                  "present_threshold": float(present_threshold), "smooth": True})
+                                  "present_threshold": float(present_threshold), "smooth": True,
+                                  **({} if retina is None else {"retina": "layers",
+                                                                "layers_sha256": retina.checkpoint.sha256})})
 

@@ -38,6 +38,8 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
     generator = _generator(recipe, train, val, run_dir, device, log, cancel)
     agm = dict(recipe.raw.get("agm", {}))
     base_config = dict(agm.pop("config", {}))
+    if agm.get("layers_checkpoint"):
+        agm["layers_checkpoint"] = str(recipe.base / agm["layers_checkpoint"])
     opts = AgmTrainConfig.from_dict(agm)
     variants = {"agm": {}, **(recipe.raw.get("variants") or {})}
     rows, main_path = [], run_dir / "agm.safetensors"
@@ -51,7 +53,8 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         if not main_process():
             continue  # under torchrun only rank 0 sweeps, scores and writes
         proposer = AgmProposer(run.net, gen, recipe.classes, recipe.input_size, cam_layers=opts.cam_layers,
-                               present_threshold=opts.present_threshold, device=device, intensity=opts.intensity)
+                               present_threshold=opts.present_threshold, device=device, intensity=opts.intensity,
+                               retina=opts.retina, layers_checkpoint=opts.layers_checkpoint)
         alpha, sweep = _threshold(recipe, proposer, val, vdir)
         proposer.threshold = alpha
         test_scores = _score_test(proposer, test, vdir) if test else {}
@@ -61,6 +64,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         ckpt = agm_checkpoint(run.net, gen, recipe.classes, recipe.input_size, threshold=alpha,
                               cam_layers=opts.cam_layers, present_threshold=opts.present_threshold,
                               intensity=opts.intensity,
+                              retina=proposer.layer_model() if opts.retina == "layers" else None,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
                                         "layouts": recipe.layouts(),
                                         "variant": name, "splits": {k: {kk: vv for kk, vv in v.items()

@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 
 from oct_wsss.preprocess.inputs import resize, retina_mask
 from oct_wsss.preprocess.intensity import check_intensity, unit_input
+from oct_wsss.propose.layers import LayerModel
+from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.training.data import Sample
 
 
@@ -57,15 +59,17 @@ class BscanDataset(Dataset):
     ``classes`` orders the label vector (ontology ids). With ``with_mask`` the item also has ``"mask"``: the pixel
     ground truth at the B-scan's native size (uint8; evaluation only, so not batchable across sizes). ``cache``
     keeps the resized B-scans in memory (per worker process), so later epochs skip decoding and resizing;
-    ``with_retina=False`` skips the retina mask (all ones), which GANomaly does not need.
+    ``with_retina=False`` skips the retina mask (all ones), which GANomaly does not need; ``layers`` (a
+    ``propose.layers.LayerModel``) takes the retina from it (ILM to BM at native size) instead of the heuristic.
     """
 
     def __init__(self, samples: Sequence[Sample], classes: Sequence[int], size: tuple[int, int],
                  augment: Augment | None = None, seed: int = 0, with_mask: bool = False, cache: bool = False,
-                 with_retina: bool = True, intensity: str = "unit") -> None:
+                 with_retina: bool = True, intensity: str = "unit", layers: LayerModel | None = None) -> None:
         self.samples, self.classes, self.size = list(samples), tuple(classes), tuple(size)
         self.intensity = check_intensity(intensity)  # "harmonised": preprocess.intensity.harmonise at native size
         self.augment, self.seed, self.with_mask, self.with_retina = augment, seed, with_mask, with_retina
+        self.layers = layers
         self.epoch = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
@@ -78,9 +82,15 @@ class BscanDataset(Dataset):
 
     def _prepare(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The B-scan resized to the input size and its retina mask, (1, H, W) each."""
-        image = resize(unit_input(sample.load_image(), self.intensity), self.size)
+        raw = sample.load_image()
+        image = resize(unit_input(raw, self.intensity), self.size)
         x = torch.from_numpy(np.ascontiguousarray(image))[None]
-        mask = retina_mask(image) if self.with_retina else np.ones(image.shape, bool)
+        if not self.with_retina:
+            mask = np.ones(image.shape, bool)
+        elif self.layers is not None:
+            mask = resize(layer_retina(raw, model=self.layers)[0], self.size, order=0)
+        else:
+            mask = retina_mask(image)
         return x, torch.from_numpy(mask.astype(np.float32))[None]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
