@@ -11,7 +11,16 @@ from skimage import io
 
 from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.preprocess.inputs import resize, to_unit
-from oct_wsss.preprocess.intensity import FLOOR, HIGH, MID, anchors, harmonise, normalisation_meta, unit_inputs
+from oct_wsss.preprocess.intensity import (
+    FLOOR,
+    HIGH,
+    LAYER_TARGETS,
+    MID,
+    anchors,
+    harmonise,
+    normalisation_meta,
+    unit_inputs,
+)
 from oct_wsss.propose import ProposalError, propose
 from oct_wsss.propose.dfp import DfpProposer, dfp_checkpoint
 from oct_wsss.propose.student import StudentProposer, network_input
@@ -196,3 +205,38 @@ def test_finetune_keeps_the_parents_harmonisation(tmp_path: Path) -> None:
     child, _ = finetune(store.root, parent, config=StudentTrainConfig(epochs=1, batch_size=2, augment=False),
                         device="cpu", log=lambda _m: None)
     assert Checkpoint.load(child).meta["normalisation"] == {"input": "unit", "intensity": "harmonised"}
+
+
+def test_layer_anchors_land_on_the_layer_targets() -> None:
+    """A constructed B-scan: vitreous 0.05, retina (rows 40-79) 0.1-0.7, choroid below 0.9; with the retina mask the
+    floor is the vitreous and median / p99 the retina's, mapped onto LAYER_TARGETS (the choroid plays no part)."""
+    rng = np.random.default_rng(0)
+    x = np.full((120, 64), 0.05, np.float32)
+    x[40:80] = rng.uniform(0.1, 0.7, (40, 64))
+    x[80:] = 0.9
+    retina = np.zeros(x.shape, bool)
+    retina[40:80] = True
+    y = harmonise(x, retina)
+    floor, mid, high = LAYER_TARGETS
+    assert float(np.median(y[:40])) == pytest.approx(floor, abs=1e-6)
+    assert float(np.median(y[40:80])) == pytest.approx(mid, abs=2e-3)
+    assert float(np.percentile(y[40:80], 99)) == pytest.approx(high, abs=2e-3)
+    assert not np.allclose(y, harmonise(x))  # the tissue heuristic counts the choroid as retina
+
+
+def test_harmonised_layers_needs_the_mask_and_the_layer_model_gives_it(tmp_path: Path) -> None:
+    from oct_wsss.propose.layers import bundled_model, retina_mask, unit_inputs_for
+
+    bscan = _phantom()
+    with pytest.raises(ValueError, match="needs the layer model's retina mask"):
+        unit_inputs([bscan], "harmonised-layers")
+    mask = retina_mask(bscan[None], model=bundled_model())[0]
+    np.testing.assert_array_equal(unit_inputs_for([bscan], "harmonised-layers")[0], harmonise(bscan, mask))
+    np.testing.assert_array_equal(unit_inputs_for([bscan], "harmonised")[0], harmonise(bscan))
+    assert normalisation_meta("harmonised-layers") == {"input": "unit", "intensity": "harmonised-layers"}
+    ckpt = Checkpoint.load(bundled("student"))
+    marked = Checkpoint(ckpt.state_dict, {**ckpt.meta, "normalisation": normalisation_meta("harmonised-layers")})
+    vol = make_volume(2, n_bscans=1, height=128, width=128).volume
+    result = propose(vol, "student", marked.save(tmp_path / "l.safetensors"), device="cpu")
+    assert result.provenance["params"]["intensity"] == "harmonised-layers"
+    assert result.labels.shape == vol.shape

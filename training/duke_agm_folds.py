@@ -1,7 +1,7 @@
 """AGM on Duke DME with leave-one-patient-out folds: one recipe run per held-out patient, pooled.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/duke_agm_folds.py training/agm-duke-cpu.yaml \
-        --run runs/agm-duke-cpu
+        --run runs/agm-duke-cpu [--layers-folds runs/layers]
 
 Each fold is the recipe with ``split.seed`` chosen so that its test split is one patient (the recipe's
 ``patient_split``: a seed's patient is printed); the run folders are RUN/fold-<patient>. Scores are the test
@@ -21,6 +21,9 @@ import yaml
 from oct_wsss.training.data import Sample, patient_split
 from oct_wsss.training.recipe import Recipe, train_recipe
 
+#: the patient order of training/layers_train.py's folds
+LAYER_FOLDS = ("Subject_01", "Subject_03", "Subject_04", "Subject_07", "Subject_09")
+
 
 def fold_seeds(samples: list[Sample], fraction: float) -> dict[str, int]:
     """The first split seed whose test split is exactly one patient, for each patient."""
@@ -37,6 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--layers-folds", type=Path, help="retina from the layer model: DIR/fold_<k>.safetensors of "
+                    "training/layers_train.py lopo, k = the held-out patient's place in Subject_01, 03, 04, 07, 09 "
+                    "(so the layer model never saw the held-out patient either)")
     args = ap.parse_args()
     base = Recipe.load(args.recipe)
     samples = base.dataset("data").samples
@@ -46,11 +52,15 @@ def main() -> None:
     dsc_sum, dsc_n, folds = 0.0, 0, {}
     for patient, seed in sorted(seeds.items()):
         raw = dict(base.raw, split={**base.raw.get("split", {}), "seed": seed, "test_fraction": 1.0 / n_patients})
+        if args.layers_folds:
+            fold = args.layers_folds.resolve() / f"fold_{LAYER_FOLDS.index(patient)}.safetensors"
+            raw["agm"] = {**raw["agm"], "retina": "layers", "layers_checkpoint": str(fold)}
         out = args.run / f"fold-{patient}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "fold-recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         if not (out / "metrics.json").is_file():
-            train_recipe(out / "fold-recipe.yaml", out=out.resolve(), log=lambda m: print(f"{patient}: {m}", flush=True))
+            train_recipe(out / "fold-recipe.yaml", out=out.resolve(),
+                         log=lambda m, p=patient: print(f"{p}: {m}", flush=True))
         scored = json.loads((out / "metrics.json").read_text())["pseudo_labels"]["classes"]
         for key, t in totals.items():
             for j, field in enumerate(("tp", "fp", "fn")):
@@ -58,8 +68,8 @@ def main() -> None:
         fluid = scored["fluid"]
         dsc_sum += (fluid["dice_per_image"] or 0.0) * fluid["images_scored"]
         dsc_n += fluid["images_scored"]
-        folds[patient] = {"split_seed": seed, "fluid_iou": fluid["iou"], "fluid_dice_per_image": fluid["dice_per_image"],
-                          "images_with_fluid": fluid["images_scored"]}
+        folds[patient] = {"split_seed": seed, "fluid_iou": fluid["iou"],
+                          "fluid_dice_per_image": fluid["dice_per_image"], "images_with_fluid": fluid["images_scored"]}
     iou = {k: tp / max(tp + fp + fn, 1) for k, (tp, fp, fn) in totals.items()}
     pooled = {"fluid_iou": iou["fluid"], "miou_with_background": (iou["fluid"] + iou["background"]) / 2,
               "fluid_dice_per_image": dsc_sum / max(dsc_n, 1), "images_with_fluid": dsc_n}

@@ -1,6 +1,6 @@
 """Image statistics of the real shared sets and the phantom before and after ``preprocess.intensity.harmonise``.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python training/intensity_stats.py [--data ../shared/data] [--json FILE]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python training/intensity_stats.py [--data ../shared/data] [--json FILE] [--layers]
 
 Per set, the mean over its B-scans of: noise floor (median of the non-zero pixels outside the tissue mask), retinal
 median, retinal 90th and 99th percentile, and contrast (p99 - floor) / (p99 + floor); the tissue mask of the raw
@@ -21,6 +21,8 @@ from skimage import io
 
 from oct_wsss.preprocess.inputs import SATURATED, resize, to_unit
 from oct_wsss.preprocess.intensity import harmonise, tissue_mask
+from oct_wsss.propose.layers import LayerModel
+from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.synth import make_volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -54,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--layers", action="store_true", help="also compare with the layer model's retina (harmonise's "
+                    "retina argument, intensity 'harmonised-layers') on that mask")
     args = ap.parse_args()
     images = {name: [io.imread(p) for p in sorted(args.data.glob(pattern))] for name, pattern in SETS.items()}
     images["phantom (make_volume seeds 0-5, 3 B-scans each)"] = [
@@ -80,8 +84,42 @@ def main() -> None:
         fixed = [gap(resize(harmonise(cirrus_like(b)), b.shape), harmonise(b)) for b in bscans]
         rows[f"roundtrip_{name}"] = {"without": float(np.mean(raw)), "with": float(np.mean(fixed)), "n": len(bscans)}
         print(f"| {name} | {len(bscans)} | {np.mean(raw):.4f} | {np.mean(fixed):.4f} (max {np.max(fixed):.4f}) |")
+    if args.layers:
+        rows["layers"] = layer_comparison(images)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def retina_stats(unit: np.ndarray, retina: np.ndarray) -> list[float]:
+    """[vitreous floor, median, p75, p90, p99] on the layer model's retina (padding left out)."""
+    valid = (unit < SATURATED) & (unit > 0)
+    vitreous = (np.cumsum(retina, 0) == 0) & retina.any(0)[None]
+    ins = unit[retina & valid]
+    return [float(np.median(unit[vitreous & valid])), *(float(np.percentile(ins, q)) for q in (50, 75, 90, 99))]
+
+
+def layer_comparison(images: dict[str, list[np.ndarray]]) -> dict:
+    """The same B-scans measured on the layer model's ILM-to-BM mask after each harmonisation, and the spread
+    (max - min over the sets) of each statistic: floor, median and p99 are what each map pins, p75 / p90 are not."""
+    model = LayerModel()
+    out: dict = {}
+    print("\n| set | retina fraction | raw p75 / p90 | tissue-harmonised p75 / p90 | layer-harmonised p75 / p90 |")
+    print("|---|---|---|---|---|")
+    for name, bscans in images.items():
+        bscans = [b if b.ndim == 2 else b[..., 0] for b in bscans]
+        masks = [layer_retina(b[None], model=model)[0] for b in bscans]
+        row = {key: np.mean([retina_stats(f(b, m), m) for b, m in zip(bscans, masks, strict=True)], 0).tolist()
+               for key, f in (("raw", lambda b, m: to_unit(b)), ("tissue", lambda b, m: harmonise(b)),
+                              ("layers", harmonise))}
+        out[name] = {**row, "retina_fraction": float(np.mean([m.mean() for m in masks]))}
+        cells = " | ".join(f"{row[k][2]:.3f} / {row[k][3]:.3f}" for k in ("raw", "tissue", "layers"))
+        print(f"| {name} | {out[name]['retina_fraction']:.2f} | {cells} |")
+    names = ("floor", "median", "p75", "p90", "p99")
+    for key in ("raw", "tissue", "layers"):
+        a = np.array([out[n][key] for n in images])
+        out[f"spread_{key}"] = dict(zip(names, (a.max(0) - a.min(0)).tolist(), strict=True))
+        print(f"spread over the sets, {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[f"spread_{key}"].items()))
+    return out
 
 
 if __name__ == "__main__":

@@ -173,8 +173,20 @@ def lopo(runs: Path, folds: list[int], schedule: dict) -> None:
                   "threads": torch.get_num_threads()}
         np.savez_compressed(runs / f"fold_{k}_pred.npz", *preds)
         torch.save(net.state_dict(), runs / f"fold_{k}_state.pt")
+        layer_checkpoint(net, {"data": f"duke_dme_chiu2015 (shared) without {held}", "schedule": schedule,
+                               "wall_s": round(secs, 1)}, {"lopo_fold": result}).save(runs / f"fold_{k}.safetensors")
         out.write_text(json.dumps(result, indent=1))
         print(json.dumps(result), flush=True)
+
+
+def layer_checkpoint(net: LayerNet, training: dict, metrics: dict) -> Checkpoint:
+    """A ``layers`` checkpoint of ``net`` (what ``oct-wsss layers --checkpoint`` and ``LayerModel`` load)."""
+    return Checkpoint.new(net.state_dict(), method="layers", architecture=CONFIG.to_dict(), classes=[0, FLUID],
+                          input_size=[248, 256],
+                          normalisation={"input": "percentile 1 -> 0, 99.5 -> 1", "scale": CONFIG.scale},
+                          training=training, metrics=metrics,
+                          params={"bands": list(BANDS), "fluid_band": 9, "fluid_ontology_id": FLUID,
+                                  "input_size_note": "any B-scan size; the network sees it resized by `scale`"})
 
 
 def final(runs: Path, bundle: Path | None, schedule: dict) -> None:
@@ -185,14 +197,8 @@ def final(runs: Path, bundle: Path | None, schedule: dict) -> None:
     if folds:
         metrics["lopo"] = {"folds": len(folds), "mean_band_dice": float(np.mean([f["mean_band_dice"] for f in folds])),
                            "fluid_dice": float(np.nanmean([f["dice"]["fluid"] for f in folds]))}
-    ckpt = Checkpoint.new(net.state_dict(), method="layers", architecture=CONFIG.to_dict(), classes=[0, FLUID],
-                          input_size=[248, 256],
-                          normalisation={"input": "percentile 1 -> 0, 99.5 -> 1", "scale": CONFIG.scale},
-                          training={"data": "duke_dme_chiu2015 (shared): Subject_01/03/04/07/09, 55 B-scans, grader 1",
-                                    "schedule": schedule, "wall_s": round(secs, 1), "threads": 1},
-                          metrics=metrics,
-                          params={"bands": list(BANDS), "fluid_band": 9, "fluid_ontology_id": FLUID,
-                                  "input_size_note": "any B-scan size; the network sees it resized by `scale`"})
+    ckpt = layer_checkpoint(net, {"data": "duke_dme_chiu2015 (shared): Subject_01/03/04/07/09, 55 B-scans, grader 1",
+                                  "schedule": schedule, "wall_s": round(secs, 1), "threads": 1}, metrics)
     path = ckpt.save(bundle or runs / "layers.safetensors")
     print(json.dumps({"saved": str(path), "train_s": secs, **metrics}), flush=True)
 

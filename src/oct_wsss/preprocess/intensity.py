@@ -9,6 +9,10 @@ phantom's own values (``training/intensity_stats.py`` measures them), so phantom
 unchanged and a model trained on the phantom sees real B-scans on its scale. Saturated and zero pixels (padding,
 or noise clipped at 0) are left out of the anchors and keep their value.
 
+With ``retina`` (the layer model's ILM-to-BM mask, ``intensity = "harmonised-layers"``) the anchors are the
+vitreous above the ILM and the retina itself instead of the tissue heuristic (which takes in the choroid), mapped
+onto the phantom's anchors measured the same way (``LAYER_TARGETS``).
+
 It is a preprocessing option a checkpoint records: ``normalisation = {"input": "unit", "intensity": "harmonised"}``.
 Proposers call :func:`unit_inputs` with the checkpoint's setting; a checkpoint without the key gets plain
 :func:`~oct_wsss.preprocess.inputs.to_unit`, exactly as before. Training applies it when a recipe asks for it.
@@ -30,8 +34,11 @@ FLOOR, MID, HIGH = 0.088, 0.25, 0.765
 HIGH_PERCENTILE = 99.0
 #: the fitted gamma is kept in this range, so a bad tissue mask cannot blow the image up
 GAMMA_RANGE = (1 / 3, 3.0)
-UNIT, HARMONISED = "unit", "harmonised"
-INTENSITIES = (UNIT, HARMONISED)
+#: the same anchors taken with the layer model's retina (vitreous above the ILM; ILM to BM): the mean over the
+#: phantom's seeds 0-5 (3 B-scans each) with the bundled layer model's mask (docs/results-real.md §5)
+LAYER_TARGETS = (0.108, 0.286, 0.780)
+UNIT, HARMONISED, HARMONISED_LAYERS = "unit", "harmonised", "harmonised-layers"
+INTENSITIES = (UNIT, HARMONISED, HARMONISED_LAYERS)
 
 
 def tissue_mask(unit: np.ndarray) -> np.ndarray:
@@ -62,22 +69,37 @@ def anchors(unit: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, fl
     return float(np.median(outside)), float(np.median(inside)), float(np.percentile(inside, HIGH_PERCENTILE))
 
 
-def harmonise(bscan: np.ndarray) -> np.ndarray:
-    """float32 B-scan in [0, 1] on the common scale: floor, retinal median and high percentile at the targets."""
+def layer_anchors(unit: np.ndarray, retina: np.ndarray) -> tuple[float, float, float]:
+    """(noise floor, retinal median, retinal high percentile) with the layer model's ILM-to-BM mask: the floor is the
+    vitreous (above the retina in each A-scan that has one), the rest the retina; padding left out as in ``anchors``."""
+    if retina.shape != unit.shape:
+        raise ValueError(f"retina mask {retina.shape} does not match the B-scan {unit.shape}")
+    valid = (unit < SATURATED) & (unit > 0)
+    vitreous = (np.cumsum(retina, axis=0) == 0) & retina.any(axis=0)[None]
+    above, inside = unit[vitreous & valid], unit[retina & valid]
+    if inside.size < 16 or above.size < 16:  # no retina found: whole-image percentiles, as ``anchors`` does
+        return anchors(unit, np.zeros(unit.shape, bool))
+    return float(np.median(above)), float(np.median(inside)), float(np.percentile(inside, HIGH_PERCENTILE))
+
+
+def harmonise(bscan: np.ndarray, retina: np.ndarray | None = None) -> np.ndarray:
+    """float32 B-scan in [0, 1] on the common scale: floor, retinal median and high percentile at the targets
+    (with ``retina``, the layer model's ILM-to-BM mask: its anchors at ``LAYER_TARGETS``)."""
     x = to_unit(bscan)
     if x.ndim != 2:
         raise ValueError(f"harmonise takes one 2-D B-scan; got shape {x.shape}")
     if x.size == 0 or float(x.max()) <= float(x.min()):
         return x.astype(np.float32, copy=True)
-    floor, mid, high = anchors(x)
+    floor, mid, high = anchors(x) if retina is None else layer_anchors(x, np.asarray(retina, bool))
+    to_floor, to_mid, to_high = (FLOOR, MID, HIGH) if retina is None else LAYER_TARGETS
     if high - floor < 1e-3:
         return x.astype(np.float32, copy=True)
     t = (x - floor) / (high - floor)  # 0 at the floor, 1 at the high percentile
     t_mid = (mid - floor) / (high - floor)
-    target = (MID - FLOOR) / (HIGH - FLOOR)
+    target = (to_mid - to_floor) / (to_high - to_floor)
     gamma = float(np.clip(np.log(target) / np.log(t_mid), *GAMMA_RANGE)) if 0.0 < t_mid < 1.0 else 1.0
     t = np.where(t > 0, np.power(np.maximum(t, 0.0), gamma), t)
-    y = np.clip(FLOOR + t * (HIGH - FLOOR), 0.0, 1.0)
+    y = np.clip(to_floor + t * (to_high - to_floor), 0.0, 1.0)
     y = np.where((x >= SATURATED) | (x <= 0), x, y)  # padding (saturated or zero) stays padding
     return y.astype(np.float32)
 
@@ -98,19 +120,29 @@ def check_intensity(value: str | None) -> str:
     return value
 
 
-def unit_input(bscan: np.ndarray, intensity: str = UNIT) -> np.ndarray:
-    """One B-scan as network input in [0, 1]: :func:`harmonise` for "harmonised", else ``to_unit``."""
+def unit_input(bscan: np.ndarray, intensity: str = UNIT, retina: np.ndarray | None = None) -> np.ndarray:
+    """One B-scan as network input in [0, 1]: :func:`harmonise` for "harmonised", harmonised with ``retina`` (the layer
+    model's mask, required) for "harmonised-layers", else ``to_unit``."""
+    if intensity == HARMONISED_LAYERS:
+        if retina is None:
+            raise ValueError("intensity 'harmonised-layers' needs the layer model's retina mask "
+                             "(oct_wsss.propose.layers.unit_inputs_for computes it)")
+        return harmonise(bscan, retina)
     return harmonise(bscan) if intensity == HARMONISED else to_unit(bscan)
 
 
-def unit_inputs(bscans: Sequence[np.ndarray], intensity: str = UNIT) -> np.ndarray:
+def unit_inputs(bscans: Sequence[np.ndarray], intensity: str = UNIT,
+                retinas: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Stacked float32 (n, H, W) network inputs of same-sized B-scans (what every proposer feeds its network)."""
-    return np.stack([unit_input(b, intensity) for b in bscans]).astype(np.float32, copy=False)
+    masks = [None] * len(bscans) if retinas is None else retinas
+    return np.stack([unit_input(b, intensity, m) for b, m in zip(bscans, masks, strict=True)]).astype(
+        np.float32, copy=False)
 
 
 def normalisation_meta(intensity: str = UNIT, **extra: Any) -> dict[str, Any]:
-    """A checkpoint's ``normalisation`` meta; the ``intensity`` key only when harmonised (old checkpoints unchanged)."""
+    """A checkpoint's ``normalisation`` meta; the ``intensity`` key only when harmonised (old checkpoints unchanged);
+    "harmonised-layers" takes its mask from the bundled layer model unless the method records another."""
     meta: dict[str, Any] = {"input": "unit", **extra}
-    if check_intensity(intensity) == HARMONISED:
-        meta["intensity"] = HARMONISED
+    if check_intensity(intensity) != UNIT:
+        meta["intensity"] = intensity
     return meta

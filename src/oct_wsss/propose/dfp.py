@@ -27,8 +27,9 @@ from oct_wsss.explain.propagation import PropagationParams, minmax, propagate
 from oct_wsss.models.dfp import DfpConfig, DfpNet, reference_maps
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize, retina_mask
-from oct_wsss.preprocess.intensity import check_intensity, intensity_of, normalisation_meta, unit_inputs
+from oct_wsss.preprocess.intensity import check_intensity, intensity_of, normalisation_meta
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.layers import unit_inputs_for
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.pseudo import pseudo_labels
 from oct_wsss.volume import OctVolume
@@ -152,7 +153,7 @@ class DfpProposer:
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`scores` plus, per B-scan, how many present classes fell back from an empty S_0 to M (n,)."""
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(unit_inputs(bscans, self.intensity))[:, None]
+        x = torch.from_numpy(unit_inputs_for(bscans, self.intensity))[:, None]
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         saliency, refs, probs = self.forward(x)
         keep = probs >= self.present_threshold if present is None else np.asarray(present, bool)

@@ -25,9 +25,10 @@ from oct_wsss.models.hrf_labels import presence
 from oct_wsss.models.mil import MilConfig, MilNet
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import retina_mask
-from oct_wsss.preprocess.intensity import intensity_of, unit_input
+from oct_wsss.preprocess.intensity import intensity_of
 from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
+from oct_wsss.propose.layers import unit_input_for
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
 from oct_wsss.propose.sam2_cache import volume_hash
@@ -110,7 +111,7 @@ class HrfProposer:
 
     def prepare(self, bscan: np.ndarray) -> np.ndarray:
         """A B-scan in [0, 1] as the classifier was trained on it: harmonised when its checkpoint says so."""
-        return unit_input(bscan, self.intensity)
+        return unit_input_for(bscan, self.intensity)
 
     def normalise(self, image: np.ndarray) -> torch.Tensor:
         """(1, 1, H, W) network input at native size: unit intensities minus the training mean, over its std."""

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.preprocess.device import resolve_device
-from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of, unit_inputs
+from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
-from oct_wsss.propose.layers import check_retina
+from oct_wsss.propose.layers import check_retina, unit_inputs_for
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.volume import OctVolume
 
@@ -29,7 +29,7 @@ from oct_wsss.volume import OctVolume
 def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int], intensity: str = UNIT) -> torch.Tensor:
     """(n, 1, h, w) float32 in [0, 1] at the network's input size from same-sized B-scans of any dtype
     (``intensity="harmonised"``: through ``preprocess.intensity.harmonise`` first)."""
-    x = torch.from_numpy(unit_inputs(bscans, intensity))[:, None]
+    x = torch.from_numpy(unit_inputs_for(bscans, intensity))[:, None]
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)

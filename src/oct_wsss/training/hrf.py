@@ -27,8 +27,9 @@ from oct_wsss.models import hrf_labels
 from oct_wsss.models.cct import Cct, CctConfig
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.mil import MilConfig, MilNet
-from oct_wsss.preprocess.intensity import HARMONISED, check_intensity, unit_input
+from oct_wsss.preprocess.intensity import UNIT, check_intensity
 from oct_wsss.propose.hrf import DEFAULTS as PROPOSER_DEFAULTS
+from oct_wsss.propose.layers import unit_input_for
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError
@@ -90,7 +91,7 @@ def load_set(samples: Sequence[Sample], min_area: int, intensity: str = "unit") 
     """(N, 1, H, W) B-scans in [0, 1] at native size and (N,) HRF counts; all B-scans must share one size."""
     images, counts = [], []
     for s in samples:
-        images.append(unit_input(s.load_image(), intensity))
+        images.append(unit_input_for(s.load_image(), intensity))
         mask = s.load_mask()
         count = hrf_count(mask, min_area) if mask is not None else int(HRF in s.labels)
         counts.append(count)
@@ -173,8 +174,8 @@ class _HrfRun:
         self.x, self.counts = load_set(train, opts.min_area, opts.intensity)
         self.xv, self.cv = load_set(val, opts.min_area, opts.intensity) if val else (self.x[:0], self.counts[:0])
         self.norm: dict[str, Any] = {"mean": float(self.x.mean()), "std": float(self.x.std()) or 1.0}
-        if opts.intensity == HARMONISED:
-            self.norm["intensity"] = HARMONISED
+        if opts.intensity != UNIT:
+            self.norm["intensity"] = opts.intensity
         self.net = build(opts, tuple(self.x.shape[-2:])).to(dist.device)
         self.model = dist.wrap(self.net)
         per_rank = math.ceil(len(self.x) / dist.world_size)

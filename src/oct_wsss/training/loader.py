@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from oct_wsss.preprocess.inputs import resize, retina_mask
-from oct_wsss.preprocess.intensity import check_intensity, unit_input
-from oct_wsss.propose.layers import LayerModel
+from oct_wsss.preprocess.intensity import check_intensity
+from oct_wsss.propose.layers import LayerModel, unit_input_for
 from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.training.data import Sample
 
@@ -83,7 +83,7 @@ class BscanDataset(Dataset):
     def _prepare(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The B-scan resized to the input size and its retina mask, (1, H, W) each."""
         raw = sample.load_image()
-        image = resize(unit_input(raw, self.intensity), self.size)
+        image = resize(unit_input_for(raw, self.intensity, self.layers), self.size)
         x = torch.from_numpy(np.ascontiguousarray(image))[None]
         if not self.with_retina:
             mask = np.ones(image.shape, bool)

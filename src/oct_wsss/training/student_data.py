@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from oct_wsss.io import read_labels
 from oct_wsss.preprocess.inputs import resize
-from oct_wsss.preprocess.intensity import unit_input
+from oct_wsss.propose.layers import unit_input_for
 from oct_wsss.store import ACCEPTED, Correction
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError
@@ -176,7 +176,7 @@ class StudentDataset(Dataset):
         distribution)."""
         if i not in self._cache:
             t = self.targets[i]
-            image = unit_input(t.image(), self.intensity)
+            image = unit_input_for(t.image(), self.intensity)
             target = one_hot(np.asarray(t.target()), self.classes)
             if target.shape[1:] != image.shape:
                 raise TrainingError(f"target of {t.key} is {target.shape[1:]}, its B-scan {image.shape}")
