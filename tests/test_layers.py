@@ -247,3 +247,26 @@ def test_bundled_layers_checkpoint_is_small_and_has_a_card() -> None:
     for needed in ("Not for clinical use", "Chiu", "leave-one-patient-out", "training/layers_train.py", "wall time"):
         assert needed in text, needed
     assert "__" not in text, "unfilled placeholder in the card"
+
+
+def test_a_row_scale_checkpoint_sees_the_rows_at_their_own_scale(tmp_path: Path) -> None:
+    import torch
+
+    from oct_wsss.checkpoint import Checkpoint
+    from oct_wsss.models.layers import LayerNet, LayerNetConfig
+    from oct_wsss.propose.layers import LayerModel
+
+    assert LayerNetConfig(scale=0.5).input_size(496, 512) == (248, 256)
+    assert LayerNetConfig(scale=0.5, row_scale=1.0).input_size(496, 512) == (496, 256)
+    with pytest.raises(ValueError, match="row_scale 1.5"):
+        LayerNetConfig(row_scale=1.5)
+    config = LayerNetConfig(width=4, depth=2, scale=0.5, row_scale=1.0)
+    torch.manual_seed(0)
+    ckpt = Checkpoint.new(LayerNet(config).state_dict(), method="layers", architecture=config.to_dict(),
+                          classes=[0, 7], input_size=[96, 32], normalisation={"scale": 0.5, "row_scale": 1.0})
+    model = LayerModel(ckpt.save(tmp_path / "rows.safetensors"))
+    seen = []
+    model.net.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    bscans = np.random.default_rng(0).integers(0, 255, (2, 96, 64)).astype(np.uint8)
+    result = model.segment(bscans, require_retina=False)
+    assert seen == [(96, 32)] and result.bands.shape == (2, 96, 64)

@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,9 @@ def duke() -> list[dict]:
     return out
 
 
-def _half(sample: dict, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _half(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
     img = torch.from_numpy(normalise_bscan(sample["image"]))[None, None]
-    h, w = img.shape[-2:]
-    size = (round(h * scale), round(w * scale))
+    size = CONFIG.input_size(*img.shape[-2:])
     x = F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0]
     y = F.interpolate(torch.from_numpy(sample["label"].astype(np.float32))[None, None], size=size, mode="nearest")
     return x, y[0, 0].long()
@@ -59,7 +59,7 @@ def _half(sample: dict, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
 def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple[LayerNet, float]:
     torch.manual_seed(schedule["seed"])
     rng = np.random.default_rng(schedule["seed"])
-    pairs = [_half(s, CONFIG.scale) for s in samples]
+    pairs = [_half(s) for s in samples]
     net = LayerNet(CONFIG)
     if schedule.get("bf16"):
         net = net.to(memory_format=torch.channels_last)
@@ -72,6 +72,7 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
     weights = (freq[freq > 0].median() / freq.clamp(min=1e-6)).sqrt().clamp(max=10.0)
     weights[9] *= schedule["fluid_weight"]
     cw = schedule["crop_width"]
+    max_shift = round(12 * CONFIG.input_size(496, 512)[0] / 248)  # +-24 native rows at any row scale
     t0 = time.perf_counter()
     net.train()
     for it in range(n_it):
@@ -84,7 +85,7 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
             if rng.random() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             x = x.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25))) * float(rng.uniform(0.85, 1.15))
-            shift = int(rng.integers(-12, 13))
+            shift = int(rng.integers(-max_shift, max_shift + 1))
             if shift:
                 x, y = torch.roll(x, shift, -2), torch.roll(y, shift, -2)
                 if shift > 0:
@@ -123,8 +124,8 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
 def predict(net: LayerNet, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     norm = normalise_bscan(image)
     h, w = norm.shape
-    x = F.interpolate(torch.from_numpy(norm)[None, None], size=(round(h * CONFIG.scale), round(w * CONFIG.scale)),
-                      mode="bilinear", align_corners=False)
+    x = F.interpolate(torch.from_numpy(norm)[None, None], size=CONFIG.input_size(h, w), mode="bilinear",
+                      align_corners=False)
     logits = F.interpolate(net(x), size=(h, w), mode="bilinear", align_corners=False)
     p = logits.softmax(1)[0].numpy()
     return ordered_labels(p, norm)
@@ -182,8 +183,9 @@ def lopo(runs: Path, folds: list[int], schedule: dict) -> None:
 def layer_checkpoint(net: LayerNet, training: dict, metrics: dict) -> Checkpoint:
     """A ``layers`` checkpoint of ``net`` (what ``oct-wsss layers --checkpoint`` and ``LayerModel`` load)."""
     return Checkpoint.new(net.state_dict(), method="layers", architecture=CONFIG.to_dict(), classes=[0, FLUID],
-                          input_size=[248, 256],
-                          normalisation={"input": "percentile 1 -> 0, 99.5 -> 1", "scale": CONFIG.scale},
+                          input_size=list(CONFIG.input_size(496, 512)),
+                          normalisation={"input": "percentile 1 -> 0, 99.5 -> 1", "scale": CONFIG.scale,
+                                         "row_scale": CONFIG.row_scale},
                           training=training, metrics=metrics,
                           params={"bands": list(BANDS), "fluid_band": 9, "fluid_ontology_id": FLUID,
                                   "input_size_note": "any B-scan size; the network sees it resized by `scale`"})
@@ -211,7 +213,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int)
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast and channels-last (fast on AVX512-BF16 cores)")
+    ap.add_argument("--row-scale", type=float, help="resize factor of the rows (default: the columns' 0.5)")
     args = ap.parse_args()
+    global CONFIG
+    if args.row_scale:
+        CONFIG = replace(CONFIG, row_scale=args.row_scale)
     torch.set_num_threads(1)
     args.runs.mkdir(parents=True, exist_ok=True)
     schedule = dict(SCHEDULE)

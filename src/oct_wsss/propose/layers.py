@@ -162,7 +162,7 @@ class LayerModel:
 
         data = np.asarray(bscans)
         n, h, w = data.shape
-        sh, sw = max(16, round(h * self.config.scale)), max(16, round(w * self.config.scale))
+        sh, sw = self.config.input_size(h, w)
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 chunk = np.stack([normalise_bscan(b) for b in data[start:start + batch_size]])
