@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "tests" / "fuzz" / "fuzz_readers.py"
 DONE = re.compile(r"Done (\d+) runs in (\d+) second")
-STATUS = re.compile(r"^#(\d+)\s")
+STATUS = re.compile(r"^#(\d+)\s", re.MULTILINE)
+STATS = re.compile(r"stat::number_of_executed_units: (\d+)")
 FINDING = re.compile(r"(Uncaught Python exception|ERROR: libFuzzer: \S+|AssertionError: .*)")
 
 
@@ -63,6 +64,15 @@ def seed_formats() -> dict[str, str]:
         return {name: seed.fmt for name, seed in fh.build_seeds(Path(tmp)).items()}
 
 
+def executions(log: str) -> int:
+    """Inputs libFuzzer ran, from its log: "Done N runs", else its final stats (a run stopped by a finding), else the
+    last "#N" status line."""
+    done, stats = DONE.findall(log), STATS.findall(log)
+    if done:
+        return int(done[-1][0])
+    return int(stats[-1]) if stats else max((int(m) for m in STATUS.findall(log)), default=0)
+
+
 def atheris_seed(out: Path, seed: str, runs: int, seconds: int, timeout: int, rss_mb: int) -> dict:
     """One libFuzzer run on ``seed``: executions done, seconds, and the first finding (its input under OUT/crashes)."""
     corpus, crashes = out / "corpus" / seed, out / "crashes"
@@ -77,14 +87,13 @@ def atheris_seed(out: Path, seed: str, runs: int, seconds: int, timeout: int, rs
                                "-print_final_stats=1"], cwd=out, stdout=f, stderr=subprocess.STDOUT,
                               env=_env(OCT_FUZZ_SEED=seed))
     text = log.read_text(errors="replace")
-    done = DONE.findall(text)
-    executed = int(done[-1][0]) if done else max((int(m) for m in STATUS.findall(text)), default=0)
     finding = FINDING.search(text)
-    return {"runs": executed, "seconds": round(time.monotonic() - t0, 1), "exit": proc.returncode,
+    return {"runs": executions(text), "seconds": round(time.monotonic() - t0, 1), "exit": proc.returncode,
             "finding": None if finding is None else finding.group(0)[:300]}
 
 
-def atheris_stage(out: Path, summary: dict, per_format: int, seconds: int, only: list[str] | None) -> dict:
+def atheris_stage(out: Path, summary: dict, per_format: int, seconds: int, only: list[str] | None,
+                  timeout: int = 10) -> dict:
     """``per_format`` executions per reader format, split among its seeds."""
     formats = seed_formats()
     per_fmt_seeds: dict[str, list[str]] = defaultdict(list)
@@ -95,7 +104,7 @@ def atheris_stage(out: Path, summary: dict, per_format: int, seconds: int, only:
     for fmt, names in per_fmt_seeds.items():
         for name in names:
             result["seeds"][name] = {"format": fmt, **atheris_seed(out, name, math.ceil(per_format / len(names)),
-                                                                   seconds, timeout=10, rss_mb=3072)}
+                                                                   seconds, timeout=timeout, rss_mb=3072)}
             _save(out, summary)
     totals: dict[str, int] = defaultdict(int)
     for entry in result["seeds"].values():
@@ -124,6 +133,8 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=1000, help="SIGKILLs during accepts (at least)")
     parser.add_argument("--per-format", type=int, default=10000, help="atheris executions per reader format")
     parser.add_argument("--seed-seconds", type=int, default=1800, help="cap per atheris seed")
+    parser.add_argument("--timeout", type=int, default=10, help="libFuzzer's -timeout per input (raise it on a "
+                        "loaded machine: a starved reader is not a hang)")
     parser.add_argument("--seeds", help="comma-separated seed names (default: all)")
     parser.add_argument("--hypothesis-scale", type=float, default=1.0, help="OCT_FUZZ_SCALE for the slow tests")
     args = parser.parse_args()
@@ -138,7 +149,7 @@ def main() -> None:
             summary["store"] = store_stage(args.out, args.kills)
         elif stage == "atheris":
             atheris_stage(args.out, summary, args.per_format, args.seed_seconds,
-                          args.seeds.split(",") if args.seeds else None)
+                          args.seeds.split(",") if args.seeds else None, args.timeout)
         elif stage == "hypothesis":
             summary["hypothesis"] = hypothesis_stage(args.out, args.hypothesis_scale)
         else:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from oct_wsss.checkpoint import Checkpoint
-from oct_wsss.classes import FLUID
+from oct_wsss.classes import FLUID, IRF, SRF
 from oct_wsss.models.layers import BANDS, LayerNet, LayerNetConfig
 from oct_wsss.propose.layers import normalise_bscan, ordered_labels
+from oct_wsss.synth import make_volume
 from oct_wsss.training.datasets.drusen import lines_from_layer_map
 
 DUKE = Path("/work/shared/data/duke_dme_chiu2015")
@@ -46,6 +47,33 @@ def duke() -> list[dict]:
         lab = np.array(Image.open(DUKE / r["label"]))
         out.append({"subject": r["subject"], "image": img, "label": lab, "name": Path(r["image"]).stem})
     return out
+
+
+#: phantom boundary (``synth.anatomy.BOUNDARIES``) at the top of each Duke band 1-8: NFL, GCL+IPL, INL, OPL, ONL+ISM
+#: (ONL and myoid), ISE (the ellipsoid zone), OS+RPE (outer segments to Bruch's membrane), below BM
+PHANTOM_TOPS = ("ILM", "NFL_GCL", "IPL_INL", "INL_OPL", "OPL_ONL", "EZ", "OS", "BM_BOTTOM")
+
+
+def phantom_bands(case) -> np.ndarray:
+    """Duke/ReLayNet band ids (n, H, W) of a ``make_volume`` case from its boundary truth; its SRF and IRF are fluid."""
+    n, h, w = case.labels.shape
+    rows = np.arange(h, dtype=np.float32)[None, :, None]
+    bands = np.zeros((n, h, w), np.uint8)
+    for band, top in enumerate(PHANTOM_TOPS, start=1):
+        bands[rows >= np.asarray(case.layers[top], np.float32)[:, None, :]] = band
+    bands[np.isin(case.labels, (SRF, IRF))] = 9
+    return bands
+
+
+def phantom(count: int, seed: int = 1000) -> list[dict]:
+    """``count`` phantom B-scans with their band truth: volumes of 7 B-scans, each in a random device look."""
+    out = []
+    for v in range(-(-count // 7)):
+        case = make_volume(seed + v, n_bscans=7, look="random")
+        bands = phantom_bands(case)
+        out += [{"subject": "phantom", "image": case.volume.data[i], "label": bands[i], "name": f"phantom{v}_{i}"}
+                for i in range(7)]
+    return out[:count]
 
 
 def _half(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +193,8 @@ def lopo(runs: Path, folds: list[int], schedule: dict) -> None:
         if out.exists():
             continue
         held = PATIENTS[k]
-        net, secs = train([s for s in data if s["subject"] != held], schedule, runs / f"fold_{k}.log")
+        extra = phantom(schedule["phantom"]) if schedule.get("phantom") else []
+        net, secs = train([s for s in data if s["subject"] != held] + extra, schedule, runs / f"fold_{k}.log")
         test = [s for s in data if s["subject"] == held]
         preds = [predict(net, s["image"])[0] for s in test]
         table = dice_table(preds, [s["label"] for s in test])
@@ -193,7 +222,8 @@ def layer_checkpoint(net: LayerNet, training: dict, metrics: dict) -> Checkpoint
 
 def final(runs: Path, bundle: Path | None, schedule: dict) -> None:
     data = duke()
-    net, secs = train(data, schedule, runs / "final.log")
+    net, secs = train(data + (phantom(schedule["phantom"]) if schedule.get("phantom") else []), schedule,
+                      runs / "final.log")
     folds = [json.loads((runs / f"fold_{k}.json").read_text()) for k in range(5) if (runs / f"fold_{k}.json").exists()]
     metrics = {"bonn_all_duke": bonn_mae(net)}
     if folds:
@@ -214,6 +244,8 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast and channels-last (fast on AVX512-BF16 cores)")
     ap.add_argument("--row-scale", type=float, help="resize factor of the rows (default: the columns' 0.5)")
+    ap.add_argument("--phantom", type=int, default=0, help="add this many phantom B-scans (random device looks, "
+                    "band truth from the generator's boundaries) to each training set")
     args = ap.parse_args()
     global CONFIG
     if args.row_scale:
@@ -225,6 +257,8 @@ def main() -> None:
         schedule["iterations"] = args.iterations
     if args.bf16:
         schedule["bf16"] = True
+    if args.phantom:
+        schedule["phantom"] = args.phantom
     if args.mode == "lopo":
         lopo(args.runs, [int(f) for f in args.folds.split(",")], schedule)
     elif args.mode == "final":
