@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/layers_train.py lopo --runs /work/runs/layers [--folds 0,1]
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/layers_train.py final --runs /work/runs/layers \
         --bundle src/oct_wsss/weights/layers.safetensors
+    OMP_NUM_THREADS=1 PYTHONPATH=src python training/layers_train.py tta --runs /work/runs/layers   # flip averaging
 
-Each fold trains a U-Net (width 16, depth 4, input at half the native rows and columns) on 4 patients' 44 B-scans
+Each fold trains a U-Net (width 8, depth 4, input at half the native rows and columns) on 4 patients' 44 B-scans
 and scores the held-out patient's 11 B-scans after the topological post-processing (``oct_wsss.propose.layers``);
 each fold also measures BM / RPE mean absolute error on the Bonn drusen volume's expert lines. Results per fold
 are written as JSON under ``--runs`` (a rerun skips finished folds).
@@ -209,6 +210,35 @@ def lopo(runs: Path, folds: list[int], schedule: dict) -> None:
         print(json.dumps(result), flush=True)
 
 
+@torch.inference_mode()
+def flip_averaged(net: LayerNet, image: np.ndarray, flip: bool) -> np.ndarray:
+    """Ordered bands of one B-scan from softmax probabilities, averaged with the mirrored B-scan's when ``flip``."""
+    norm = normalise_bscan(image)
+    h, w = norm.shape
+    x = F.interpolate(torch.from_numpy(norm)[None, None], size=CONFIG.input_size(h, w), mode="bilinear",
+                      align_corners=False)
+    p = net(x).softmax(1)
+    if flip:
+        p = (p + net(x.flip(-1)).softmax(1).flip(-1)) / 2
+    p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+    return ordered_labels(p / p.sum(0, keepdims=True), norm)[0]
+
+
+def tta(runs: Path, folds: list[int]) -> None:
+    """Each finished fold's checkpoint scored on its held-out patient without and with flip averaging."""
+    data = duke()
+    for k in folds:
+        net = Checkpoint.load(runs / f"fold_{k}.safetensors", expect_method="layers").build(
+            lambda: LayerNet(CONFIG)).eval()
+        test = [s for s in data if s["subject"] == PATIENTS[k]]
+        row = {}
+        for flip in (False, True):
+            table = dice_table([flip_averaged(net, s["image"], flip) for s in test], [s["label"] for s in test])
+            row["flip" if flip else "plain"] = {"mean_band_dice": float(np.mean([table[b] for b in BANDS[1:8]])),
+                                                "fluid": table["fluid"]}
+        print(json.dumps({"held_out": PATIENTS[k], **row}), flush=True)
+
+
 def layer_checkpoint(net: LayerNet, training: dict, metrics: dict) -> Checkpoint:
     """A ``layers`` checkpoint of ``net`` (what ``oct-wsss layers --checkpoint`` and ``LayerModel`` load)."""
     return Checkpoint.new(net.state_dict(), method="layers", architecture=CONFIG.to_dict(), classes=[0, FLUID],
@@ -237,7 +267,7 @@ def final(runs: Path, bundle: Path | None, schedule: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("lopo", "final", "speed"))
+    ap.add_argument("mode", choices=("lopo", "final", "tta", "speed"))
     ap.add_argument("--runs", type=Path, default=Path("/work/runs/layers"))
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--iterations", type=int)
@@ -263,6 +293,8 @@ def main() -> None:
         lopo(args.runs, [int(f) for f in args.folds.split(",")], schedule)
     elif args.mode == "final":
         final(args.runs, args.bundle, schedule)
+    elif args.mode == "tta":
+        tta(args.runs, [int(f) for f in args.folds.split(",")])
     else:
         data = duke()[:8]
         schedule["iterations"] = 10
