@@ -58,6 +58,9 @@ def test_layer_retina_changes_the_scores(trained: Path) -> None:
     b, _ = heuristic.scores([bscan], present)
     assert a.shape == b.shape == (1, 2, 128, 128)
     assert not np.allclose(a, b)
+    harmonised = AgmProposer.from_checkpoint(trained, device="cpu", intensity="harmonised-layers")
+    c, _ = harmonised.scores([bscan], present)  # the layer masks serve the harmonisation and the retina alike
+    assert np.isfinite(c).all() and not np.allclose(a, c)
 
 
 def test_dataset_takes_the_retina_from_the_layer_model(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, HealthyModel, Reconstructor, healthy_counterpart
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
-from oct_wsss.preprocess.intensity import check_intensity, intensity_of
+from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.layers import LayerModel, check_retina, retina_mask, unit_inputs_for
 from oct_wsss.propose.proposal import BscanResult, Cancel
@@ -132,10 +132,6 @@ class AgmProposer:
             self._layer_model = LayerModel(self.layers_checkpoint, device=str(self.device))
         return self._layer_model
 
-    def _harmonise_model(self) -> LayerModel | None:
-        """The layer model "harmonised-layers" inputs take their mask from: AGM's own when it masks with one."""
-        return self.layer_model() if self.retina == "layers" else None
-
     def check_layer_model(self, trained_with: str | None) -> None:
         """Warn when the layer model differs from the one the checkpoint was trained with (its masks shift a little)."""
         if self.retina == "layers" and trained_with and self.layer_model().checkpoint.sha256 != trained_with:
@@ -161,10 +157,13 @@ class AgmProposer:
         below ``present_threshold`` (at training time the trainer passes the image-level labels instead).
         """
         native = tuple(bscans[0].shape)
-        x = torch.from_numpy(unit_inputs_for(bscans, self.intensity, self._harmonise_model()))[:, None].to(self.device)
+        layer_masks = retina_mask(np.stack(bscans), model=self.layer_model()) if self.retina == "layers" else None
+        unit = unit_inputs_for(bscans, self.intensity) if layer_masks is None else \
+            unit_inputs(bscans, self.intensity, list(layer_masks))  # "harmonised-layers" reuses the layer masks
+        x = torch.from_numpy(unit)[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        if self.retina == "layers":
-            at_native = torch.from_numpy(retina_mask(np.stack(bscans), model=self.layer_model())).to(self.device)
+        if layer_masks is not None:
+            at_native = torch.from_numpy(layer_masks).to(self.device)
             retina = resize_nearest(at_native, self.input_size)
         else:
             retina = torch.from_numpy(retina_masks(x)).to(self.device)

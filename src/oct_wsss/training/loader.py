@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from oct_wsss.preprocess.inputs import resize, retina_mask
-from oct_wsss.preprocess.intensity import check_intensity
+from oct_wsss.preprocess.intensity import check_intensity, unit_input
 from oct_wsss.propose.layers import LayerModel, unit_input_for
 from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.training.data import Sample
@@ -83,12 +83,15 @@ class BscanDataset(Dataset):
     def _prepare(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         """The B-scan resized to the input size and its retina mask, (1, H, W) each."""
         raw = sample.load_image()
-        image = resize(unit_input_for(raw, self.intensity, self.layers), self.size)
+        layer_mask = None if self.layers is None else layer_retina(raw, model=self.layers)[0]
+        unit = unit_input_for(raw, self.intensity) if layer_mask is None else \
+            unit_input(raw, self.intensity, layer_mask)  # "harmonised-layers" reuses the layer mask
+        image = resize(unit, self.size)
         x = torch.from_numpy(np.ascontiguousarray(image))[None]
         if not self.with_retina:
             mask = np.ones(image.shape, bool)
-        elif self.layers is not None:
-            mask = resize(layer_retina(raw, model=self.layers)[0], self.size, order=0)
+        elif layer_mask is not None:
+            mask = resize(layer_mask, self.size, order=0)
         else:
             mask = retina_mask(image)
         return x, torch.from_numpy(mask.astype(np.float32))[None]
