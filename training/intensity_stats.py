@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from layers_train import phantom_bands  # training/ is the script's folder, first on sys.path
 from scipy import ndimage as ndi
 from skimage import io
 
 from oct_wsss.preprocess.inputs import SATURATED, resize, to_unit
-from oct_wsss.preprocess.intensity import harmonise, tissue_mask
+from oct_wsss.preprocess.intensity import harmonise, layer_anchors, tissue_mask
 from oct_wsss.propose.layers import LayerModel
 from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.synth import make_volume
@@ -98,11 +99,24 @@ def retina_stats(unit: np.ndarray, retina: np.ndarray) -> list[float]:
     return [float(np.median(unit[vitreous & valid])), *(float(np.percentile(ins, q)) for q in (50, 75, 90, 99))]
 
 
+def phantom_truth_anchors() -> list[float]:
+    """``layer_anchors`` of phantom seeds 0-5 (3 B-scans each, the default look) on the generator's ILM-to-BM truth."""
+    rows = []
+    for seed in range(6):
+        case = make_volume(seed, n_bscans=3)
+        bands = phantom_bands(case)
+        truth = ((bands >= 1) & (bands <= 7)) | (bands == 9)
+        rows += [layer_anchors(to_unit(case.volume.data[i]), truth[i]) for i in range(3)]
+    return np.mean(rows, 0).tolist()
+
+
 def layer_comparison(images: dict[str, list[np.ndarray]]) -> dict:
     """The same B-scans measured on the layer model's ILM-to-BM mask after each harmonisation, and the spread
     (max - min over the sets) of each statistic: floor, median and p99 are what each map pins, p75 / p90 are not."""
     model = LayerModel()
-    out: dict = {}
+    out: dict = {"phantom_truth_anchors": phantom_truth_anchors()}
+    print("\nphantom anchors on its true retina (LAYER_TARGETS): " + " / ".join(
+        f"{v:.4f}" for v in out["phantom_truth_anchors"]))
     print("\n| set | retina fraction | raw p75 / p90 | tissue-harmonised p75 / p90 | layer-harmonised p75 / p90 |")
     print("|---|---|---|---|---|")
     for name, bscans in images.items():

@@ -11,7 +11,7 @@ or noise clipped at 0) are left out of the anchors and keep their value.
 
 With ``retina`` (the layer model's ILM-to-BM mask, ``intensity = "harmonised-layers"``) the anchors are the
 vitreous above the ILM and the retina itself instead of the tissue heuristic (which takes in the choroid), mapped
-onto the phantom's anchors measured the same way (``LAYER_TARGETS``).
+onto the phantom's anchors measured the same way on its true retina (``LAYER_TARGETS``).
 
 It is a preprocessing option a checkpoint records: ``normalisation = {"input": "unit", "intensity": "harmonised"}``.
 Proposers call :func:`unit_inputs` with the checkpoint's setting; a checkpoint without the key gets plain
@@ -34,9 +34,10 @@ FLOOR, MID, HIGH = 0.088, 0.25, 0.765
 HIGH_PERCENTILE = 99.0
 #: the fitted gamma is kept in this range, so a bad tissue mask cannot blow the image up
 GAMMA_RANGE = (1 / 3, 3.0)
-#: the same anchors taken with the layer model's retina (vitreous above the ILM; ILM to BM): the mean over the
-#: phantom's seeds 0-5 (3 B-scans each) with the bundled layer model's mask (docs/results-real.md §5)
-LAYER_TARGETS = (0.108, 0.286, 0.780)
+#: the same anchors taken on a retina mask (vitreous above the ILM; ILM to BM): the mean over the phantom's seeds 0-5
+#: (3 B-scans each) on the generator's own ILM-to-BM truth, so no layer model's errors are built into the targets
+#: (``training/intensity_stats.py --layers``; docs/results-real.md §5.1)
+LAYER_TARGETS = (0.107, 0.296, 0.785)
 UNIT, HARMONISED, HARMONISED_LAYERS = "unit", "harmonised", "harmonised-layers"
 INTENSITIES = (UNIT, HARMONISED, HARMONISED_LAYERS)
 
