@@ -270,3 +270,26 @@ def test_a_row_scale_checkpoint_sees_the_rows_at_their_own_scale(tmp_path: Path)
     bscans = np.random.default_rng(0).integers(0, 255, (2, 96, 64)).astype(np.uint8)
     result = model.segment(bscans, require_retina=False)
     assert seen == [(96, 32)] and result.bands.shape == (2, 96, 64)
+
+
+def test_phantom_band_truth_follows_the_generators_boundaries() -> None:
+    """training/layers_train.py's phantom bands: ordered down every A-scan, every band present, SRF/IRF as fluid."""
+    import importlib.util
+
+    from oct_wsss.classes import IRF, SRF
+    from oct_wsss.synth import make_volume
+
+    script = Path(__file__).parents[1] / "training" / "layers_train.py"
+    spec = importlib.util.spec_from_file_location("layers_train", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    case = make_volume(3, n_bscans=2, width=96, prevalence={"srf": 1.0, "irf": 1.0})
+    bands = module.phantom_bands(case)
+    assert bands.shape == case.labels.shape and set(np.unique(bands)) >= set(range(9))
+    fluid = np.isin(case.labels, (SRF, IRF))
+    assert fluid.any() and (bands[fluid] == 9).all() and (bands[~fluid] != 9).all()
+    layered = np.where(fluid, 0, bands).astype(int)
+    tissue = np.maximum.accumulate(layered, axis=1)  # fluid rows take the band above them
+    assert (np.diff(np.where(fluid, tissue, layered), axis=1) >= 0).all()
+    ilm = np.asarray(case.layers["ILM"])
+    assert abs(int((bands[0, :, 40] > 0).argmax()) - float(np.ceil(ilm[0, 40]))) <= 1
