@@ -225,7 +225,8 @@ def test_layer_anchors_land_on_the_layer_targets() -> None:
 
 
 def test_harmonised_layers_needs_the_mask_and_the_layer_model_gives_it(tmp_path: Path) -> None:
-    from oct_wsss.propose.layers import bundled_model, retina_mask, unit_inputs_for
+    from oct_wsss.propose.layers import retina_mask
+    from oct_wsss.propose.retina import bundled_model, unit_inputs_for
 
     bscan = _phantom()
     with pytest.raises(ValueError, match="needs the layer model's retina mask"):

@@ -127,7 +127,7 @@ def unit_input(bscan: np.ndarray, intensity: str = UNIT, retina: np.ndarray | No
     if intensity == HARMONISED_LAYERS:
         if retina is None:
             raise ValueError("intensity 'harmonised-layers' needs the layer model's retina mask "
-                             "(oct_wsss.propose.layers.unit_inputs_for computes it)")
+                             "(oct_wsss.propose.retina.unit_inputs_for computes it)")
         return harmonise(bscan, retina)
     return harmonise(bscan) if intensity == HARMONISED else to_unit(bscan)
 

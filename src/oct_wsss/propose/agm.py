@@ -26,9 +26,10 @@ from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
 from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
-from oct_wsss.propose.layers import LayerModel, check_retina, retina_mask, unit_inputs_for
+from oct_wsss.propose.layers import LayerModel, retina_mask
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
+from oct_wsss.propose.retina import check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)

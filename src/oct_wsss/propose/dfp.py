@@ -29,9 +29,9 @@ from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize, retina_mask
 from oct_wsss.preprocess.intensity import check_intensity, intensity_of, normalisation_meta
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
-from oct_wsss.propose.layers import unit_inputs_for
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
 from oct_wsss.propose.pseudo import pseudo_labels
+from oct_wsss.propose.retina import unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 DEFAULT_THRESHOLD = 0.5

@@ -28,8 +28,8 @@ from oct_wsss.preprocess.inputs import retina_mask
 from oct_wsss.preprocess.intensity import intensity_of
 from oct_wsss.propose.batching import run_in_batches
 from oct_wsss.propose.hrf_refine import Crop, classical_region, sam_region
-from oct_wsss.propose.layers import unit_input_for
 from oct_wsss.propose.proposal import BscanResult, Cancel, ProposalError
+from oct_wsss.propose.retina import unit_input_for
 from oct_wsss.propose.sam2_backend import DEFAULT_CONFIG, Sam2Backend
 from oct_wsss.propose.sam2_cache import volume_hash
 from oct_wsss.volume import OctVolume

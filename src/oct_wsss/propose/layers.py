@@ -12,9 +12,8 @@ smoothed row of the OS+RPE band, clamped between ISE_OS and BM. Bands are rebuil
 
 from __future__ import annotations
 
-import functools
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,17 +254,6 @@ def retina_mask_from_bands(bands: np.ndarray) -> np.ndarray:
     return ((b >= 1) & (b <= 7)) | (b == FLUID_BAND)
 
 
-#: retina sources a proposer or trainer can mask with: None (its own intensity heuristic) or the layer model
-RETINAS = (None, "layers")
-
-
-def check_retina(value: str | None) -> str | None:
-    """``value`` checked as a retina source (None: the intensity heuristic; "layers": ILM to BM of the layer model)."""
-    if value not in RETINAS:
-        raise ValueError(f"retina must be None or 'layers'; got {value!r}")
-    return value
-
-
 def retina_mask(volume: Any, checkpoint: str | Path | None = None, device: str = "cpu",
                 model: LayerModel | None = None) -> np.ndarray:
     """Boolean (n_bscans, H, W) retina mask (ILM to BM) of an ``OctVolume`` or an (n, H, W) / (H, W) array, from the
@@ -273,27 +261,6 @@ def retina_mask(volume: Any, checkpoint: str | Path | None = None, device: str =
     data = getattr(volume, "data", volume)
     model = model or LayerModel(checkpoint, device=device)
     return retina_mask_from_bands(model.segment(np.asarray(data), require_retina=False).bands)
-
-
-@functools.cache
-def bundled_model(device: str = "cpu") -> LayerModel:
-    """The bundled layer model, loaded once per device (what "harmonised-layers" inputs take their mask from)."""
-    return LayerModel(device=device)
-
-
-def unit_inputs_for(bscans: Sequence[np.ndarray], intensity: str, model: LayerModel | None = None) -> np.ndarray:
-    """``preprocess.intensity.unit_inputs`` with the retina masks that "harmonised-layers" needs, from ``model`` (the
-    bundled layer model by default); other intensities never run the layer model."""
-    from oct_wsss.preprocess.intensity import HARMONISED_LAYERS, unit_inputs
-
-    if intensity != HARMONISED_LAYERS:
-        return unit_inputs(bscans, intensity)
-    return unit_inputs(bscans, intensity, list(retina_mask(np.stack(bscans), model=model or bundled_model())))
-
-
-def unit_input_for(bscan: np.ndarray, intensity: str, model: LayerModel | None = None) -> np.ndarray:
-    """One B-scan through :func:`unit_inputs_for` (the trainers' per-sample form)."""
-    return unit_inputs_for([bscan], intensity, model)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

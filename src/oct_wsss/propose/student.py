@@ -21,8 +21,8 @@ from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
-from oct_wsss.propose.layers import check_retina, unit_inputs_for
 from oct_wsss.propose.proposal import BscanResult, Cancel
+from oct_wsss.propose.retina import check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 

@@ -23,7 +23,8 @@ from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import Generator
 from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
 from oct_wsss.propose.agm import DEFAULT_CAM_LAYERS, AgmProposer, agm_gradcam, bundle_state, network_inputs
-from oct_wsss.propose.layers import LayerModel, check_retina
+from oct_wsss.propose.layers import LayerModel
+from oct_wsss.propose.retina import check_retina
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, init_distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError

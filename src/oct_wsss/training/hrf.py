@@ -29,7 +29,7 @@ from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.mil import MilConfig, MilNet
 from oct_wsss.preprocess.intensity import UNIT, check_intensity
 from oct_wsss.propose.hrf import DEFAULTS as PROPOSER_DEFAULTS
-from oct_wsss.propose.layers import unit_input_for
+from oct_wsss.propose.retina import unit_input_for
 from oct_wsss.training.data import Sample
 from oct_wsss.training.distributed import Dist, distributed
 from oct_wsss.training.errors import TrainingCancelled, TrainingError

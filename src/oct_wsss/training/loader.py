@@ -13,8 +13,9 @@ from torch.utils.data import Dataset
 
 from oct_wsss.preprocess.inputs import resize, retina_mask
 from oct_wsss.preprocess.intensity import check_intensity, unit_input
-from oct_wsss.propose.layers import LayerModel, unit_input_for
+from oct_wsss.propose.layers import LayerModel
 from oct_wsss.propose.layers import retina_mask as layer_retina
+from oct_wsss.propose.retina import unit_input_for
 from oct_wsss.training.data import Sample
 
 

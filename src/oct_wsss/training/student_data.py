@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from oct_wsss.io import read_labels
 from oct_wsss.preprocess.inputs import resize
-from oct_wsss.propose.layers import unit_input_for
+from oct_wsss.propose.retina import unit_input_for
 from oct_wsss.store import ACCEPTED, Correction
 from oct_wsss.training.data import Sample
 from oct_wsss.training.errors import TrainingError
