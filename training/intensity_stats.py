@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 from skimage import io
 
 from oct_wsss.preprocess.inputs import SATURATED, resize, to_unit
-from oct_wsss.preprocess.intensity import harmonise, layer_anchors, tissue_mask
+from oct_wsss.preprocess.intensity import harmonise, layer_anchors, tissue_mask, vitreous
 from oct_wsss.propose.layers import LayerModel
 from oct_wsss.propose.layers import retina_mask as layer_retina
 from oct_wsss.synth import make_volume
@@ -94,9 +94,8 @@ def main() -> None:
 def retina_stats(unit: np.ndarray, retina: np.ndarray) -> list[float]:
     """[vitreous floor, median, p75, p90, p99] on the layer model's retina (padding left out)."""
     valid = (unit < SATURATED) & (unit > 0)
-    vitreous = (np.cumsum(retina, 0) == 0) & retina.any(0)[None]
     ins = unit[retina & valid]
-    return [float(np.median(unit[vitreous & valid])), *(float(np.percentile(ins, q)) for q in (50, 75, 90, 99))]
+    return [float(np.median(unit[vitreous(retina) & valid])), *(float(np.percentile(ins, q)) for q in (50, 75, 90, 99))]
 
 
 def phantom_truth_anchors() -> list[float]:

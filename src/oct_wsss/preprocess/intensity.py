@@ -70,14 +70,18 @@ def anchors(unit: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, fl
     return float(np.median(outside)), float(np.median(inside)), float(np.percentile(inside, HIGH_PERCENTILE))
 
 
+def vitreous(retina: np.ndarray) -> np.ndarray:
+    """The rows above a retina mask (H, W) in each A-scan that has retina: where the noise floor is measured."""
+    return (np.cumsum(retina, axis=0) == 0) & retina.any(axis=0)[None]
+
+
 def layer_anchors(unit: np.ndarray, retina: np.ndarray) -> tuple[float, float, float]:
     """(noise floor, retinal median, retinal high percentile) with the layer model's ILM-to-BM mask: the floor is the
     vitreous (above the retina in each A-scan that has one), the rest the retina; padding left out as in ``anchors``."""
     if retina.shape != unit.shape:
         raise ValueError(f"retina mask {retina.shape} does not match the B-scan {unit.shape}")
     valid = (unit < SATURATED) & (unit > 0)
-    vitreous = (np.cumsum(retina, axis=0) == 0) & retina.any(axis=0)[None]
-    above, inside = unit[vitreous & valid], unit[retina & valid]
+    above, inside = unit[vitreous(retina) & valid], unit[retina & valid]
     if inside.size < 16 or above.size < 16:  # no retina found: whole-image percentiles, as ``anchors`` does
         return anchors(unit, np.zeros(unit.shape, bool))
     return float(np.median(above)), float(np.median(inside)), float(np.percentile(inside, HIGH_PERCENTILE))

@@ -29,7 +29,7 @@ from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.layers import LayerModel, retina_mask
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
-from oct_wsss.propose.retina import check_retina, unit_inputs_for
+from oct_wsss.propose.retina import bundled_model, check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)
@@ -130,7 +130,8 @@ class AgmProposer:
     def layer_model(self) -> LayerModel:
         """The layer model behind ``retina="layers"`` (loaded on first use)."""
         if self._layer_model is None:
-            self._layer_model = LayerModel(self.layers_checkpoint, device=str(self.device))
+            self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
+                LayerModel(self.layers_checkpoint, device=str(self.device))
         return self._layer_model
 
     def check_layer_model(self, trained_with: str | None) -> None:

@@ -22,7 +22,7 @@ from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.proposal import BscanResult, Cancel
-from oct_wsss.propose.retina import check_retina, unit_inputs_for
+from oct_wsss.propose.retina import bundled_model, check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 
@@ -64,7 +64,6 @@ class StudentProposer:
         self._ids = np.array((0, *self.classes), np.uint8)
         #: "layers": lesions are kept only between ILM and BM of the layer model (``propose.layers.retina_mask``)
         self.retina = check_retina(retina)
-        self._layer_model: Any = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
@@ -120,11 +119,10 @@ class StudentProposer:
         """``labels`` with lesions outside the layer model's retina cleared when ``retina`` is "layers"."""
         if self.retina is None:
             return labels
-        from oct_wsss.propose.layers import LayerModel, retina_mask
+        from oct_wsss.propose.layers import retina_mask
 
-        if self._layer_model is None:
-            self._layer_model = LayerModel(device=str(self.device))
-        return np.where(retina_mask(np.stack(bscans), model=self._layer_model), labels, 0).astype(labels.dtype)
+        inside = retina_mask(np.stack(bscans), model=bundled_model(str(self.device)))
+        return np.where(inside, labels, 0).astype(labels.dtype)
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
             keep_scores: bool = False) -> Iterator[BscanResult]:
