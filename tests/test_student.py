@@ -80,6 +80,41 @@ def test_student_trains_on_synthetic_masks_and_its_loss_falls(tmp_path) -> None:
     assert (tmp_path / "student-metrics.csv").is_file() and (tmp_path / "student-state.safetensors").is_file()
 
 
+def test_crop_trains_on_matching_windows_and_proposes_the_whole_input(tmp_path) -> None:
+    """``crop``: image and target come from the same random window, which moves between epochs; the proposer then
+    runs the network on the whole input size."""
+    from oct_wsss.training.student_data import StudentDataset
+
+    vol = _phantom(4, n=2)
+    # a target that is the B-scan's own brightest pixels: a window of the image must carry the same window of it
+    bright = lambda lab, img: np.where(img > np.percentile(img, 90), 1, 0).astype(np.uint8)  # noqa: E731
+    targets = [Target(partial(np.asarray, vol.volume.data[i]), partial(bright, None, vol.volume.data[i]), 1.0,
+                      PSEUDO, ("v", i)) for i in range(2)]
+    data = StudentDataset(targets, CLASSES, (80, 64), crop=(32, 48))
+    full_x, full_y = data.prepared(0)
+    windows = set()
+    for epoch in range(4):
+        data.set_epoch(epoch)
+        item = data[0]
+        assert item["image"].shape == (1, 32, 48) and item["target"].shape == (4, 32, 48)
+        hits = [(t, left) for t in range(80 - 32 + 1) for left in range(64 - 48 + 1)
+                if torch.equal(full_x[:, t:t + 32, left:left + 48], item["image"])]
+        assert len(hits) == 1
+        t, left = hits[0]
+        assert torch.equal(full_y[:, t:t + 32, left:left + 48], item["target"])
+        windows.add(hits[0])
+    assert len(windows) > 1
+    config = StudentTrainConfig(epochs=1, batch_size=2, augment=False, crop=[32, 48])
+    net, info = train_student(targets, CLASSES, (80, 64), {"width": 4, "depth": 3}, config, tmp_path, device="cpu")
+    assert info["crop"] == [32, 48]
+    probs = StudentProposer(net, CLASSES, (80, 64), device="cpu").probabilities([vol.volume.data[0]])
+    assert probs.shape == (1, 4, *vol.volume.data[0].shape)
+    with pytest.raises(ValueError, match="larger than the input size"):
+        train_student(targets, CLASSES, (16, 64), {"width": 4, "depth": 3}, config, tmp_path / "x", device="cpu")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        StudentTrainConfig(crop=[30, 48])
+
+
 def test_corrections_outweigh_conflicting_pseudo_labels(tmp_path) -> None:
     """Same B-scans: pseudo labels call every lesion SRF (3 copies each), corrections call it PED (1 copy).
 

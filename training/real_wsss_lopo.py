@@ -1,7 +1,8 @@
 """Leave-one-patient-out on the shared Duke patients for the real-wsss recipe (issue 19): no real pixel label trains.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src python training/real_wsss_lopo.py --init PHANTOM_STUDENT.safetensors \
-        --runs /work/runs/real-wsss [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4] \
+        --runs /work/runs/real-wsss [--recipe training/real-wsss-native.yaml] \
+        [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4] \
         [--confidence '{"top_k": 200}'] [--cam /work/runs/dfp-unet/dfp-{held}.safetensors [--gate '{"moderate": 0.3}']]
 
 For each held-out patient the phantom student (``--init``; the table's ``phantom_only`` rows score it) is adapted by
@@ -39,10 +40,11 @@ RECIPE = REPO / "training" / "real-wsss.yaml"  # the shipped recipe; each fold c
 
 
 def recipe(init: Path, held: str, runs: Path, rounds: int, epochs: int, confidence: dict | None = None,
-           cam: dict | None = None) -> dict:
-    """The shipped recipe for one fold: the held-out patient excluded, real paths absolute, run under ``runs``
-    (``confidence``: entries that replace the recipe's, e.g. {"top_k": 200}; ``cam``: the recipe's cam block)."""
-    raw = yaml.safe_load(RECIPE.read_text())
+           cam: dict | None = None, base: Path = RECIPE) -> dict:
+    """The shipped recipe (``base``) for one fold: the held-out patient excluded, real paths absolute, run under
+    ``runs`` (``confidence``: entries that replace the recipe's, e.g. {"top_k": 200}; ``cam``: the recipe's cam
+    block)."""
+    raw = yaml.safe_load(base.read_text())
     if cam:
         raw["cam"] = cam
     raw["confidence"] = {**(raw.get("confidence") or {}), **(confidence or {})}
@@ -104,6 +106,8 @@ def main() -> None:
     ap.add_argument("--init", required=True, help="the start checkpoint; {held} stands for the held-out patient "
                     "(to continue each fold's own adapted student: RUNS/{held}/student.safetensors)")
     ap.add_argument("--runs", type=Path, required=True)
+    ap.add_argument("--recipe", type=Path, default=RECIPE, help="the real-wsss recipe each fold adapts "
+                    "(default training/real-wsss.yaml; training/real-wsss-native.yaml for the native-resolution one)")
     ap.add_argument("--layer-folds", type=Path, default=Path("/work/runs/layers"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
@@ -124,7 +128,8 @@ def main() -> None:
         path = args.runs / f"recipe-{held}.yaml"
         init = Path(args.init.format(held=held)).resolve()
         cam = {"checkpoint": str(Path(args.cam.format(held=held)).resolve()), **args.gate} if args.cam else None
-        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs, args.confidence, cam)))
+        path.write_text(yaml.safe_dump(recipe(init, held, args.runs, args.rounds, args.epochs, args.confidence, cam,
+                                                   args.recipe)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
         bands = None

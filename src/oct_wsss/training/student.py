@@ -48,6 +48,9 @@ class StudentTrainConfig:
     augment: bool | dict[str, float] = field(default_factory=lambda: {"rotation": 5.0})
     select: str = "last"  # or "val_miou": keep the epoch with the best validation mIoU (needs validation masks)
     intensity: str = "unit"  # or "harmonised": inputs via preprocess.intensity.harmonise, recorded in the checkpoint
+    #: train on random (h, w) windows of each input-size B-scan (the network is fully convolutional and proposes on
+    #: the whole input size): a native-resolution input at the step cost of a smaller one
+    crop: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -59,6 +62,8 @@ class StudentTrainConfig:
         if isinstance(self.class_weights, str) and self.class_weights != "auto":
             raise ValueError(f"class_weights must be 'auto', null or a list, got {self.class_weights!r}")
         check_intensity(self.intensity)
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 16 or any(c % 16 for c in self.crop)):
+            raise ValueError(f"crop must be [h, w], each a multiple of 16 (the U-Net's stride); got {self.crop!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentTrainConfig:
@@ -133,7 +138,10 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
         if isinstance(architecture, dict):
             architecture = StudentConfig.from_dict({"n_outputs": len(classes) + 1, **architecture})
         net = (init or StudentNet(architecture)).to(dist.device)
-        dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed, config.intensity)
+        if config.crop is not None and any(c > s for c, s in zip(config.crop, input_size, strict=True)):
+            raise ValueError(f"crop {config.crop} is larger than the input size {list(input_size)}")
+        dataset = StudentDataset(targets, classes, input_size, config.augmentation(), seed, config.intensity,
+                                 crop=config.crop)
         cw = _class_weights(config, dataset)
         run = _StudentRun(net, dataset, config, torch.from_numpy(cw).to(dist.device), dist, seed, cancel)
         proposer = StudentProposer(net, classes, input_size, device=dist.device, batch_size=4,
@@ -141,7 +149,8 @@ def train_student(targets: Sequence[Target], classes: Sequence[int], input_size:
         losses, best = run.fit(run_dir / STATE_FILE, resume, proposer, val, dist.main_log(log))
     net.eval()
     return net, {"losses": losses, "best_epoch": best["epoch"], "val_miou": best["val_miou"],
-                 "class_weights": [round(float(w), 4) for w in cw], "targets": _count(dataset.targets)}
+                 "class_weights": [round(float(w), 4) for w in cw], "targets": _count(dataset.targets),
+                 **({"crop": list(config.crop)} if config.crop else {})}
 
 
 def _class_weights(config: StudentTrainConfig, dataset: StudentDataset) -> np.ndarray:

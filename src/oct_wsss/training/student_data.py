@@ -156,12 +156,14 @@ def correction_targets(corrections: Sequence[Correction], weight: float) -> list
 
 
 class StudentDataset(Dataset):
-    """Items ``{"image": (1, h, w), "target": (1 + K, h, w), "weight": ()}`` at the input size, cached in memory."""
+    """Items ``{"image": (1, h, w), "target": (1 + K, h, w), "weight": ()}`` at the input size, cached in memory
+    (``crop``: a random (h, w) window of it, drawn anew each epoch)."""
 
     def __init__(self, targets: Sequence[Target], classes: Sequence[int], size: tuple[int, int],
-                 augment: Augment | None = None, seed: int = 0, intensity: str = "unit") -> None:
+                 augment: Augment | None = None, seed: int = 0, intensity: str = "unit",
+                 crop: Sequence[int] | None = None) -> None:
         self.targets, self.classes, self.size = list(targets), tuple(classes), tuple(size)
-        self.intensity = intensity
+        self.intensity, self.crop = intensity, None if crop is None else (int(crop[0]), int(crop[1]))
         self.augment, self.seed, self.epoch = augment, seed, 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -185,8 +187,16 @@ class StudentDataset(Dataset):
             self._cache[i] = (x, y / y.sum(0, keepdim=True).clamp_min(1e-6))
         return self._cache[i]
 
+    def window(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same random ``crop`` window of image and target (both unchanged without one)."""
+        if self.crop is None:
+            return x, y
+        (h, w), (H, W) = self.crop, x.shape[-2:]
+        top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        return x[:, top:top + h, left:left + w], y[:, top:top + h, left:left + w]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x, y = self.prepared(i)
+        x, y = self.window(*self.prepared(i), np.random.default_rng([self.seed, self.epoch, i, 1]))
         if self.augment is not None:
             frame = torch.ones_like(y[:1])  # rotated with the target, so corners are told from ignored pixels
             x, y = self.augment(x, torch.cat([y, frame]), np.random.default_rng([self.seed, self.epoch, i]))
