@@ -148,5 +148,7 @@ def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
     assert ckpt.meta["classes"] == [1, 2, 3, 4, 5, 6] and "truth" in ckpt.meta["training"]["pseudo_labels"]
     shipped = Recipe.load(ROOT / "training" / "phantom-student.yaml")
     assert shipped.raw["pseudo"] == {"truth": True} and shipped.raw["data"]["generate"]["look"] == "random"
+    native = Recipe.load(ROOT / "training" / "phantom-student-native.yaml")  # the same phantom, full-height windows
+    assert native.raw["data"] == shipped.raw["data"] and native.raw["student"]["crop"][0] == native.input_size[0]
     with pytest.raises(TrainingError, match="needs pixel masks"):
         truth_targets([Sample(tmp_path / "x.png", frozenset(), "P0")])

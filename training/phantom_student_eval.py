@@ -1,7 +1,7 @@
 """Score a multi-class student (phantom or real-wsss): unseen phantom seeds, the demo volume, Duke, SJTU, Keshav, Bonn.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/phantom_student_eval.py CKPT [--data ../shared/data]
-        [--seeds 5000-5005] [--json FILE]    # or CKPT = "ceiling" for the resolution ceiling alone
+        [--seeds 5000-5005] [--input-size H,W] [--json FILE]    # or CKPT = "ceiling" for the resolution ceiling alone
 
 - **Resolution ceiling** (no model): each truth mask resized to 128², 256² and 512² (one-hot, bilinear) and back to its
   native size, per-class IoU against itself: what a perfect student at that input size could reach.
@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seeds", default="5000-5005")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--input-size", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    help="H,W: run the network at this input size instead of the checkpoint's (a size sweep)")
     args = ap.parse_args()
     lo, hi = map(int, args.seeds.split("-"))
     pairs = phantom_pairs(list(range(lo, hi + 1)))
@@ -136,6 +138,9 @@ def main() -> None:
                  "ceiling": {str(s): ceiling(pairs, s) for s in (128, 256, 512)}}
     if args.checkpoint != "ceiling":
         student = load_proposer("student", args.checkpoint, device="cpu")
+        if args.input_size:  # the U-Net is fully convolutional: any multiple of its stride runs
+            student.input_size = args.input_size
+        out["input_size"] = list(student.input_size)
         out["phantom"] = per_class([t for _, t in pairs], [student.predict(b) for b, _ in pairs])
         out["demo_dice"] = demo(student.predict)
         out["duke"] = duke(args.data / "duke_dme_chiu2015", student.predict)
