@@ -197,3 +197,35 @@ def test_refinement_keeps_the_image_when_there_is_no_cam_evidence() -> None:
     from oct_wsss.explain.gradcam import minmax
 
     assert torch.allclose(enhance(x, cams, torch.ones(2, 3)), minmax(x))
+
+
+def test_tissue_levels_counted_on_tensors_equal_scikit_image_on_real_and_phantom_bscans(shared_data) -> None:
+    """The GPU path's Otsu levels (histograms counted as tensor ops, run here on CPU tensors) are threshold_otsu's, to
+    the bit, on real Duke and phantom B-scans at full size; a flat B-scan has no level."""
+    from PIL import Image
+
+    from oct_wsss.preprocess.inputs import _smoothed, _tissue_levels
+
+    duke = sorted((shared_data / "duke_dme_chiu2015" / "images").glob("*.png"))[::9]
+    real = [to_unit(np.array(Image.open(p).convert("L")))[:, :496] for p in duke]
+    phantom = [to_unit(b) for b in make_volume(4, n_bscans=3, look="random").volume.data[:, :, :496]]
+    x = torch.from_numpy(np.stack(real + phantom + [np.full((496, 496), 0.3, np.float32)]))[:, None]
+    smooth = _smoothed(x, on_tensors=False)
+    on_tensors, expected = _tissue_levels(smooth, True), _tissue_levels(smooth, False)
+    assert len(expected) == len(duke) + 4 and np.isinf(expected[-1]) and np.isfinite(expected[:-1]).all()
+    assert on_tensors == expected
+
+
+def test_largest_region_with_holes_filled_equals_scipy_fill_holes() -> None:
+    """_largest_filled is the largest 8-connected region with ndimage.binary_fill_holes on it, for random masks."""
+    from scipy import ndimage as ndi
+    from skimage import measure
+
+    from oct_wsss.preprocess.inputs import _largest_filled
+
+    rng = np.random.default_rng(3)
+    masks = [rng.random((40, 56)) < p for p in (0.3, 0.5, 0.6, 0.8)] + [np.zeros((9, 9), bool), np.ones((9, 9), bool)]
+    for mask in masks:
+        labelled = measure.label(mask)
+        largest = labelled == np.argmax(np.bincount(labelled.ravel())[1:]) + 1 if labelled.max() else mask
+        np.testing.assert_array_equal(_largest_filled(mask), ndi.binary_fill_holes(largest))

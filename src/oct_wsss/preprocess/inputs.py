@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
-from skimage import filters, measure, morphology, transform
+from skimage import filters, morphology, transform
 
 #: Pixels this bright are border artefacts (METHODS.md §1, 250 of 255).
 SATURATED = 250 / 255
@@ -19,6 +19,8 @@ SATURATED = 250 / 255
 OUTSIDE_WEIGHT = 0.5
 #: Tissue threshold as a fraction of the smoothed B-scan's Otsu level (scale-free, unlike the reference's fixed 30).
 LEVEL = 0.75
+#: Histogram bins of the Otsu level (scikit-image's default).
+OTSU_BINS = 256
 
 
 def to_unit(bscan: np.ndarray) -> np.ndarray:
@@ -65,8 +67,7 @@ def retina_masks(x: torch.Tensor) -> np.ndarray:
         return np.zeros((x.shape[0], *x.shape[-2:]), bool)
     on_tensors = x.device.type != "cpu"
     smooth = _smoothed(torch.where(x.float() > SATURATED, 0.0, x.float()), on_tensors)
-    flat = smooth[:, 0].cpu().numpy()
-    levels = [LEVEL * filters.threshold_otsu(f) if f.max() > f.min() else np.inf for f in flat]
+    levels = _tissue_levels(smooth, on_tensors)
     tissue = smooth.double() > torch.tensor(levels, dtype=torch.float64, device=smooth.device)[:, None, None, None]
     return np.stack([_largest_filled(c) for c in _closed(tissue, on_tensors)])
 
@@ -77,6 +78,21 @@ def _smoothed(x: torch.Tensor, on_tensors: bool) -> torch.Tensor:
         return torch.cat([_median(-F.max_pool2d(-_symmetric(xi[None], 1), 3, stride=1), 5) for xi in x])
     return torch.from_numpy(np.stack([ndi.median_filter(ndi.minimum_filter(xi, size=3), size=5)
                                       for xi in x[:, 0].numpy()]))[:, None]
+
+
+def _tissue_levels(smooth: torch.Tensor, on_tensors: bool) -> list[float]:
+    """``LEVEL`` x the Otsu level of each smoothed B-scan (n, 1, h, w); inf for a flat one. As tensor ops only the
+    256-bin histograms leave the device: numpy's own bin edges, then scikit-image's formula, so the same levels."""
+    if not on_tensors:
+        return [LEVEL * filters.threshold_otsu(f) if f.max() > f.min() else np.inf for f in smooth[:, 0].numpy()]
+    flat = smooth.flatten(1)
+    bounds = torch.stack([flat.amin(1), flat.amax(1)], 1).cpu().numpy()
+    edges = [np.linspace(lo, hi, OTSU_BINS + 1, endpoint=True, dtype=lo.dtype) for lo, hi in bounds]
+    counts = torch.stack([torch.bincount((torch.bucketize(v, torch.from_numpy(e).to(v.device), right=True) - 1)
+                                         .clamp_(0, OTSU_BINS - 1), minlength=OTSU_BINS)
+                          for v, e in zip(flat, edges, strict=True)]).cpu().numpy()
+    return [LEVEL * filters.threshold_otsu(hist=(c, (e[:-1] + e[1:]) / 2.0)) if hi > lo else np.inf
+            for c, e, (lo, hi) in zip(counts, edges, bounds, strict=True)]
 
 
 def _closed(tissue: torch.Tensor, on_tensors: bool) -> np.ndarray:
@@ -104,13 +120,15 @@ def _median(x: torch.Tensor, size: int) -> torch.Tensor:
 def _largest_filled(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected region of ``mask`` with its holes filled (``ndimage.binary_fill_holes``: background
     not 4-connected to the image border)."""
-    labelled = measure.label(mask)
-    if labelled.max() == 0:
+    labelled, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
         return mask
     region = labelled == np.argmax(np.bincount(labelled.ravel())[1:]) + 1
-    background, _ = ndi.label(~region)
-    edge = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    return ~np.isin(background, edge[edge > 0])
+    background, m = ndi.label(~region)
+    inside = np.ones(m + 1, bool)  # per background label: a hole (not touching the border); 0 is the region itself
+    inside[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False
+    inside[0] = True
+    return inside[background]
 
 
 def soft_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
