@@ -88,11 +88,15 @@ def _tissue_levels(smooth: torch.Tensor, on_tensors: bool) -> list[float]:
     flat = smooth.flatten(1)
     bounds = torch.stack([flat.amin(1), flat.amax(1)], 1).cpu().numpy()
     edges = [np.linspace(lo, hi, OTSU_BINS + 1, endpoint=True, dtype=lo.dtype) for lo, hi in bounds]
-    counts = torch.stack([torch.bincount((torch.bucketize(v, torch.from_numpy(e).to(v.device), right=True) - 1)
-                                         .clamp_(0, OTSU_BINS - 1), minlength=OTSU_BINS)
-                          for v, e in zip(flat, edges, strict=True)]).cpu().numpy()
+    counts = torch.stack([_histogram(v, e) for v, e in zip(flat, edges, strict=True)]).cpu().numpy()
     return [LEVEL * filters.threshold_otsu(hist=(c, (e[:-1] + e[1:]) / 2.0)) if hi > lo else np.inf
             for c, e, (lo, hi) in zip(counts, edges, bounds, strict=True)]
+
+
+def _histogram(values: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
+    """``np.histogram``'s counts of ``values`` over ``edges`` (each bin half-open, the last closed), on their device."""
+    bins = torch.bucketize(values, torch.from_numpy(edges).to(values.device), right=True) - 1
+    return torch.bincount(bins.clamp_(0, len(edges) - 2), minlength=len(edges) - 1)
 
 
 def _closed(tissue: torch.Tensor, on_tensors: bool) -> np.ndarray:
