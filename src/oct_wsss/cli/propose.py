@@ -11,6 +11,9 @@ from typing import Any
 from oct_wsss.cli._common import CliError, parse_bscans
 from oct_wsss.volume import OctVolume
 
+#: methods whose checkpoints may run the retinal layer model (retina filter, "harmonised-layers" inputs)
+LAYER_USERS = ("agm", "student")
+
 
 def _propose(args: argparse.Namespace) -> None:
     from oct_wsss.cli import batch
@@ -30,11 +33,18 @@ def _propose(args: argparse.Namespace) -> None:
     if args.project is not None:
         check_project(args.project)
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
+    if args.layers is not None:
+        options["layers_checkpoint"] = checked_layers(args.layers, args.method)
     if args.method == "hrf":
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size,
                        sam2_cache=None if args.project is None else args.project / EMBEDDINGS_DIR)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
+    if args.layers is not None and not proposer.uses_layers:
+        raise CliError(f"{args.checkpoint} proposes without the layer model (no retina filter, no "
+                       "'harmonised-layers' inputs), so --layers would change nothing; leave it out")
+    if args.layers is not None:
+        proposer.layer_model()  # a bad layer checkpoint fails here, before any volume is read
     warn = phantom_warner(args.checkpoint)
     if not many:
         _one(proposer, args, args.volume, args.out, verbose=True, warn=warn)
@@ -47,6 +57,17 @@ def _propose(args: argparse.Namespace) -> None:
     failures = batch.write_failures(args.out, summary["failed"], i, n)
     if failures is not None:
         raise CliError(f"{len(summary['failed'])} volumes failed (listed in {failures}); rerun to retry them")
+
+
+def checked_layers(path: Path, method: str) -> Path:
+    """``--layers``: only for the methods that run a layer model, and a file that exists."""
+    if method not in LAYER_USERS:
+        raise CliError(f"--layers is for --method {' or '.join(LAYER_USERS)} (the layer model behind their retina "
+                       f"filter); --method {method} does not use it" + (": give the layer checkpoint as --checkpoint"
+                                                                         if method == "layers" else ""))
+    if not path.is_file():
+        raise CliError(f"--layers {path}: no such file")
+    return path
 
 
 def phantom_warner(checkpoint: Path) -> Callable[[OctVolume], None]:
@@ -139,6 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
+    p.add_argument("--layers", type=Path, help="layer checkpoint for --method agm or student where the checkpoint "
+                   "keeps lesions inside the retina or harmonises with it (default: the bundled layers.safetensors)")
     p.add_argument("--project", type=Path, help="a grader's project folder: B-scans accepted there are not proposed "
                                                 "over; labels.tif keeps their accepted masks; with --method hrf and "
                                                 "--sam2-checkpoint, SAM 2 embeddings are kept in its sam2-embeddings")

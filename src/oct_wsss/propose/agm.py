@@ -24,7 +24,7 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, HealthyModel, Reconstructor, healthy_counterpart
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
-from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
+from oct_wsss.preprocess.intensity import HARMONISED_LAYERS, check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
 from oct_wsss.propose.layers import LayerModel, retina_mask
 from oct_wsss.propose.proposal import BscanResult, Cancel
@@ -127,12 +127,21 @@ class AgmProposer:
         proposer.check_layer_model(params.get("layers_sha256"))
         return proposer
 
+    @property
+    def uses_layers(self) -> bool:
+        """Whether proposals run the layer model (``retina="layers"`` or "harmonised-layers" inputs)."""
+        return self.retina is not None or self.intensity == HARMONISED_LAYERS
+
     def layer_model(self) -> LayerModel:
-        """The layer model behind ``retina="layers"`` (loaded on first use)."""
+        """The layer model behind ``retina="layers"`` and "harmonised-layers" inputs (loaded on first use)."""
         if self._layer_model is None:
             self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
                 LayerModel(self.layers_checkpoint, device=str(self.device))
         return self._layer_model
+
+    def _harmonising_model(self) -> LayerModel | None:
+        """The layer model "harmonised-layers" inputs take their retina from; None for other intensities."""
+        return self.layer_model() if self.intensity == HARMONISED_LAYERS else None
 
     def check_layer_model(self, trained_with: str | None) -> None:
         """Warn when the layer model differs from the one the checkpoint was trained with (its masks shift a little)."""
@@ -149,7 +158,7 @@ class AgmProposer:
                 "params": {"threshold": self.threshold, "smooth": self.smooth, "cam_layers": list(self.cam_layers),
                            "present_threshold": self.present_threshold, "batch_size": self.batch_size,
                            "intensity": self.intensity, "retina": self.retina,
-                           "layers_checkpoint": None if self.retina is None else self.layer_model().checkpoint.id},
+                           "layers_checkpoint": self.layer_model().checkpoint.id if self.uses_layers else None},
                 "device": str(self.device)}
 
     def scores(self, bscans: Sequence[np.ndarray], present: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +169,7 @@ class AgmProposer:
         """
         native = tuple(bscans[0].shape)
         layer_masks = retina_mask(np.stack(bscans), model=self.layer_model()) if self.retina == "layers" else None
-        unit = unit_inputs_for(bscans, self.intensity) if layer_masks is None else \
+        unit = unit_inputs_for(bscans, self.intensity, self._harmonising_model()) if layer_masks is None else \
             unit_inputs(bscans, self.intensity, list(layer_masks))  # "harmonised-layers" reuses the layer masks
         x = torch.from_numpy(unit)[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)

@@ -19,17 +19,20 @@ import torch.nn.functional as F
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.preprocess.device import resolve_device
-from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of
+from oct_wsss.preprocess.intensity import HARMONISED_LAYERS, UNIT, check_intensity, intensity_of
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
+from oct_wsss.propose.layers import LayerModel
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.retina import bundled_model, check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 
-def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int], intensity: str = UNIT) -> torch.Tensor:
+def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int], intensity: str = UNIT,
+                  layers: LayerModel | None = None) -> torch.Tensor:
     """(n, 1, h, w) float32 in [0, 1] at the network's input size from same-sized B-scans of any dtype
-    (``intensity="harmonised"``: through ``preprocess.intensity.harmonise`` first)."""
-    x = torch.from_numpy(unit_inputs_for(bscans, intensity))[:, None]
+    (``intensity="harmonised"``: through ``preprocess.intensity.harmonise`` first; "harmonised-layers" takes its
+    retina from ``layers``, the bundled layer model by default)."""
+    x = torch.from_numpy(unit_inputs_for(bscans, intensity, layers))[:, None]
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -43,7 +46,7 @@ class StudentProposer:
     def __init__(self, net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float | None = None, device: str | torch.device = "auto", batch_size: int | None = None,
                  checkpoint: Checkpoint | None = None, intensity: str | None = None,
-                 retina: str | None = None) -> None:
+                 retina: str | None = None, layers_checkpoint: str | Path | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.classes = tuple(int(c) for c in classes)
         if net.config.n_outputs != len(self.classes) + 1:
@@ -64,6 +67,9 @@ class StudentProposer:
         self._ids = np.array((0, *self.classes), np.uint8)
         #: "layers": lesions are kept only between ILM and BM of the layer model (``propose.layers.retina_mask``)
         self.retina = check_retina(retina)
+        #: the layer model behind ``retina`` and "harmonised-layers" inputs (None: the bundled one)
+        self.layers_checkpoint = layers_checkpoint
+        self._layer_model: LayerModel | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
@@ -80,6 +86,18 @@ class StudentProposer:
         settings.update({k: v for k, v in options.items() if v is not None})
         return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
 
+    @property
+    def uses_layers(self) -> bool:
+        """Whether proposals run the layer model (a retina filter or "harmonised-layers" inputs)."""
+        return self.retina is not None or self.intensity == HARMONISED_LAYERS
+
+    def layer_model(self) -> LayerModel:
+        """The layer model behind ``retina`` and "harmonised-layers" inputs (loaded on first use)."""
+        if self._layer_model is None:
+            self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
+                LayerModel(self.layers_checkpoint, device=str(self.device))
+        return self._layer_model
+
     def provenance(self) -> dict[str, Any]:
         """Checkpoint id and hash (and its parent, for fine-tuned students), parameters, device."""
         ckpt = self.checkpoint
@@ -88,12 +106,15 @@ class StudentProposer:
         return {"method": self.method, "checkpoint": info, "classes": list(self.classes),
                 "input_size": list(self.input_size), "architecture": self.net.config.arch,
                 "params": {"threshold": self.threshold, "batch_size": self.batch_size,
-                           "intensity": self.intensity, "retina": self.retina}, "device": str(self.device)}
+                           "intensity": self.intensity, "retina": self.retina,
+                           "layers_checkpoint": self.layer_model().checkpoint.id if self.uses_layers else None},
+                "device": str(self.device)}
 
     def probabilities(self, bscans: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
         native = tuple(bscans[0].shape)
-        x = network_input(bscans, self.input_size, self.intensity).to(self.device)
+        layers = self.layer_model() if self.intensity == HARMONISED_LAYERS else None
+        x = network_input(bscans, self.input_size, self.intensity, layers).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -121,7 +142,7 @@ class StudentProposer:
             return labels
         from oct_wsss.propose.layers import retina_mask
 
-        inside = retina_mask(np.stack(bscans), model=bundled_model(str(self.device)))
+        inside = retina_mask(np.stack(bscans), model=self.layer_model())
         return np.where(inside, labels, 0).astype(labels.dtype)
 
     def run(self, volume: OctVolume, bscans: Sequence[int], *, cancel: Cancel | None = None,
