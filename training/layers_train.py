@@ -266,6 +266,7 @@ def final(runs: Path, bundle: Path | None, schedule: dict) -> None:
 
 
 def main() -> None:
+    global CONFIG
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=("lopo", "final", "tta", "speed"))
     ap.add_argument("--runs", type=Path, default=Path("/work/runs/layers"))
@@ -274,12 +275,14 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast and channels-last (fast on AVX512-BF16 cores)")
     ap.add_argument("--row-scale", type=float, help="resize factor of the rows (default: the columns' 0.5)")
+    ap.add_argument("--width", type=int, help=f"U-Net base width (default {CONFIG.width})")
     ap.add_argument("--phantom", type=int, default=0, help="add this many phantom B-scans (random device looks, "
                     "band truth from the generator's boundaries) to each training set")
     args = ap.parse_args()
-    global CONFIG
     if args.row_scale:
         CONFIG = replace(CONFIG, row_scale=args.row_scale)
+    if args.width:
+        CONFIG = replace(CONFIG, width=args.width)
     torch.set_num_threads(1)
     args.runs.mkdir(parents=True, exist_ok=True)
     schedule = dict(SCHEDULE)
