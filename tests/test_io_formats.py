@@ -153,16 +153,16 @@ def test_duke_mat_parser_process_is_kept_and_replaced_when_it_dies(tmp_path: Pat
 
     from scipy.io import savemat
 
-    from oct_wsss.io import heyex
+    from oct_wsss.io import duke_mat
 
     images = np.random.default_rng(9).integers(0, 255, (20, 30, 2), dtype=np.uint8)
     path = tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1002.mat"
     savemat(path, {"images": images, "layerMaps": np.zeros((2, 30, 3)), "Age": np.array([[61]])})
     read_volume(path)
-    pool = heyex._duke_parser()
+    pool = duke_mat._duke_parser()
     pid = pool.submit(os.getpid).result()
     read_volume(path)
-    assert heyex._duke_parser() is pool and pool.submit(os.getpid).result() == pid
+    assert duke_mat._duke_parser() is pool and pool.submit(os.getpid).result() == pid
     from concurrent.futures.process import BrokenProcessPool
 
     with pytest.raises(BrokenProcessPool):
@@ -170,7 +170,7 @@ def test_duke_mat_parser_process_is_kept_and_replaced_when_it_dies(tmp_path: Pat
     with pytest.raises(OctReadError, match="parser crashed"):
         read_volume(path)
     np.testing.assert_array_equal(read_volume(path).data, np.moveaxis(images, -1, 0))
-    assert heyex._duke_parser().submit(os.getpid).result() != pid
+    assert duke_mat._duke_parser().submit(os.getpid).result() != pid
 
 
 def test_a_duke_mat_parse_that_hangs_is_a_read_error_and_the_next_file_reads(tmp_path: Path, monkeypatch) -> None:
@@ -178,16 +178,16 @@ def test_a_duke_mat_parse_that_hangs_is_a_read_error_and_the_next_file_reads(tmp
     hung parser is killed and the next file gets a fresh one. Simulated with a timeout no parse can meet."""
     from scipy.io import savemat
 
-    from oct_wsss.io import heyex
+    from oct_wsss.io import duke_mat
 
     images = np.random.default_rng(10).integers(0, 255, (20, 30, 2), dtype=np.uint8)
     path = tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1003.mat"
     savemat(path, {"images": images, "layerMaps": np.zeros((2, 30, 3)), "Age": np.array([[62]])})
     read_volume(path)
-    monkeypatch.setattr(heyex, "DUKE_PARSE_TIMEOUT_S", 1e-6)
+    monkeypatch.setattr(duke_mat, "DUKE_PARSE_TIMEOUT_S", 1e-6)
     with pytest.raises(OctReadError, match="did not finish"):
         read_volume(path)
-    monkeypatch.setattr(heyex, "DUKE_PARSE_TIMEOUT_S", 60.0)
+    monkeypatch.setattr(duke_mat, "DUKE_PARSE_TIMEOUT_S", 60.0)
     np.testing.assert_array_equal(read_volume(path).data, np.moveaxis(images, -1, 0))
 
 

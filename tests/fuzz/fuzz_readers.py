@@ -102,7 +102,7 @@ def main() -> None:
     with atheris.instrument_imports(include=["oct_wsss", "eyepy", "oct_converter", "construct", "pydicom",
                                              "tifffile", "numpy.lib.format"]):
         import oct_wsss.io  # noqa: F401
-        from oct_wsss.io import arrays, dicom, folder, heyex, limits, normalise, vendor  # noqa: F401
+        from oct_wsss.io import arrays, dicom, duke_mat, folder, heyex, limits, normalise, vendor  # noqa: F401
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 

@@ -19,13 +19,13 @@ __all__ = ["read_volume", "write_volume", "atomic_write",
 
 
 def _readers() -> dict[str, Callable[[Path], OctVolume]]:
-    from oct_wsss.io import arrays, dicom, heyex, vendor
+    from oct_wsss.io import arrays, dicom, duke_mat, heyex, vendor
 
     return {
         ".vol": heyex.read_heyex_vol,
         ".e2e": heyex.read_heyex_e2e,
         ".xml": _read_xml,
-        ".mat": heyex.read_duke_mat,
+        ".mat": duke_mat.read_duke_mat,
         ".fda": vendor.read_topcon,
         ".fds": vendor.read_topcon,
         ".img": vendor.read_zeiss_img,
