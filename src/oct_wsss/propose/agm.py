@@ -24,12 +24,12 @@ from oct_wsss.models.agm import AgmConfig, AgmNet, anomaly_input
 from oct_wsss.models.ganomaly import GanomalyConfig, Generator, HealthyModel, Reconstructor, healthy_counterpart
 from oct_wsss.preprocess.device import resolve_device
 from oct_wsss.preprocess.inputs import resize_nearest, retina_masks, soft_mask
-from oct_wsss.preprocess.intensity import HARMONISED_LAYERS, check_intensity, intensity_of, unit_inputs
+from oct_wsss.preprocess.intensity import check_intensity, intensity_of, unit_inputs
 from oct_wsss.propose.batching import default_batch_size
-from oct_wsss.propose.layers import LayerModel, retina_mask
+from oct_wsss.propose.layers import retina_mask
 from oct_wsss.propose.proposal import BscanResult, Cancel
 from oct_wsss.propose.pseudo import class_scores, run_scored
-from oct_wsss.propose.retina import bundled_model, check_retina, unit_inputs_for
+from oct_wsss.propose.retina import LayerModelUser, check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 DEFAULT_CAM_LAYERS: tuple[str, ...] = ("backbone", "asam")  # layer4 + ASAM output (paper)
@@ -66,7 +66,7 @@ def agm_gradcam(net: AgmNet, layers: Sequence[str] = DEFAULT_CAM_LAYERS, max_bat
                    autocast=autocast)
 
 
-class AgmProposer:
+class AgmProposer(LayerModelUser):
     """A loaded AGM model that turns B-scans into class scores and ontology-id pseudo labels."""
 
     method = "agm"
@@ -97,7 +97,6 @@ class AgmProposer:
         #: the bundled one); a checkpoint records the choice it was trained with
         self.retina = check_retina(retina)
         self.layers_checkpoint = layers_checkpoint
-        self._layer_model: LayerModel | None = None
         #: logit columns of the lesion classes (after the background logit, when the network has one)
         self.lesion_outputs = list(range(int(net.config.background_logit), net.config.n_outputs))
 
@@ -127,22 +126,6 @@ class AgmProposer:
         proposer.check_layer_model(params.get("layers_sha256"))
         return proposer
 
-    @property
-    def uses_layers(self) -> bool:
-        """Whether proposals run the layer model (``retina="layers"`` or "harmonised-layers" inputs)."""
-        return self.retina is not None or self.intensity == HARMONISED_LAYERS
-
-    def layer_model(self) -> LayerModel:
-        """The layer model behind ``retina="layers"`` and "harmonised-layers" inputs (loaded on first use)."""
-        if self._layer_model is None:
-            self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
-                LayerModel(self.layers_checkpoint, device=str(self.device))
-        return self._layer_model
-
-    def _harmonising_model(self) -> LayerModel | None:
-        """The layer model "harmonised-layers" inputs take their retina from; None for other intensities."""
-        return self.layer_model() if self.intensity == HARMONISED_LAYERS else None
-
     def check_layer_model(self, trained_with: str | None) -> None:
         """Warn when the layer model differs from the one the checkpoint was trained with (its masks shift a little)."""
         if self.retina == "layers" and trained_with and self.layer_model().checkpoint.sha256 != trained_with:
@@ -169,7 +152,7 @@ class AgmProposer:
         """
         native = tuple(bscans[0].shape)
         layer_masks = retina_mask(np.stack(bscans), model=self.layer_model()) if self.retina == "layers" else None
-        unit = unit_inputs_for(bscans, self.intensity, self._harmonising_model()) if layer_masks is None else \
+        unit = unit_inputs_for(bscans, self.intensity, self.harmonising_model()) if layer_masks is None else \
             unit_inputs(bscans, self.intensity, list(layer_masks))  # "harmonised-layers" reuses the layer masks
         x = torch.from_numpy(unit)[:, None].to(self.device)
         x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)

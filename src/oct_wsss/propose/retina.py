@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,37 @@ def check_retina(value: str | None) -> str | None:
 def bundled_model(device: str = "cpu") -> LayerModel:
     """The bundled layer model, loaded once per device (what "harmonised-layers" inputs take their mask from)."""
     return LayerModel(device=device)
+
+
+class LayerModelUser:
+    """What a proposer needs to run the layer model behind ``retina="layers"`` and "harmonised-layers" inputs: the
+    bundled model unless ``layers_checkpoint`` names another, loaded on first use on the proposer's device."""
+
+    retina: str | None
+    intensity: str
+    device: Any
+    layers_checkpoint: str | Path | None = None
+    _layer_model: LayerModel | None = None
+
+    @property
+    def uses_layers(self) -> bool:
+        """Whether proposals run the layer model (a retina filter or "harmonised-layers" inputs)."""
+        from oct_wsss.preprocess.intensity import HARMONISED_LAYERS
+
+        return self.retina is not None or self.intensity == HARMONISED_LAYERS
+
+    def layer_model(self) -> LayerModel:
+        """The layer model (loaded on first use; ``_layer_model = None`` drops it, e.g. on a change of device)."""
+        if self._layer_model is None:
+            self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
+                LayerModel(self.layers_checkpoint, device=str(self.device))
+        return self._layer_model
+
+    def harmonising_model(self) -> LayerModel | None:
+        """The layer model "harmonised-layers" inputs take their retina from; None for other intensities."""
+        from oct_wsss.preprocess.intensity import HARMONISED_LAYERS
+
+        return self.layer_model() if self.intensity == HARMONISED_LAYERS else None
 
 
 def unit_inputs_for(bscans: Sequence[np.ndarray], intensity: str, model: LayerModel | None = None) -> np.ndarray:

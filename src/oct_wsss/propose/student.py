@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.preprocess.device import resolve_device
-from oct_wsss.preprocess.intensity import HARMONISED_LAYERS, UNIT, check_intensity, intensity_of
+from oct_wsss.preprocess.intensity import UNIT, check_intensity, intensity_of
 from oct_wsss.propose.batching import default_batch_size, run_in_batches
 from oct_wsss.propose.layers import LayerModel
 from oct_wsss.propose.proposal import BscanResult, Cancel
-from oct_wsss.propose.retina import bundled_model, check_retina, unit_inputs_for
+from oct_wsss.propose.retina import LayerModelUser, check_retina, unit_inputs_for
 from oct_wsss.volume import OctVolume
 
 
@@ -38,7 +38,7 @@ def network_input(bscans: Sequence[np.ndarray], size: tuple[int, int], intensity
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-class StudentProposer:
+class StudentProposer(LayerModelUser):
     """A loaded student network; labels are the per-pixel argmax, optionally with a lesion threshold τ."""
 
     method = "student"
@@ -69,7 +69,6 @@ class StudentProposer:
         self.retina = check_retina(retina)
         #: the layer model behind ``retina`` and "harmonised-layers" inputs (None: the bundled one)
         self.layers_checkpoint = layers_checkpoint
-        self._layer_model: LayerModel | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
@@ -86,18 +85,6 @@ class StudentProposer:
         settings.update({k: v for k, v in options.items() if v is not None})
         return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
 
-    @property
-    def uses_layers(self) -> bool:
-        """Whether proposals run the layer model (a retina filter or "harmonised-layers" inputs)."""
-        return self.retina is not None or self.intensity == HARMONISED_LAYERS
-
-    def layer_model(self) -> LayerModel:
-        """The layer model behind ``retina`` and "harmonised-layers" inputs (loaded on first use)."""
-        if self._layer_model is None:
-            self._layer_model = bundled_model(str(self.device)) if self.layers_checkpoint is None else \
-                LayerModel(self.layers_checkpoint, device=str(self.device))
-        return self._layer_model
-
     def provenance(self) -> dict[str, Any]:
         """Checkpoint id and hash (and its parent, for fine-tuned students), parameters, device."""
         ckpt = self.checkpoint
@@ -113,8 +100,7 @@ class StudentProposer:
     def probabilities(self, bscans: Sequence[np.ndarray]) -> np.ndarray:
         """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
         native = tuple(bscans[0].shape)
-        layers = self.layer_model() if self.intensity == HARMONISED_LAYERS else None
-        x = network_input(bscans, self.input_size, self.intensity, layers).to(self.device)
+        x = network_input(bscans, self.input_size, self.intensity, self.harmonising_model()).to(self.device)
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
