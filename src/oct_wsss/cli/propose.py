@@ -40,10 +40,10 @@ def _propose(args: argparse.Namespace) -> None:
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size,
                        sam2_cache=None if args.project is None else args.project / EMBEDDINGS_DIR)
     proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
-    if args.layers is not None and not proposer.uses_layers:
-        raise CliError(f"{args.checkpoint} proposes without the layer model (no retina filter, no "
-                       "'harmonised-layers' inputs), so --layers would change nothing; leave it out")
     if args.layers is not None:
+        if not proposer.uses_layers:
+            raise CliError(f"{args.checkpoint} proposes without the layer model (no retina filter, no "
+                           "'harmonised-layers' inputs), so --layers would change nothing; leave it out")
         proposer.layer_model()  # a bad layer checkpoint fails here, before any volume is read
     warn = phantom_warner(args.checkpoint)
     if not many:
