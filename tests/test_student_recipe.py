@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_agm_checkpoint, write_recipe
 
 from oct_wsss.checkpoint import Checkpoint
@@ -150,5 +151,46 @@ def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
     assert shipped.raw["pseudo"] == {"truth": True} and shipped.raw["data"]["generate"]["look"] == "random"
     native = Recipe.load(ROOT / "training" / "phantom-student-native.yaml")  # the same phantom, full-height windows
     assert native.raw["data"] == shipped.raw["data"] and native.raw["student"]["crop"][0] == native.input_size[0]
+    stage2 = Recipe.load(ROOT / "training" / "phantom-student-stage2.yaml")  # continues stage 1 on fresh B-scans
+    assert stage2.raw["init"] == f"{shipped.raw['out']}/student.safetensors" and stage2.raw["pseudo"] == {"truth": True}
+    assert stage2.raw["data"]["generate"]["seed"] != shipped.raw["data"]["generate"]["seed"]
+    assert (stage2.raw["val_data"], stage2.raw["test_data"]) == (shipped.raw["val_data"], shipped.raw["test_data"])
     with pytest.raises(TrainingError, match="needs pixel masks"):
         truth_targets([Sample(tmp_path / "x.png", frozenset(), "P0")])
+
+
+def test_init_continues_a_student_and_records_it(tmp_path: Path) -> None:
+    """``init: CKPT``: the recipe continues that student (its weights are the start, the new checkpoint names its file
+    and SHA-256); a recipe that would change its architecture or intensity, or names no file, is refused."""
+    from oct_wsss.training.errors import TrainingError
+
+    raw = {"method": "student", "seed": 0, "out": str(tmp_path / "first"), "device": "cpu",
+           "data": {"layout": "synth", "root": str(tmp_path / "synth"),
+                    "generate": {"volumes": 2, "n_bscans": 2, "height": 64, "width": 64, "seed": 0,
+                                 "healthy_fraction": 0.0, "prevalence": {"srf": 1.0, "irf": 1.0}}},
+           "classes": ["srf", "irf"], "input_size": [64, 64], "split": {"val_fraction": 0.0},
+           "pseudo": {"truth": True},
+           "student": {"config": {"arch": "unet", "width": 4, "depth": 3}, "epochs": 1, "batch_size": 2,
+                       "intensity": "harmonised"}}
+    assert main(["train", str(write_recipe(tmp_path, raw))]) == 0
+    first = Checkpoint.load(tmp_path / "first" / "student.safetensors")
+    student = {"epochs": 0, "batch_size": 2}  # no optimiser step: the continued weights must be the start's
+    again = {**raw, "out": str(tmp_path / "second"), "init": str(tmp_path / "first" / "student.safetensors"),
+             "student": student}
+    assert main(["train", str(write_recipe(tmp_path, again))]) == 0
+    second = Checkpoint.load(tmp_path / "second" / "student.safetensors")
+    assert second.meta["training"]["init"] == {"file": "student.safetensors", "sha256": first.sha256}
+    assert second.meta["normalisation"] == first.meta["normalisation"]
+    for key, value in first.state_dict.items():
+        torch.testing.assert_close(second.state_dict[key], value)
+    for bad, message in (({"student": {**student, "config": {"width": 8}}}, "come from"),
+                         ({"student": {**student, "intensity": "unit"}}, "come from"),
+                         ({"init": str(tmp_path / "none.safetensors")}, "not a file")):
+        with pytest.raises(TrainingError, match=message):
+            train_recipe_dict({**again, **bad}, tmp_path)
+
+
+def train_recipe_dict(raw: dict, tmp_path: Path) -> Path:
+    from oct_wsss.training import train_recipe
+
+    return train_recipe(write_recipe(tmp_path, raw), log=lambda _m: None)

@@ -29,6 +29,7 @@ from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.recipe import Recipe
 from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, train_student
 from oct_wsss.training.student_data import IGNORE, WEAK, Target, truth_targets
+from oct_wsss.training.student_recipe import init_student
 from oct_wsss.training.weak_labels import CamGate, Confidence, cam_gate, image_level_target, verdicts
 
 
@@ -96,19 +97,6 @@ def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confide
     return out
 
 
-def _init(recipe: Recipe, device: str) -> tuple[StudentProposer, dict[str, str]]:
-    path = Path(str(recipe.raw.get("init") or ""))
-    path = path if path.is_absolute() else recipe.base / path
-    if not recipe.raw.get("init") or not path.is_file():
-        raise TrainingError(f"{recipe.path or 'recipe'}: init must name the phantom student's checkpoint "
-                            f"(train it with training/phantom-student.yaml); {path} is not a file")
-    proposer = StudentProposer.from_checkpoint(path, device=device)
-    if proposer.classes != recipe.classes:
-        raise TrainingError(f"{path.name} predicts {list(proposer.classes)}, the recipe's classes are "
-                            f"{list(recipe.classes)}")
-    return proposer, {"file": path.name, "sha256": proposer.checkpoint.sha256}  # hashed once, when loaded
-
-
 def _cam(recipe: Recipe, device: str) -> tuple[DfpProposer, CamGate] | None:
     """The recipe's ``cam`` block: a DFP checkpoint trained on image labels (its saliency M, no propagation) and the
     gate's fixed thresholds."""
@@ -134,7 +122,8 @@ def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str
         raise TrainingError(f"{recipe.path or 'recipe'}: retina must be 'layers' or absent; "
                             f"got {recipe.raw['retina']!r}")
     sets = real_sets(recipe)
-    proposer, init = _init(recipe, device)
+    proposer, init = init_student(recipe, device, "the phantom student's checkpoint (train it with "
+                                  "training/phantom-student.yaml)")
     spec = dict(recipe.raw.get("student") or {})
     spec.setdefault("intensity", proposer.intensity)
     try:

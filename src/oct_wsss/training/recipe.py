@@ -27,7 +27,8 @@ COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data
 #: method -> (module:function that runs its recipe, the recipe keys only that method reads)
 TRAINERS: dict[str, tuple[str, set[str]]] = {
     "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
-    "student": ("oct_wsss.training.student_recipe:run_student", {"student", "pseudo", "corrections", "target"}),
+    "student": ("oct_wsss.training.student_recipe:run_student",
+                {"student", "pseudo", "corrections", "target", "init"}),
     "dfp": ("oct_wsss.training.dfp_recipe:run_dfp", {"target", "dfp", "propagation", "threshold"}),
     "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
     "real-wsss": ("oct_wsss.training.real_wsss:run_real_wsss",

@@ -139,6 +139,33 @@ def _distinct_volumes(*parts: list[Sample]) -> list[list[Sample]]:
             for name, part in zip(("train", "val", "test"), parts, strict=True)]
 
 
+def init_student(recipe: Recipe, device: str, hint: str) -> tuple[StudentProposer, dict[str, str]]:
+    """The recipe's ``init`` student checkpoint (a start to continue; ``hint`` says how to make one) and what the new
+    checkpoint records of it: its file name and SHA-256."""
+    path = Path(str(recipe.raw.get("init") or ""))
+    path = path if path.is_absolute() else recipe.base / path
+    if not recipe.raw.get("init") or not path.is_file():
+        raise TrainingError(f"{recipe.path or 'recipe'}: init must name {hint}; {path} is not a file")
+    proposer = StudentProposer.from_checkpoint(path, device=device)
+    if proposer.classes != recipe.classes:
+        raise TrainingError(f"{path.name} predicts {list(proposer.classes)}, the recipe's classes are "
+                            f"{list(recipe.classes)}")
+    return proposer, {"file": path.name, "sha256": proposer.checkpoint.sha256}  # hashed once, when loaded
+
+
+def _start(recipe: Recipe, spec: dict[str, Any], architecture: dict[str, Any], device: str
+           ) -> tuple[StudentProposer | None, dict[str, Any]]:
+    """With ``init``: that student, whose architecture and intensity the recipe may not change; else None."""
+    if "init" not in recipe.raw:
+        return None, {}
+    start, record = init_student(recipe, device, "a student checkpoint to continue")
+    if architecture or spec.get("intensity", start.intensity) != start.intensity:
+        raise TrainingError(f"{recipe.path or 'recipe'}: with init, student: config and intensity come from "
+                            f"{record['file']} (intensity {start.intensity!r}); leave them out")
+    spec["intensity"] = start.intensity
+    return start, {"init": record}
+
+
 def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                 cancel: Callable[[], bool] | None) -> Path:
     """Train the student the recipe describes; writes ``run_dir/student.safetensors`` and the test comparison."""
@@ -156,6 +183,7 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
         (run_dir / "split.json").write_text(json.dumps(summary, indent=2))
     spec = dict(recipe.raw.get("student") or {})
     architecture = dict(spec.pop("config", {}))
+    start, init = _start(recipe, spec, architecture, device)
     try:
         config = StudentTrainConfig.from_dict(spec)
     except (TypeError, ValueError) as err:
@@ -170,8 +198,9 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
             store = CorrectionStore(store_dir if store_dir.is_absolute() else recipe.base / store_dir)
             targets += correction_targets(store.corrections(), config.correction_weight)
         log(f"student: {len(targets)} training B-scans ({source})")
-        net, info = train_student(targets, classes, recipe.input_size, architecture, config, run_dir, val=val,
-                                  device=device, seed=recipe.seed, log=log, cancel=cancel)
+        net, info = train_student(targets, classes, recipe.input_size, start.net.config if start else architecture,
+                                  config, run_dir, val=val, init=start.net if start else None, device=device,
+                                  seed=recipe.seed, log=log, cancel=cancel)
         if not dist.is_main:
             return run_dir / "student.safetensors"  # rank 0 scores and writes it
     proposer = StudentProposer(net, classes, recipe.input_size, device=device, intensity=config.intensity)
@@ -183,7 +212,7 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
                for m, r in report.items()}
     ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics, intensity=config.intensity,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
-                                        "layouts": recipe.layouts(),
+                                        **init, "layouts": recipe.layouts(),
                                         "pseudo_labels": source, "soft": config.soft, **info,
                                         "split": {k: v["bscans"] for k, v in summary.items()}})
     return ckpt.save(run_dir / "student.safetensors")
