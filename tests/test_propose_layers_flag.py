@@ -1,5 +1,6 @@
-"""``oct-wsss propose --layers CKPT``: the layer model behind a student's or AGM's retina filter can be the user's own,
-the provenance names it, and the flag is refused where it would change nothing."""
+"""``oct-wsss propose --layers CKPT`` and the Propose widget's "layer model" field: the layer model behind a student's
+or AGM's retina filter can be the user's own, the provenance names it, and it is refused where it would change
+nothing."""
 
 from __future__ import annotations
 
@@ -79,3 +80,32 @@ def test_layers_is_refused_where_it_would_change_nothing(tmp_path: Path, volume:
         assert main(["propose", str(volume), "--out", str(out), "--device", "cpu", *args]) != 0
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_the_propose_widget_takes_a_layer_model_and_says_when_it_would_change_nothing(
+        make_napari_viewer, tmp_path: Path, qtbot, monkeypatch) -> None:
+    from napari_helpers import MemorySettings
+
+    from oct_wsss.napari import _propose
+    from oct_wsss.napari._propose import PROPOSED, ProposeWidget
+
+    monkeypatch.setattr(_propose, "QSettings", lambda *a: MemorySettings())
+    shown: list[str] = []
+    monkeypatch.setattr(_propose, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(make_volume(5, n_bscans=2, height=128, width=128).volume.data, name="oct")
+    w = ProposeWidget(viewer)
+    w.method.value = "hrf"
+    assert w.layers.native.isHidden()  # only the methods that run a layer model offer it
+    w.method.value, w.device.value = "student", "cpu"
+    assert not w.layers.native.isHidden()
+    layers = _no_retina_layers(tmp_path)
+    for student, expect_empty in ((_student(tmp_path, "layers"), True), (_student(tmp_path, None), None)):
+        w.checkpoint.value, w.layers.value = str(student), str(layers)
+        assert w.propose() is not None
+        qtbot.waitUntil(lambda: w.run_button.enabled and not w.worker.is_running, timeout=120_000)
+        if expect_empty:  # the given layer model finds no retina, so the every-pixel-SRF student keeps nothing
+            assert w.status.value == "done" and not viewer.layers[PROPOSED].data.any()
+            assert w.provenance["params"]["layers_checkpoint"] == Checkpoint.load(layers).id
+        else:  # a student without the retina filter: refused with the reason, and its checkpoint is not forgotten
+            assert "would change nothing" in shown[-1] and str(w.checkpoint.value) == str(student)

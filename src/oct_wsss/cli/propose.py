@@ -11,9 +11,6 @@ from typing import Any
 from oct_wsss.cli._common import CliError, parse_bscans
 from oct_wsss.volume import OctVolume
 
-#: methods whose checkpoints may run the retinal layer model (retina filter, "harmonised-layers" inputs)
-LAYER_USERS = ("agm", "student")
-
 
 def _propose(args: argparse.Namespace) -> None:
     from oct_wsss.cli import batch
@@ -39,12 +36,7 @@ def _propose(args: argparse.Namespace) -> None:
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size,
                        sam2_cache=None if args.project is None else args.project / EMBEDDINGS_DIR)
-    proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)
-    if args.layers is not None:
-        if not proposer.uses_layers:
-            raise CliError(f"{args.checkpoint} proposes without the layer model (no retina filter, no "
-                           "'harmonised-layers' inputs), so --layers would change nothing; leave it out")
-        proposer.layer_model()  # a bad layer checkpoint fails here, before any volume is read
+    proposer = load_proposer(args.method, args.checkpoint, device=args.device, **options)  # checks --layers too
     warn = phantom_warner(args.checkpoint)
     if not many:
         _one(proposer, args, args.volume, args.out, verbose=True, warn=warn)
@@ -61,6 +53,8 @@ def _propose(args: argparse.Namespace) -> None:
 
 def checked_layers(path: Path, method: str) -> Path:
     """``--layers``: only for the methods that run a layer model, and a file that exists."""
+    from oct_wsss.propose.registry import LAYER_USERS
+
     if method not in LAYER_USERS:
         raise CliError(f"--layers is for --method {' or '.join(LAYER_USERS)} (the layer model behind their retina "
                        f"filter); --method {method} does not use it" + (": give the layer checkpoint as --checkpoint"

@@ -41,6 +41,7 @@ from oct_wsss.napari._run import RunProgress, WorkerFailed, done_status
 from oct_wsss.napari._session import session
 from oct_wsss.propose.domain import phantom_warning
 from oct_wsss.propose.registry import (
+    LAYER_USERS,
     METHODS,
     load_proposer,
     proposal_provenance,
@@ -114,6 +115,9 @@ class ProposeWidget(Container):
                                   tooltip="most foci per B-scan; 0 keeps the checkpoint's (6)")
         self.sam2 = FileEdit(label="SAM 2 checkpoint", mode="r", filter="*.pt",
                              tooltip="a sam2.1 checkpoint file; without one HRF uses the classical region step")
+        self.layers = FileEdit(label="layer model", mode="r", filter="*.safetensors",
+                               tooltip="the layer checkpoint behind a student's or AGM's retina filter (as "
+                                       "oct-wsss propose --layers); empty: the bundled one")
         self.confidence = CheckBox(label="confidence layers", value=False,
                                    tooltip="one Image layer per class with the model's per-pixel score")
         self.run_button = PushButton(text="Propose")
@@ -122,8 +126,8 @@ class ProposeWidget(Container):
         self.legend = Label(value=legend_html())
         self.importer = ImportRow(self)
         self.extend([self.image, self.method, self.known, self.checkpoint, self.device, self.range, self.first,
-                     self.last, self.threshold, self.iterations, self.sam2, self.confidence, self.run_button,
-                     self.cancel_button, self.status, self.importer, self.legend])
+                     self.last, self.threshold, self.iterations, self.sam2, self.layers, self.confidence,
+                     self.run_button, self.cancel_button, self.status, self.importer, self.legend])
         self.protected: Callable[[], set[int]] = self._accepted  # B-scans a proposal never overwrites
         self.worker: Any = None
         self.scores: ConfidenceLayers | None = None
@@ -205,12 +209,16 @@ class ProposeWidget(Container):
         self._pick_known()
         hrf = self.method.value == "hrf"
         self.iterations.visible = self.sam2.visible = hrf
+        self.layers.visible = self.method.value in LAYER_USERS
         if hrf and self.settings.value("sam2", ""):
             self.sam2.value = self.settings.value("sam2", "")
 
     def options(self) -> dict[str, Any]:
         """The proposer options the controls set (what ``oct-wsss propose`` takes as flags)."""
         options: dict[str, Any] = {"device": self.device.value, "threshold": self.threshold.value or None}
+        layers = Path(str(self.layers.value or ""))
+        if self.method.value in LAYER_USERS and layers.is_file():
+            options["layers_checkpoint"] = layers
         if self.method.value == "hrf":
             sam2 = Path(str(self.sam2.value or ""))
             options.update(iterations=self.iterations.value or None,
@@ -308,8 +316,8 @@ class ProposeWidget(Container):
         checkpoint that failed to load is forgotten, so it is not preselected again."""
         err = err.cause if isinstance(err, WorkerFailed) else err
         self._failure = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if isinstance(err, CheckpointError):
-            method, path = self._running
+        method, path = self._running
+        if isinstance(err, CheckpointError) and (err.path is None or Path(err.path) == Path(path)):  # not the layers'
             forget(self.settings, method, self.session.project, path)
             self._restore_checkpoint()
         message = f"Propose failed: {err} — {fix_for(err)}"

@@ -31,6 +31,9 @@ METHODS: dict[str, str] = {
     "hrf": "oct_wsss.propose.hrf:HrfProposer",
     "layers": "oct_wsss.propose.layer_lesions:LayersProposer",
 }
+#: methods whose proposers may run the retinal layer model (``propose.retina.LayerModelUser``: a retina filter or
+#: "harmonised-layers" inputs), so a layer checkpoint of the user's own (``layers_checkpoint``) means something to them
+LAYER_USERS: tuple[str, ...] = ("agm", "student")
 
 
 def proposer_class(method: str) -> type:
@@ -53,7 +56,8 @@ def preload(method: str) -> None:
 
 
 def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Proposer:
-    """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size, ...) pass on."""
+    """Load the proposer for ``method`` from ``checkpoint``; options (device, threshold, batch_size,
+    layers_checkpoint, ...) pass on."""
     cls = proposer_class(method)
     from oct_wsss.preprocess.device import resolve_device
 
@@ -62,11 +66,23 @@ def load_proposer(method: str, checkpoint: str | Path, **options: Any) -> Propos
     except ValueError as err:
         raise ProposalError(str(err)) from err
     try:
-        return cls.from_checkpoint(checkpoint, **options)
+        proposer = cls.from_checkpoint(checkpoint, **options)
+        if options.get("layers_checkpoint") is not None:
+            _check_layer_model(proposer, checkpoint)
+        return proposer
     except CheckpointError:
         raise
     except ValueError as err:  # options or classes that do not fit the checkpoint: a user error, said in one line
         raise ProposalError(f"{checkpoint}: {err}") from err
+
+
+def _check_layer_model(proposer: Proposer, checkpoint: str | Path) -> None:
+    """A layer checkpoint given for ``proposer``: refused when its checkpoint never runs the layer model (it would
+    change nothing), else loaded now, so a bad file fails before any volume is read."""
+    if not getattr(proposer, "uses_layers", False):
+        raise ProposalError(f"{checkpoint} proposes without the layer model (no retina filter, no 'harmonised-layers' "
+                            "inputs), so a layer checkpoint would change nothing; leave it out")
+    proposer.layer_model()
 
 
 def _check_volume(volume: OctVolume) -> None:
