@@ -109,3 +109,10 @@ def test_the_propose_widget_takes_a_layer_model_and_says_when_it_would_change_no
             assert w.provenance["params"]["layers_checkpoint"] == Checkpoint.load(layers).id
         else:  # a student without the retina filter: refused with the reason, and its checkpoint is not forgotten
             assert "would change nothing" in shown[-1] and str(w.checkpoint.value) == str(student)
+
+
+def test_layer_users_are_the_methods_whose_proposers_run_the_layer_model() -> None:
+    from oct_wsss.propose.registry import LAYER_USERS, METHODS, proposer_class
+    from oct_wsss.propose.retina import LayerModelUser
+
+    assert {m for m in METHODS if issubclass(proposer_class(m), LayerModelUser)} == set(LAYER_USERS)
