@@ -309,3 +309,11 @@ def build_retouch(folder: Path, volume: np.ndarray, *, spacing_zyx=(0.047, 0.001
         ref.SetSpacing([float(s) for s in reversed(spacing_zyx)])
         itk.imwrite(ref, str(folder / "reference.mhd"))
     return folder
+
+
+def hung_duke_parse(path: str, farsiu: bool) -> None:
+    """Stands in for ``io.duke_mat._parse_duke`` in its spawned parser process: a parse that never ends (as the .mat
+    atheris found), so a test of the timeout does not depend on how fast a real parse is on a loaded machine."""
+    import time
+
+    time.sleep(600)

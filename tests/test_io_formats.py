@@ -175,7 +175,9 @@ def test_duke_mat_parser_process_is_kept_and_replaced_when_it_dies(tmp_path: Pat
 
 def test_a_duke_mat_parse_that_hangs_is_a_read_error_and_the_next_file_reads(tmp_path: Path, monkeypatch) -> None:
     """A .mat whose parse never ends (found by atheris) costs an error after DUKE_PARSE_TIMEOUT_S, not a hang; the
-    hung parser is killed and the next file gets a fresh one. Simulated with a timeout no parse can meet."""
+    hung parser is killed and the next file gets a fresh one. Simulated with a parse that sleeps in the parser process
+    (a timeout no real parse could meet passed by chance on a loaded machine, where the waiting thread woke late)."""
+    from io_builders import hung_duke_parse
     from scipy.io import savemat
 
     from oct_wsss.io import duke_mat
@@ -184,10 +186,12 @@ def test_a_duke_mat_parse_that_hangs_is_a_read_error_and_the_next_file_reads(tmp
     path = tmp_path / "Farsiu_Ophthalmology_2013_AMD_Subject_1003.mat"
     savemat(path, {"images": images, "layerMaps": np.zeros((2, 30, 3)), "Age": np.array([[62]])})
     read_volume(path)
-    monkeypatch.setattr(duke_mat, "DUKE_PARSE_TIMEOUT_S", 1e-6)
-    with pytest.raises(OctReadError, match="did not finish"):
-        read_volume(path)
-    monkeypatch.setattr(duke_mat, "DUKE_PARSE_TIMEOUT_S", 60.0)
+    with monkeypatch.context() as patched:
+        patched.setattr(duke_mat, "_parse_duke", hung_duke_parse)
+        patched.setattr(duke_mat, "DUKE_PARSE_TIMEOUT_S", 0.5)
+        with pytest.raises(OctReadError, match="did not finish"):
+            read_volume(path)
+    assert duke_mat._duke_pool is None  # the hung parser was dropped (and killed): the next file starts a fresh one
     np.testing.assert_array_equal(read_volume(path).data, np.moveaxis(images, -1, 0))
 
 
