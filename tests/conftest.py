@@ -16,7 +16,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # triton (which torchvision's first import pulls in through torch._dynamo) segfaults when it loads after a napari
 # viewer made an OpenGL context under Mesa; the widgets hide it (oct_wsss.napari._imports), and so does the suite, so
-# that a torch test run after a napari test in any order or selection (e.g. -k) cannot crash. Nothing uses torch.compile.
+# that a torch test run after a napari test in any order or selection (e.g. -k) cannot crash. Nothing uses
+# torch.compile.
 hide_triton()
 
 

@@ -213,12 +213,13 @@ def build_e2e(path: Path, codes: np.ndarray, *, firstname: str = "Jane", surname
     """A Heidelberg .e2e holding one raster volume, built with eyepy's own construct definitions (``e2e_format``).
 
     ``codes`` (n, H, W) uint16 are the B-scan pixels in Heidelberg's unsigned 16-bit float (6-bit exponent with
-    bias 63, 10-bit mantissa), written through eyepy's ``Bscan`` adapter (its decoder table ``LUT`` gives the floats). Layout as
-    eyepy's reader walks it: version + main header, one chunk (header + one folder header per data container),
-    then the data containers. Patient level: Type9 patient data. Series level: Type11 laterality, Type9005-9008
-    strings, Type10005 exam time, the localizer (image type 33620481). Slice level (slice id 2*i; 2 for a single B-scan): Type10004
-    B-scan meta (size, scale_y in mm, start/end in degrees, index), the B-scan (image type 35652097), two
-    Type10019 layers (eyepy needs at least one per slice). ``order`` writes the slices in another file order.
+    bias 63, 10-bit mantissa), written through eyepy's ``Bscan`` adapter (its decoder table ``LUT`` gives the
+    floats). Layout as eyepy's reader walks it: version + main header, one chunk (header + one folder header per data
+    container), then the data containers. Patient level: Type9 patient data. Series level: Type11 laterality,
+    Type9005-9008 strings, Type10005 exam time, the localizer (image type 33620481). Slice level (slice id 2*i; 2 for
+    a single B-scan): Type10004 B-scan meta (size, scale_y in mm, start/end in degrees, index), the B-scan (image
+    type 35652097), two Type10019 layers (eyepy needs at least one per slice). ``order`` writes the slices in another
+    file order.
     """
     from eyepy.io.he import e2e_format as ef
 

@@ -125,7 +125,8 @@ def test_corrupt_e2e_directory_and_sizes(tmp_path: Path) -> None:
 def test_retouch_without_itk_says_which_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    (tmp_path / "oct.mhd").write_text("NDims = 3\nDimSize = 4 3 2\nElementType = MET_UCHAR\nElementDataFile = oct.raw\n")
+    (tmp_path / "oct.mhd").write_text("NDims = 3\nDimSize = 4 3 2\nElementType = MET_UCHAR\n"
+                                      "ElementDataFile = oct.raw\n")
     (tmp_path / "oct.raw").write_bytes(bytes(24))
     assert can_read(tmp_path)
     monkeypatch.setitem(sys.modules, "itk", None)  # as if itk were not installed

@@ -64,9 +64,11 @@ def duke_stats(root: Path) -> None:
     for c in range(10):
         v = np.concatenate(values[c]).astype(np.float64)
         p = np.percentile(v, [5, 25, 50, 75, 95])
-        print(f"{DUKE_CLASSES[c]:<10} {v.mean():6.1f} {v.std():6.1f} " + " ".join(f"{x:5.0f}" for x in p) + f" {v.size:9d}")
+        print(f"{DUKE_CLASSES[c]:<10} {v.mean():6.1f} {v.std():6.1f} " + " ".join(f"{x:5.0f}" for x in p)
+              + f" {v.size:9d}")
     ct, dp = np.concatenate(choroid_top).astype(float), np.concatenate(deep).astype(float)
-    print(f"choroid 0-60 px below BM: mean {ct.mean():.1f} sd {ct.std():.1f}; 150-250 px below BM: mean {dp.mean():.1f}")
+    print(f"choroid 0-60 px below BM: mean {ct.mean():.1f} sd {ct.std():.1f}; "
+          f"150-250 px below BM: mean {dp.mean():.1f}")
     print("layer thickness (px, fluid-free annotated columns): median [p10, p90]; band-core intensity mean / p50")
     for c in range(1, 8):
         t = np.concatenate(thick[c])
@@ -169,8 +171,8 @@ def bonn_stats(root: Path) -> None:
             vit_int.append(img[5:int(top) - 10].ravel())
     g = np.concatenate(gaps)
     print("== Bonn drusen volume: 70 Spectralis B-scans 496x512, expert RPE/BM lines ==")
-    print(f"RPE-BM distance (px): median {np.median(g):.1f}, p10 {np.percentile(g, 10):.1f}, p90 {np.percentile(g, 90):.1f}, "
-          f"max {g.max():.0f}")
+    print(f"RPE-BM distance (px): median {np.median(g):.1f}, p10 {np.percentile(g, 10):.1f}, "
+          f"p90 {np.percentile(g, 90):.1f}, max {g.max():.0f}")
     print(f"BM depth (row): median {np.median(np.concatenate(bm_depth)):.0f}")
     h, w = np.array(heights), np.array(widths)
     print(f"drusen (RPE > 5 px above BM, >= 3 columns): n = {h.size} cross-sections; "
@@ -178,7 +180,8 @@ def bonn_stats(root: Path) -> None:
           f"width px median {np.median(w):.0f} p90 {np.percentile(w, 90):.0f} max {w.max():.0f}")
     print(f"BM quadratic coefficient (px at image edge vs centre): median {np.median(curv):.1f} "
           f"[p10 {np.percentile(curv, 10):.1f}, p90 {np.percentile(curv, 90):.1f}]; "
-          f"linear tilt (px, centre to edge): median {np.median(tilt):.1f} [{np.percentile(tilt, 10):.1f}, {np.percentile(tilt, 90):.1f}]")
+          f"linear tilt (px, centre to edge): median {np.median(tilt):.1f} "
+          f"[{np.percentile(tilt, 10):.1f}, {np.percentile(tilt, 90):.1f}]")
     ri, vi = np.concatenate(rpe_int), np.concatenate(vit_int)
     print(f"intensity at RPE line: mean {ri.mean():.1f} p50 {np.median(ri):.0f}; vitreous mean {vi.mean():.1f} "
           f"p50 {np.median(vi):.0f} p95 {np.percentile(vi, 95):.0f}")

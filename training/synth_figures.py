@@ -10,18 +10,18 @@ import imageio.v3 as iio
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from oct_wsss.classes import ONTOLOGY  # noqa: E402
-from oct_wsss.synth import make_volume  # noqa: E402
+from oct_wsss.classes import ONTOLOGY
+from oct_wsss.synth import make_volume
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _pair(real: np.ndarray, synth: np.ndarray, titles: tuple[str, str], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), dpi=100)
-    for ax, img, title in zip(axes, (real, synth), titles):
+    for ax, img, title in zip(axes, (real, synth), titles, strict=True):
         ax.imshow(img, cmap="gray", vmin=0, vmax=255, aspect="auto")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
@@ -65,7 +65,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2), dpi=100)
     for ax, im, title in zip(axes, (healthy.volume.data[24], img, over),
                              ("synthetic healthy (seed 9, B-scan 24)", f"synthetic, all lesions (seed 7, B-scan {b3})",
-                              "ground truth overlay")):
+                              "ground truth overlay"), strict=True):
         ax.imshow(im, cmap="gray", vmin=0, vmax=255, aspect="auto")
         ax.set_title(title, fontsize=10)
         ax.axis("off")

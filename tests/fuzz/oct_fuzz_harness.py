@@ -282,7 +282,8 @@ class ReadWorker:
 
     def _start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.headroom, self.warm), daemon=False)  # may spawn (Duke .mat)
+        # not daemonic: the worker may spawn (the Duke .mat parser)
+        self.proc = self.ctx.Process(target=_worker_main, args=(child, self.headroom, self.warm), daemon=False)
         self.proc.start()
         child.close()
         if not self.conn.poll(120):

@@ -184,7 +184,8 @@ def _read_retouch(folder: Path) -> OctVolume:
     try:
         import itk
     except ImportError as exc:
-        raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package: {RETOUCH_EXTRA_HINT}") from exc
+        raise OctReadError(folder, f"RETOUCH .mhd volumes need the optional 'itk' package: "
+                                   f"{RETOUCH_EXTRA_HINT}") from exc
     try:
         _check_mhd_size(folder, mhd)
     except OctReadError as exc:
@@ -194,7 +195,8 @@ def _read_retouch(folder: Path) -> OctVolume:
         data = np.asarray(itk.array_from_image(image))
         spacing = tuple(float(s) for s in reversed(tuple(image.GetSpacing())))
     except Exception as exc:  # itk raises RuntimeError for missing/short .raw files and bad headers
-        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.__class__.__name__}: {str(exc).strip()[:200]})") from exc
+        raise OctReadError(folder, f"RETOUCH volume unreadable ({exc.__class__.__name__}: "
+                                   f"{str(exc).strip()[:200]})") from exc
     if data.ndim != 3:
         raise OctReadError(folder, f"RETOUCH oct.mhd is {data.ndim}-D (shape {data.shape}); expected a 3-D volume")
     meta: dict[str, Any] = {"dataset": "RETOUCH", "has_reference": (folder / "reference.mhd").is_file()}

@@ -130,7 +130,8 @@ def read_heyex_e2e(path: Path) -> OctVolume:
     except OctReadError:
         raise
     except Exception as exc:
-        raise OctReadError(path, f"not a readable Heidelberg .e2e file ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+        raise OctReadError(path, f"not a readable Heidelberg .e2e file ({exc.__class__.__name__}: "
+                                 f"{str(exc)[:200]})") from exc
     spacing, defaulted = fill_spacing(_e2e_spacing(bscan_meta, x_info))
     general = heyex.get("General Parameters") or {}
     container = heyex.get("Container") or {}
@@ -163,7 +164,8 @@ def _check_e2e_directory(path: Path, size: int) -> None:
             version_format.parse_stream(fh)
             header_format.parse_stream(fh)
         except Exception as exc:
-            raise OctReadError(path, f"not a Heidelberg .e2e file (header unreadable: {exc.__class__.__name__})") from exc
+            raise OctReadError(path, "not a Heidelberg .e2e file "
+                                     f"(header unreadable: {exc.__class__.__name__})") from exc
         pos, n_chunks = fh.tell(), 0
         while pos < size:
             try:
@@ -194,7 +196,8 @@ def _e2e_spacing(bscan_meta: list[Any], x_info: dict[str, Any]) -> tuple[Any, An
 
     mm_per_deg = MEDIUM_EYE_LENGTH_UM_PER_DEG / 1000
     scale_y = bscan_meta[0].get("scale_y") if bscan_meta else None
-    scale_y = float(str(np.float32(scale_y))) if scale_y is not None else None  # float32 in the file: 0.0039, not 0.00389999989
+    # float32 in the file: 0.0039, not 0.00389999989
+    scale_y = float(str(np.float32(scale_y))) if scale_y is not None else None
     scale_x = x_info.get("scaling_x_um_per_pixel")
     scale_x = scale_x / 1000 if scale_x is not None else None
     centres = [(float(m["center_x"]), float(m["center_y"])) for m in bscan_meta if "center_x" in m]

@@ -204,7 +204,8 @@ def read_bioptigen(path: Path) -> OctVolume:
     except OctReadError:
         raise
     except Exception as exc:  # InvalidOCTReaderError, construct errors, KeyError on scan type
-        raise OctReadError(path, f"not a readable Bioptigen .OCT file ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+        raise OctReadError(path, f"not a readable Bioptigen .OCT file ({exc.__class__.__name__}: "
+                                 f"{str(exc)[:200]})") from exc
     volume = volume.transpose(0, 2, 1)  # depth down, A-scans across
     n, depth, width = volume.shape
     spacing = (h.elscanlength.value / max(n - 1, 1) if n > 1 else None,

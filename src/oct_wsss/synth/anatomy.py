@@ -25,7 +25,8 @@ PARAFOVEAL_THICKNESS_PX = {
     "MYOID": 3.0, "EZ": 4.0, "OS": 4.0, "IZ": 2.0, "RPE": 5.0,
 }
 #: Duke band-core median uint8 intensity (middle half of each band): NFL 132, GCL+IPL 92, INL 70,
-#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels, rims included) 46 -- the interior is set to 20, i.e. no signal above the noise floor;
+#: OPL 78, ONL+ISM 50, ISE 119, OS+RPE 160; fluid (all pixels, rims included) 46 -- the interior is set to 20,
+#: i.e. no signal above the noise floor;
 #: choroid stroma set so that 0-60 px below BM (with lumens) averages ~53 as in Duke.
 #: Thin bands (EZ, RPE) are set above their Duke band-core value because the PSF blurs them down; the
 #: OS is darker than the EZ and the RPE so that EZ and IZ+RPE show as two lines with a dark gap.
@@ -186,7 +187,8 @@ def boundaries(bm: np.ndarray, thickness: dict[str, np.ndarray]) -> dict[str, np
     out: dict[str, np.ndarray] = {}
     top = bm.copy()
     lift = thickness["SUBRPE"]
-    for band, name in zip(reversed(BANDS[:BANDS.index("BM")]), reversed(BOUNDARIES[:BOUNDARIES.index("BM")]), strict=False):
+    for band, name in zip(reversed(BANDS[:BANDS.index("BM")]), reversed(BOUNDARIES[:BOUNDARIES.index("BM")]),
+                          strict=False):
         t = thickness[band]
         if band in LIFT_ABSORPTION:
             absorbed = LIFT_ABSORPTION[band] * t * np.tanh(lift / np.maximum(t, 1e-3))

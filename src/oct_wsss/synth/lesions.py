@@ -67,7 +67,8 @@ def plan_lesions(rng: np.random.Generator, grid: Grid, present: dict[str, bool],
             large = rng.uniform() < DRUSEN_LARGE_SHARE
             height = rng.lognormal(np.log(DRUSEN_HEIGHT_PX[1] if large else DRUSEN_HEIGHT_PX[0]), 0.4)
             rad = rng.uniform(0.08, 0.25) if large else float(np.clip(rng.lognormal(np.log(0.05), 0.4), 0.02, 0.12))
-            dome("drusen", 2.0, (rad, rad), (rad * 0.8, rad * 1.2), float(np.clip(height, 1.5, DRUSEN_HEIGHT_PX[2])), 1.0)
+            dome("drusen", 2.0, (rad, rad), (rad * 0.8, rad * 1.2),
+                 float(np.clip(height, 1.5, DRUSEN_HEIGHT_PX[2])), 1.0)
     if present.get("ez"):
         for _ in range(int(rng.integers(1, 3))):
             dome("ez", 1.2, (0.15, 0.7), (0.15, 0.5), 0.0, 1.0)
@@ -146,7 +147,8 @@ def anatomy_changes(grid: Grid, lesions: list[dict]) -> dict[str, np.ndarray]:
         elif kind == "irf":  # the host band swells smoothly and wider than the cyst: the ILM rises gently
             wide = dict(les, rx_mm=max(2.0 * les["rx_mm"], 0.5), rz_mm=max(2.0 * les["rz_mm"], 0.5))
             swell = np.exp(-0.5 * _rho2(grid, wide))
-            maps[les["host"]] = np.maximum(maps[les["host"]], 0.75 * les["height_px"] * np.where(swell > 0.01, swell, 0.0))
+            maps[les["host"]] = np.maximum(maps[les["host"]],
+                                           0.75 * les["height_px"] * np.where(swell > 0.01, swell, 0.0))
     maps["SUBRPE"] = maps["PED"] + maps["DRUSEN"]
     return maps
 

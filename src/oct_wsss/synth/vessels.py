@@ -53,7 +53,8 @@ def choroid_field(rng: np.random.Generator, n: int, height: int, width: int) -> 
     large Haller vessels, fine (n, H/4, W/4) for the small Sattler vessels; continuous across B-scans."""
     out = []
     for step, sigma in ((8, (0.7, 0.9, 1.2)), (4, (0.7, 0.8, 1.1))):
-        f = ndimage.gaussian_filter(rng.standard_normal((n, height // step + 2, width // step + 2)).astype(np.float32), sigma)
+        noise = rng.standard_normal((n, height // step + 2, width // step + 2)).astype(np.float32)
+        f = ndimage.gaussian_filter(noise, sigma)
         out.append(f / (f.std() + 1e-6))
     return out[0], out[1]
 
