@@ -203,7 +203,7 @@ def test_the_sjtu_layout_speaks_about_srf_only_and_its_masks_need_dropping(tmp_p
         real_sets(Recipe.from_dict(_recipe(tmp_path, [{"layout": "sjtu", "root": str(root)}])))
 
 
-@pytest.mark.parametrize("name", ["real-wsss.yaml", "real-wsss-native.yaml"])
+@pytest.mark.parametrize("name", ["real-wsss.yaml", "real-wsss-native.yaml", "real-wsss-phantom240.yaml"])
 def test_the_shipped_recipe_reads_no_real_pixel_label(name: str) -> None:
     """training/real-wsss*.yaml: every real entry drops its masks unread and the phantom is the only pixel truth."""
     recipe = Recipe.load(Path(__file__).resolve().parents[1] / "training" / name)
