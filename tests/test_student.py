@@ -159,6 +159,23 @@ def test_proposer_native_size_streams_and_cancels(student_ckpt) -> None:
     assert info.value.partial.done.tolist() == [True, False, False]
 
 
+def test_flip_averaging_is_mirror_symmetric_and_comes_from_the_checkpoint(student_ckpt, tmp_path) -> None:
+    image = _phantom(6, n=1).volume.data[0]
+    plain = StudentProposer.from_checkpoint(student_ckpt, device="cpu")
+    flip = StudentProposer.from_checkpoint(student_ckpt, device="cpu", flip=True)
+    mirror = image[:, ::-1].copy()
+    p, p_mirror = plain.probabilities([image, mirror])
+    q, q_mirror = flip.probabilities([image, mirror])
+    assert not plain.flip and np.allclose(q.sum(0), 1, atol=1e-5)
+    asymmetry = np.abs(p - p_mirror[:, :, ::-1]).max()  # the network alone is not mirror-symmetric...
+    assert asymmetry > 1e-4 and np.abs(q - q_mirror[:, :, ::-1]).max() < asymmetry / 100  # ...flip averaging is
+    ckpt = Checkpoint.load(student_ckpt)
+    ckpt.meta["params"]["flip"] = True
+    stored = StudentProposer.from_checkpoint(ckpt.save(tmp_path / "flip.safetensors"), device="cpu")
+    assert stored.flip and stored.provenance()["params"]["flip"] is True
+    assert np.allclose(stored.probabilities([image])[0], q, atol=1e-6)
+
+
 def test_bad_student_checkpoints_say_what_is_wrong(student_ckpt, tmp_path) -> None:
     ckpt = Checkpoint.load(student_ckpt)
     ckpt.meta["architecture"] = {"student": {"n_outputs": 4, "arch": "segformer"}}
@@ -177,6 +194,13 @@ def test_cli_propose_with_the_student(student_ckpt, tmp_path) -> None:
     assert main(["propose", str(src), "--method", "student", "--checkpoint", str(student_ckpt), "--out",
                  str(tmp_path / "out"), "--device", "cpu"]) == 0
     assert read_labels(tmp_path / "out" / "labels.tif").shape == vol.shape
+    assert main(["propose", str(src), "--method", "student", "--checkpoint", str(student_ckpt), "--out",
+                 str(tmp_path / "flip"), "--device", "cpu", "--flip"]) == 0
+    provenance = json.loads((tmp_path / "flip" / "provenance.json").read_text())
+    assert provenance["params"]["flip"] is True
+    assert main(["propose", str(src), "--method", "dfp", "--checkpoint", str(student_ckpt), "--out",
+                 str(tmp_path / "bad"), "--device", "cpu", "--flip"]) != 0
+    assert not (tmp_path / "bad").exists()
 
 
 def _accept_truth(store: CorrectionStore, phantom, tag: int) -> str:

@@ -149,6 +149,7 @@ def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
     assert ckpt.meta["classes"] == [1, 2, 3, 4, 5, 6] and "truth" in ckpt.meta["training"]["pseudo_labels"]
     shipped = Recipe.load(ROOT / "training" / "phantom-student.yaml")
     assert shipped.raw["pseudo"] == {"truth": True} and shipped.raw["data"]["generate"]["look"] == "random"
+    assert shipped.flip  # the bundled demo-student proposes with flip averaging (results-real 10.8)
     native = Recipe.load(ROOT / "training" / "phantom-student-native.yaml")  # the same phantom, full-height windows
     assert native.raw["data"] == shipped.raw["data"] and native.raw["student"]["crop"][0] == native.input_size[0]
     stage2 = Recipe.load(ROOT / "training" / "phantom-student-stage2.yaml")  # continues stage 1 on fresh B-scans
@@ -161,7 +162,8 @@ def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
 
 def test_init_continues_a_student_and_records_it(tmp_path: Path) -> None:
     """``init: CKPT``: the recipe continues that student (its weights are the start, the new checkpoint names its file
-    and SHA-256); a recipe that would change its architecture or intensity, or names no file, is refused."""
+    and SHA-256; ``flip: true`` is written into it for proposals); a recipe that would change its architecture or
+    intensity, names no file, or gives flip as anything but a bool, is refused."""
     from oct_wsss.training.errors import TrainingError
 
     raw = {"method": "student", "seed": 0, "out": str(tmp_path / "first"), "device": "cpu",
@@ -176,16 +178,18 @@ def test_init_continues_a_student_and_records_it(tmp_path: Path) -> None:
     first = Checkpoint.load(tmp_path / "first" / "student.safetensors")
     student = {"epochs": 0, "batch_size": 2}  # no optimiser step: the continued weights must be the start's
     again = {**raw, "out": str(tmp_path / "second"), "init": str(tmp_path / "first" / "student.safetensors"),
-             "student": student}
+             "student": student, "flip": True}
     assert main(["train", str(write_recipe(tmp_path, again))]) == 0
     second = Checkpoint.load(tmp_path / "second" / "student.safetensors")
     assert second.meta["training"]["init"] == {"file": "student.safetensors", "sha256": first.sha256}
     assert second.meta["normalisation"] == first.meta["normalisation"]
+    assert second.meta["params"]["flip"] is True and "flip" not in first.meta["params"]
     for key, value in first.state_dict.items():
         torch.testing.assert_close(second.state_dict[key], value)
     for bad, message in (({"student": {**student, "config": {"width": 8}}}, "come from"),
                          ({"student": {**student, "intensity": "unit"}}, "come from"),
-                         ({"init": str(tmp_path / "none.safetensors")}, "not a file")):
+                         ({"init": str(tmp_path / "none.safetensors")}, "not a file"),
+                         ({"flip": "yes"}, "flip must be true or false")):
         with pytest.raises(TrainingError, match=message):
             train_recipe_dict({**again, **bad}, tmp_path)
 

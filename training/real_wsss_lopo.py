@@ -4,6 +4,7 @@
         --runs /work/runs/real-wsss [--recipe training/real-wsss-native.yaml] \
         [--layer-folds /work/runs/layers] [--rounds 2] [--epochs 4] [--folds 0,1,2,3,4] \
         [--confidence '{"top_k": 200}'] [--cam /work/runs/dfp-unet/dfp-{held}.safetensors [--gate '{"moderate": 0.3}']]
+        [--flip]
 
 For each held-out patient the phantom student (``--init``; the table's ``phantom_only`` rows score it) is adapted by
 ``method: real-wsss`` on the other four patients' B-scans with their image-level ``has_fluid`` only (masks dropped
@@ -14,7 +15,8 @@ layer model of the same fold (``training/layers_train.py lopo``: trained on the 
 separate model); inside Duke's own layer labels (an oracle, for reference only). Per-fold JSON under ``--runs``; a
 rerun skips finished folds. ``--cam``: each fold's DFP classifier (``training/duke_dfp_variants.py``, trained on three
 of the four training patients' ``has_fluid``, never the held-out one) gates the weak targets (recipe key ``cam``,
-issue 19 item 2c).
+issue 19 item 2c). ``--flip`` also scores both models with flip averaging (``StudentProposer(flip=True)``; rows
+``*_flip``), for finished folds too, from their saved checkpoints.
 """
 
 from __future__ import annotations
@@ -69,9 +71,9 @@ def counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     return int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
 
 
-def score(ckpt: Path, rows: list[dict], layer_bands: list[np.ndarray] | None) -> dict:
+def score(ckpt: Path, rows: list[dict], layer_bands: list[np.ndarray] | None, flip: bool = False) -> dict:
     """Per-way (tp, fp, fn) per B-scan of predicted SRF or IRF against grader 1's fluid."""
-    proposer = StudentProposer.from_checkpoint(ckpt, device="cpu")
+    proposer = StudentProposer.from_checkpoint(ckpt, device="cpu", flip=flip)
     fluid = [j + 1 for j, c in enumerate(proposer.classes) if c in (SRF, IRF)]
     out: dict[str, list] = {"raw": [], "layer_retina": [], "oracle_retina": []}
     for i, r in enumerate(rows):
@@ -116,6 +118,7 @@ def main() -> None:
                     'e.g. \'{"top_k": 200}\'')
     ap.add_argument("--cam", help="a DFP checkpoint per fold; {held} stands for the held-out patient")
     ap.add_argument("--gate", type=json.loads, default={}, help='JSON CamGate entries, e.g. \'{"moderate": 0.3}\'')
+    ap.add_argument("--flip", action="store_true", help="also score with flip averaging (rows *_flip)")
     ap.add_argument("--table", action="store_true", help="only print the table of the folds already run")
     args = ap.parse_args()
     if args.table:
@@ -124,6 +127,9 @@ def main() -> None:
     for k in (int(f) for f in args.folds.split(",")):
         held, out = PATIENTS[k], args.runs / f"fold_{k}.json"
         if out.exists():
+            if args.flip:
+                flipped(out, Path(args.init.format(held=held)).resolve(), args.runs / held / "student.safetensors",
+                        args.layer_folds / f"fold_{k}_pred.npz")
             continue
         path = args.runs / f"recipe-{held}.yaml"
         init = Path(args.init.format(held=held)).resolve()
@@ -132,15 +138,33 @@ def main() -> None:
                                                    args.recipe)))
         adapted = train_recipe(path, log=lambda m: print(m, flush=True))
         folds = args.layer_folds / f"fold_{k}_pred.npz"
-        bands = None
-        if folds.is_file():
-            with np.load(folds) as z:  # one open; layers_train writes arr_0, arr_1, ... in B-scan order
-                bands = [z[f"arr_{i}"] for i in range(len(z.files))]
+        bands = fold_bands(folds)
         rows = duke_rows(held)
         result = {"held_out": held, "phantom_only": score(init, rows, bands),
                   "real_wsss": score(adapted, rows, bands), "whole_retina": whole_retina(rows, bands)}
         out.write_text(json.dumps(result))
+        if args.flip:
+            flipped(out, init, adapted, folds)
     table(args.runs)
+
+
+def fold_bands(path: Path) -> list[np.ndarray] | None:
+    """The fold's layer-model bands per held-out B-scan, when ``training/layers_train.py lopo`` wrote them."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:  # one open; layers_train writes arr_0, arr_1, ... in B-scan order
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def flipped(out: Path, init: Path, adapted: Path, folds: Path) -> None:
+    """Add the flip-averaged rows to a finished fold's JSON (once)."""
+    result = json.loads(out.read_text())
+    if "real_wsss_flip" in result:
+        return
+    rows, bands = duke_rows(result["held_out"]), fold_bands(folds)
+    result.update(phantom_only_flip=score(init, rows, bands, flip=True),
+                  real_wsss_flip=score(adapted, rows, bands, flip=True))
+    out.write_text(json.dumps(result))
 
 
 def table(runs: Path) -> None:
@@ -149,7 +173,7 @@ def table(runs: Path) -> None:
     print(f"folds: {[f['held_out'] for f in folds]}")
     print("| model | way | fluid IoU, all B-scans | fluid IoU, fluid B-scans | per-image DSC | precision | recall |\n"
           "|---|---|---|---|---|---|---|")
-    for model in ("whole_retina", "phantom_only", "real_wsss"):
+    for model in ("whole_retina", "phantom_only", "phantom_only_flip", "real_wsss", "real_wsss_flip"):
         for way in ("raw", "layer_retina", "oracle_retina"):
             rows = [c for f in folds for c in f.get(model, {}).get(way, [])]
             if rows:

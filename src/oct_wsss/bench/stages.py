@@ -30,7 +30,8 @@ def student_stages(volume: OctVolume, device: torch.device, repeats: int, checkp
     everything = list(range(volume.n_bscans))
     one = Stage("student", "propose 1 B-scan", 1,
                 timed(lambda: list(proposer.run(volume, [0])), repeats, device=device))
-    vol = Stage("student", f"propose volume ({volume.n_bscans} B-scans, batch {proposer.batch_size})",
+    flip = ", flip averaging" if proposer.flip else ""
+    vol = Stage("student", f"propose volume ({volume.n_bscans} B-scans, batch {proposer.batch_size}{flip})",
                 volume.n_bscans, timed(lambda: list(proposer.run(volume, everything)), max(1, repeats // 2),
                                        device=device))
     return [one, vol]

@@ -32,6 +32,10 @@ def _propose(args: argparse.Namespace) -> None:
     options = {"threshold": args.threshold, "batch_size": args.batch_size}
     if args.layers is not None:
         options["layers_checkpoint"] = checked_layers(args.layers, args.method)
+    if args.flip is not None:
+        if args.method != "student":
+            raise CliError(f"--flip/--no-flip is for --method student; --method {args.method} has no flip averaging")
+        options["flip"] = args.flip
     if args.method == "hrf":
         options.update(sam2_checkpoint=args.sam2_checkpoint, sam2_config=args.sam2_config,
                        iterations=args.iterations, crop_size=args.crop_size, box_size=args.box_size,
@@ -153,6 +157,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--bscans", help="B-scans to propose: 5, 0-9, 0-9,20 or all (default all)")
     p.add_argument("--threshold", type=float, help="background threshold τ in [0, 1] (default: the checkpoint's)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="student only: average each B-scan's "
+                   "softmax with its mirror image's (twice the compute; default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, help="B-scans per batch (default 8 on CUDA, 2 on CPU)")
     p.add_argument("--layers", type=Path, help="layer checkpoint for --method agm or student where the checkpoint "
                    "keeps lesions inside the retina or harmonises with it (default: the bundled layers.safetensors)")

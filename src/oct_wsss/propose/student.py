@@ -46,7 +46,7 @@ class StudentProposer(LayerModelUser):
     def __init__(self, net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                  threshold: float | None = None, device: str | torch.device = "auto", batch_size: int | None = None,
                  checkpoint: Checkpoint | None = None, intensity: str | None = None,
-                 retina: str | None = None, layers_checkpoint: str | Path | None = None) -> None:
+                 retina: str | None = None, layers_checkpoint: str | Path | None = None, flip: bool = False) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.classes = tuple(int(c) for c in classes)
         if net.config.n_outputs != len(self.classes) + 1:
@@ -69,6 +69,8 @@ class StudentProposer(LayerModelUser):
         self.retina = check_retina(retina)
         #: the layer model behind ``retina`` and "harmonised-layers" inputs (None: the bundled one)
         self.layers_checkpoint = layers_checkpoint
+        #: test-time augmentation: softmax averaged with the left-right mirrored B-scan's (twice the compute)
+        self.flip = bool(flip)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | Checkpoint, **options: Any) -> StudentProposer:
@@ -81,7 +83,7 @@ class StudentProposer(LayerModelUser):
             raise CheckpointError(None, f"checkpoint {ckpt.id}: invalid student architecture ({err})") from err
         net = ckpt.build(lambda: StudentNet(config))
         params = ckpt.meta.get("params", {})
-        settings = {"threshold": params.get("threshold"), "retina": params.get("retina")}
+        settings = {"threshold": params.get("threshold"), "retina": params.get("retina"), "flip": params.get("flip")}
         settings.update({k: v for k, v in options.items() if v is not None})
         return cls(net, ckpt.meta["classes"], tuple(ckpt.meta["input_size"]), checkpoint=ckpt, **settings)
 
@@ -92,7 +94,7 @@ class StudentProposer(LayerModelUser):
                                           "parent": ckpt.meta.get("lineage", {}).get("parent")}
         return {"method": self.method, "checkpoint": info, "classes": list(self.classes),
                 "input_size": list(self.input_size), "architecture": self.net.config.arch,
-                "params": {"threshold": self.threshold, "batch_size": self.batch_size,
+                "params": {"threshold": self.threshold, "batch_size": self.batch_size, "flip": self.flip,
                            "intensity": self.intensity, "retina": self.retina,
                            "layers_checkpoint": self.layer_model().checkpoint.id if self.uses_layers else None},
                 "device": str(self.device)}
@@ -101,14 +103,19 @@ class StudentProposer(LayerModelUser):
         """Softmax (n, 1 + K, H, W) float32 at the B-scans' native size; channel 0 is background."""
         native = tuple(bscans[0].shape)
         x = network_input(bscans, self.input_size, self.intensity, self.harmonising_model()).to(self.device)
+        n = len(x)
+        if self.flip:  # the mirrored B-scans ride in the same batch
+            x = torch.cat([x, x.flip(-1)])
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
         with torch.inference_mode(), amp:
-            logits = self.net(x).float()
-            logits = F.interpolate(logits, size=native, mode="bilinear", align_corners=False)
-            return torch.softmax(logits, 1).cpu().numpy()
+            logits = F.interpolate(self.net(x).float(), size=native, mode="bilinear", align_corners=False)
+            probs = torch.softmax(logits, 1)
+            if self.flip:
+                probs = (probs[:n] + probs[n:].flip(-1)) / 2
+            return probs.cpu().numpy()
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """Ontology ids (n, H, W): argmax over classes; with τ, lesions only where their probability reaches τ."""

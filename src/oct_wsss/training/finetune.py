@@ -98,13 +98,14 @@ def finetune(store_dir: str | Path, parent: str | Path, *, out_dir: str | Path |
     net, info = train_student(correction_targets(train, config.correction_weight), base.classes, base.input_size,
                               base.net.config, config, work, init=base.net, device=device, seed=seed, log=log,
                               cancel=cancel)
-    after = score(StudentProposer(net, base.classes, base.input_size, device=device, intensity=base.intensity), held)
+    after = score(StudentProposer(net, base.classes, base.input_size, device=device, intensity=base.intensity,
+                                  flip=base.flip), held)
     lineage = {"parent": {"id": ckpt.id, "sha256": ckpt.sha256, "file": parent.name},
                "store": {"schema": store.schema_version, "accepted": len(accepted)},
                "trained_on": [_ref(c) for c in train], "held_out": [_ref(c) for c in held],
                "metrics_before": before, "metrics_after": after}
     new = student_checkpoint(net, base.classes, base.input_size, lineage=lineage, threshold=base.threshold,
-                             intensity=base.intensity,
+                             intensity=base.intensity, flip=base.flip,
                              training={"finetune": {"epochs": config.epochs, "lr": config.lr, "seed": seed,
                                                     "losses": info["losses"]},
                                        "parent_training": ckpt.meta["training"]},

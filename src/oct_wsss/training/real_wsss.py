@@ -7,7 +7,7 @@ carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and 
 ``cam: {checkpoint: DFP.safetensors, threshold, moderate}`` gates the allowed-class targets by that classifier's
 saliency M (:func:`~oct_wsss.training.weak_labels.cam_gate`; issue 19 item 2c). ``retina: layers`` records in the
 checkpoint that its proposals keep lesions between the layer model's ILM and BM (applied when proposing, never in
-training).
+training). ``flip: true``: the student proposes with flip averaging, the weak targets of each round included.
 """
 
 from __future__ import annotations
@@ -121,9 +121,10 @@ def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str
     if recipe.raw.get("retina") not in (None, "layers"):
         raise TrainingError(f"{recipe.path or 'recipe'}: retina must be 'layers' or absent; "
                             f"got {recipe.raw['retina']!r}")
-    sets = real_sets(recipe)
+    sets, flip = real_sets(recipe), recipe.flip
     proposer, init = init_student(recipe, device, "the phantom student's checkpoint (train it with "
                                   "training/phantom-student.yaml)")
+    proposer.flip = flip  # the student labels the real B-scans as its checkpoint will propose
     spec = dict(recipe.raw.get("student") or {})
     spec.setdefault("intensity", proposer.intensity)
     try:
@@ -140,14 +141,15 @@ def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str
         net, info = train_student([*phantom, *weak], recipe.classes, recipe.input_size, net.config, config,
                                   run_dir / f"round-{r}", val=val, init=net, device=device, seed=recipe.seed + r,
                                   log=log, cancel=cancel)
-        proposer = StudentProposer(net, recipe.classes, recipe.input_size, device=device, intensity=config.intensity)
+        proposer = StudentProposer(net, recipe.classes, recipe.input_size, device=device, intensity=config.intensity,
+                                   flip=flip)
     training = {"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed, "init": init,
                 "rounds": rounds, "confidence": vars(confidence),
                 "cam": None if cam is None else {"file": cam[0].checkpoint.id, "sha256": cam[0].checkpoint.sha256,
                                                  **vars(cam[1])}, "phantom_bscans": len(phantom),
                 "real_data": [_card_entry(d) for d in sets], **info}
     ckpt = student_checkpoint(net, recipe.classes, recipe.input_size, intensity=config.intensity, training=training,
-                              retina=recipe.raw.get("retina"))
+                              retina=recipe.raw.get("retina"), flip=flip)
     return ckpt.save(run_dir / "student.safetensors")
 
 

@@ -28,11 +28,11 @@ COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data
 TRAINERS: dict[str, tuple[str, set[str]]] = {
     "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
     "student": ("oct_wsss.training.student_recipe:run_student",
-                {"student", "pseudo", "corrections", "target", "init"}),
+                {"student", "pseudo", "corrections", "target", "init", "flip"}),
     "dfp": ("oct_wsss.training.dfp_recipe:run_dfp", {"target", "dfp", "propagation", "threshold"}),
     "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
     "real-wsss": ("oct_wsss.training.real_wsss:run_real_wsss",
-                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina", "cam"}),
+                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina", "cam", "flip"}),
 }
 
 
@@ -93,6 +93,15 @@ class Recipe:
         if len(size) != 2 or not all(isinstance(s, int) and s >= 32 for s in size):
             raise TrainingError(f"{self.path or 'recipe'}: input_size must be [height, width], each >= 32")
         return size[0], size[1]
+
+    @property
+    def flip(self) -> bool:
+        """``flip: true``: the written student proposes with flip averaging (its softmax averaged with the mirrored
+        B-scan's), chosen on the phantom (docs/results-real.md §10.8)."""
+        flip = self.raw.get("flip", False)
+        if not isinstance(flip, bool):
+            raise TrainingError(f"{self.path or 'recipe'}: flip must be true or false; got {flip!r}")
+        return flip
 
     def layouts(self) -> list[str]:
         """The dataset layouts the recipe learns and selects from (``synth`` is the phantom), which its checkpoints

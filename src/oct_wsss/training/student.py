@@ -245,13 +245,15 @@ def _count(targets: Sequence[Target]) -> dict[str, int]:
 def student_checkpoint(net: StudentNet, classes: Sequence[int], input_size: tuple[int, int], *,
                        training: dict[str, Any], metrics: dict[str, Any] | None = None,
                        lineage: dict[str, Any] | None = None, threshold: float | None = None,
-                       intensity: str = "unit", retina: str | None = None) -> Checkpoint:
+                       intensity: str = "unit", retina: str | None = None, flip: bool = False) -> Checkpoint:
     """A ``student`` checkpoint: weights, architecture, classes, input size, what it learnt from, its lineage, and
     its input intensity option (``normalisation.intensity`` only when "harmonised") and, with ``retina="layers"``, that
-    proposals keep lesions inside the layer model's retina only."""
+    proposals keep lesions inside the layer model's retina only, and with ``flip`` that proposals average each B-scan's
+    softmax with its mirror image's."""
     ckpt = Checkpoint.new(net.state_dict(), method="student", architecture={"student": net.config.to_dict()},
                           classes=list(classes), input_size=list(input_size),
                           normalisation=normalisation_meta(intensity), training=training, metrics=metrics or {},
-                          params={"threshold": threshold, **({"retina": retina} if retina else {})})
+                          params={"threshold": threshold, **({"retina": retina} if retina else {}),
+                                  **({"flip": True} if flip else {})})
     ckpt.meta["lineage"] = lineage or {"parent": None}
     return ckpt

@@ -146,7 +146,7 @@ def init_student(recipe: Recipe, device: str, hint: str) -> tuple[StudentPropose
     path = path if path.is_absolute() else recipe.base / path
     if not recipe.raw.get("init") or not path.is_file():
         raise TrainingError(f"{recipe.path or 'recipe'}: init must name {hint}; {path} is not a file")
-    proposer = StudentProposer.from_checkpoint(path, device=device)
+    proposer = StudentProposer.from_checkpoint(path, device=device, flip=False)  # flip is for proposals, not training
     if proposer.classes != recipe.classes:
         raise TrainingError(f"{path.name} predicts {list(proposer.classes)}, the recipe's classes are "
                             f"{list(recipe.classes)}")
@@ -169,6 +169,7 @@ def _start(recipe: Recipe, spec: dict[str, Any], architecture: dict[str, Any], d
 def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
                 cancel: Callable[[], bool] | None) -> Path:
     """Train the student the recipe describes; writes ``run_dir/student.safetensors`` and the test comparison."""
+    flip = recipe.flip  # checked before any training
     train, val, test = _distinct_volumes(*recipe.splits())
     classes = recipe.classes
     if recipe.raw.get("target"):  # e.g. a DFP teacher's "fluid": SRF + IRF merge into it, in labels and masks
@@ -203,7 +204,8 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
                                   seed=recipe.seed, log=log, cancel=cancel)
         if not dist.is_main:
             return run_dir / "student.safetensors"  # rank 0 scores and writes it
-    proposer = StudentProposer(net, classes, recipe.input_size, device=device, intensity=config.intensity)
+    proposer = StudentProposer(net, classes, recipe.input_size, device=device, intensity=config.intensity,
+                               flip=flip)
     report = compare_on_test(proposer, test, root, classes)
     if report:
         write_json(report, run_dir / "test-comparison.json")
@@ -211,6 +213,7 @@ def run_student(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str],
     metrics = {m: {p: {"miou": r[p]["miou"], "miou_lesions": r[p]["miou_lesions"]} for p in r}
                for m, r in report.items()}
     ckpt = student_checkpoint(net, classes, recipe.input_size, metrics=metrics, intensity=config.intensity,
+                              flip=flip,
                               training={"recipe": recipe.path.name if recipe.path else None, "seed": recipe.seed,
                                         **init, "layouts": recipe.layouts(),
                                         "pseudo_labels": source, "soft": config.soft, **info,
