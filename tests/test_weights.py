@@ -65,7 +65,7 @@ def test_bundled_checkpoint_proposes_above_the_floor_in_its_card(method: str) ->
 
 def test_the_demo_student_proposes_every_lesion_class_on_harmonised_inputs() -> None:
     """The demo's default proposer is the phantom multi-class student: six lesion classes, no "fluid" (7), and the
-    harmonised intensities its checkpoint records are what the proposer applies."""
+    harmonised intensities and the flip averaging its checkpoint records are what the proposer applies."""
     from oct_wsss.propose import load_proposer
 
     ckpt = Checkpoint.load(bundled("student"))
@@ -75,6 +75,7 @@ def test_the_demo_student_proposes_every_lesion_class_on_harmonised_inputs() -> 
     assert ckpt.meta["training"]["recipe"] == "phantom-student.yaml"
     proposer = load_proposer("student", bundled("student"), device="cpu")
     assert proposer.intensity == "harmonised" and by_key("fluid").id not in proposer.classes
+    assert proposer.flip  # flip averaging, chosen on the phantom (docs/results-real.md 10.8)
     phantom = demo_phantom(n_bscans=49)
     result = propose(phantom.volume, proposer=proposer, bscans=[24, 27, 32])
     assert result.provenance["params"]["intensity"] == "harmonised"
