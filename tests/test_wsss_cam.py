@@ -1,4 +1,4 @@
-"""Issue 19 items 2b and 2c: DFP on the phantom student's U-Net encoder, and a classifier's saliency gating the
+"""Issue 19 items 2b and 2c: AGM and DFP on the phantom student's U-Net encoder, and a classifier's saliency gating the
 real-wsss weak targets (random weights and constructed maps only)."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from oct_wsss.classes import FLUID, IRF, PED, SRF
+from oct_wsss.models import agm
 from oct_wsss.models.dfp import DfpConfig, DfpNet, load_unet_encoder
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.propose.dfp import DfpProposer
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import LabelledSet, Sample
+from oct_wsss.training.agm import AgmTrainConfig, train_agm
 from oct_wsss.training.dfp import DfpTrainConfig, train_dfp
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.real_wsss import weak_targets
@@ -63,6 +65,49 @@ def test_dfp_training_starts_from_the_student_checkpoint_and_refuses_a_mismatch(
     with pytest.raises(TrainingError, match="width"):
         train_dfp(samples, [], (FLUID,), DfpConfig(backbone="unet", width=8), opts, (32, 32), tmp_path / "run2",
                   device="cpu", log=lambda _m: None)
+
+
+def test_a_unet_agm_backbone_takes_the_students_encoder_with_x_hat_starting_at_zero() -> None:
+    """Width 4, ADR on: features at stride 16 with 16w channels fused with ASAM; every student encoder tensor is copied,
+    the first conv's x channel is the student's and its x_hat channel zero; another width and a ResNet are refused,
+    as is a U-Net at stride 32."""
+    torch.manual_seed(0)
+    config = agm.AgmConfig(n_classes=1, backbone="unet", width=4, image_channels=1, output_stride=16,
+                           encoder_width=4)
+    net = agm.AgmNet(config)
+    x = torch.rand(2, 1, 64, 64)
+    assert net.features(x, x, x).shape == (2, 64, 4, 4) and net(x, x, x).shape == (2, 1)
+    student = StudentNet(StudentConfig(n_outputs=3, width=4, depth=4)).state_dict()
+    assert agm.load_unet_encoder(net, student) == sum(k.startswith("net.down.") for k in student)
+    own = net.backbone.state_dict()
+    assert torch.equal(own["stem.0.weight"][:, :1], student["net.down.0.0.weight"])
+    assert not own["stem.0.weight"][:, 1:].any()
+    assert torch.equal(own["down4.1.4.running_var"], student["net.down.4.4.running_var"])
+    with pytest.raises(ValueError, match="width"):
+        agm.load_unet_encoder(net, StudentNet(StudentConfig(n_outputs=3, width=8, depth=4)).state_dict())
+    with pytest.raises(ValueError, match="unet"):
+        agm.load_unet_encoder(agm.AgmNet(agm.AgmConfig(n_classes=1, backbone="resnet18", width=4)), student)
+    with pytest.raises(ValueError, match="output_stride 16"):
+        agm.AgmConfig(backbone="unet", width=4)
+
+
+def test_agm_training_starts_from_the_student_checkpoint(tmp_path: Path) -> None:
+    """``init`` in the AGM schedule: with no epochs the trained backbone is the student's encoder; a student of
+    another width is a clear error."""
+    student = StudentNet(StudentConfig(n_outputs=3, width=4, depth=4))
+    student_checkpoint(student, (SRF, IRF), (32, 32), training={}).save(tmp_path / "s.safetensors")
+    images = [np.random.default_rng(i).random((32, 32), np.float32) for i in range(4)]
+    samples = [Sample(partial(np.asarray, a), frozenset({FLUID} if i % 2 else ()), f"p{i}")
+               for i, a in enumerate(images)]
+    opts = AgmTrainConfig(epochs=0, refine_epochs=0, init=str(tmp_path / "s.safetensors"), augment=False)
+    config = agm.AgmConfig(n_classes=1, backbone="unet", width=4, image_channels=1, output_stride=16,
+                           use_adr=False, use_asam=False)
+    net = train_agm(samples, [], (FLUID,), config, None, opts, (32, 32), tmp_path / "run", device="cpu",
+                    log=lambda _m: None).net
+    assert torch.equal(net.state_dict()["backbone.down3.1.0.weight"], student.state_dict()["net.down.3.0.weight"])
+    with pytest.raises(TrainingError, match="width"):
+        train_agm(samples, [], (FLUID,), agm.AgmConfig(**{**vars(config), "width": 8}), None, opts, (32, 32),
+                  tmp_path / "run2", device="cpu", log=lambda _m: None)
 
 
 def test_the_cam_gate_keeps_targets_inside_the_map_and_adds_its_moderate_pixels() -> None:

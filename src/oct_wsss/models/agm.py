@@ -3,6 +3,10 @@ ASAM branch on the anomaly map, element-wise product, global max pooling, MLP he
 
 Ablation rows of the paper's Table 4 are configurations: BASE = ``use_adr=False, use_asam=False, pooling="gap"``;
 +ADR = ``use_adr=True``; +ASAM = ``use_asam=True``; GMP = ``pooling="gmp"`` (the default, full AGM).
+
+``backbone="unet"`` (issue 19, item 2b) replaces the ResNet with the student U-Net's encoder (depth 4, stride 16,
+16 x width channels), so :func:`load_unet_encoder` can start it from the phantom student, the domain-matched
+stand-in for the paper's ImageNet weights.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from torchvision import models as tvm
 
 from .asam import ENCODERS, PAD_MODES, Asam
 from .config import strict_from_dict
+from .student import double_conv
 
 BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], int]] = {
     "resnet18": (tvm.resnet18, 512),
     "resnet34": (tvm.resnet34, 512),
     "resnet50": (tvm.resnet50, 2048),
 }
+UNET = "unet"  # the student U-Net's depth-4 encoder: feature channels 16 x width at stride 16
 POOLINGS: tuple[str, ...] = ("gmp", "gap")
 
 
@@ -49,7 +55,7 @@ class AgmConfig:
 
     def __post_init__(self) -> None:
         """Validate choices early, with the allowed values in the message."""
-        checks = {"backbone": tuple(BACKBONES), "pooling": POOLINGS, "encoder": ENCODERS, "pad_mode": PAD_MODES}
+        checks = {"backbone": (*BACKBONES, UNET), "pooling": POOLINGS, "encoder": ENCODERS, "pad_mode": PAD_MODES}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"AgmConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -61,10 +67,14 @@ class AgmConfig:
             raise ValueError(f"AgmConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.width < 4:
             raise ValueError(f"AgmConfig.width must be >= 4, got {self.width}")
+        if self.backbone == UNET and self.output_stride != 16:
+            raise ValueError("AgmConfig: the 'unet' backbone (a depth-4 U-Net encoder) has output_stride 16")
 
     @property
     def feature_channels(self) -> int:
         """Channels of the backbone's last stage (and of the ASAM output)."""
+        if self.backbone == UNET:
+            return 16 * self.width
         return BACKBONES[self.backbone][1] * self.width // 64
 
     @property
@@ -83,7 +93,10 @@ class AgmConfig:
 
 
 def _backbone(config: AgmConfig) -> nn.Sequential:
-    """Torchvision ResNet (random init) without avgpool/fc; conv1 takes 6 channels with ADR, else 3."""
+    """Torchvision ResNet (random init) without avgpool/fc, or the U-Net encoder; its input takes x and x_hat with
+    ADR, else x alone."""
+    if config.backbone == UNET:
+        return _unet_encoder(config)
     build = BACKBONES[config.backbone][0]
     if config.width != 64:
         net = _narrow(build(weights=None), config)
@@ -100,6 +113,45 @@ def _backbone(config: AgmConfig) -> nn.Sequential:
     nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
     names = ("bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     return nn.Sequential(OrderedDict([("conv1", conv1), *((n, getattr(net, n)) for n in names)]))
+
+
+def _unet_encoder(config: AgmConfig) -> nn.Sequential:
+    """The student U-Net's encoder: a double conv at full resolution, then four max-pool + double conv stages."""
+    w, in_ch = config.width, config.image_channels * (2 if config.use_adr else 1)
+    stages = [("stem", double_conv(in_ch, w))]
+    for i in (1, 2, 3, 4):
+        stages.append((f"down{i}", nn.Sequential(nn.MaxPool2d(2), double_conv(w * 2 ** (i - 1), w * 2**i))))
+    return nn.Sequential(OrderedDict(stages))
+
+
+def load_unet_encoder(net: AgmNet, student_state: dict[str, torch.Tensor]) -> int:
+    """Copy a student U-Net's encoder (``net.down.i`` of a StudentNet state dict) into a ``unet`` AgmNet's backbone.
+    The student's input channels go to x; the x_hat channels of the first conv (ADR) start at zero, so the network
+    starts as the student saw and learns what x_hat adds. Returns the number of tensors copied."""
+    if net.config.backbone != UNET:
+        raise ValueError(f"only a 'unet' AGM backbone takes a student's encoder, not {net.config.backbone!r}")
+    own, copied = net.backbone.state_dict(), {}
+    for key, value in student_state.items():
+        parts = key.split(".")
+        if parts[:2] != ["net", "down"]:
+            continue
+        i, rest = int(parts[2]), ".".join(parts[3:])
+        name = f"stem.{rest}" if i == 0 else f"down{i}.1.{rest}"
+        if name not in own:
+            raise ValueError(f"the student's {key} has no place in this AGM backbone (a depth-4 U-Net encoder)")
+        if name == "stem.0.weight" and value.shape[1] < own[name].shape[1]:  # x only: x_hat's channels start at 0
+            value = torch.cat([value, value.new_zeros(value.shape[0], own[name].shape[1] - value.shape[1],
+                                                      *value.shape[2:])], 1)
+        if own[name].shape != value.shape:
+            raise ValueError(f"the student's {key} is {tuple(value.shape)}, the AGM backbone's {name} "
+                             f"{tuple(own[name].shape)}: build AgmConfig with the student's width and channels")
+        copied[name] = value
+    missing = [k for k in own if k not in copied]
+    if missing:
+        raise ValueError(f"the student state lacks {len(missing)} encoder tensors (first: {missing[0]}); is it a "
+                         "depth-4 U-Net?")
+    net.backbone.load_state_dict(copied)
+    return len(copied)
 
 
 def _narrow(net: tvm.ResNet, config: AgmConfig) -> tvm.ResNet:
@@ -181,7 +233,8 @@ class AgmNet(nn.Module):
 
     def cam_layers(self) -> dict[str, nn.Module]:
         """GradCAM targets: last layer4 bottleneck; ASAM output (attention) and ASAM encoder output if present."""
-        layers: dict[str, nn.Module] = {"backbone": self.backbone.layer4[-1]}
+        last = self.backbone[-1] if self.config.backbone == UNET else self.backbone.layer4[-1]
+        layers: dict[str, nn.Module] = {"backbone": last}
         if self.asam is not None:
             layers["asam"] = self.asam.attention
             layers["asam_encoder"] = self.asam.encoder

@@ -18,7 +18,7 @@ from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import SweepResult, classification_scores, plot_sweep, sweep_threshold, write_sweep_csv
 from oct_wsss.explain.refine import enhance
-from oct_wsss.models.agm import AgmConfig, AgmNet
+from oct_wsss.models.agm import AgmConfig, AgmNet, load_unet_encoder
 from oct_wsss.models.config import strict_from_dict
 from oct_wsss.models.ganomaly import Generator
 from oct_wsss.preprocess.intensity import check_intensity, normalisation_meta
@@ -31,6 +31,7 @@ from oct_wsss.training.errors import TrainingCancelled, TrainingError
 from oct_wsss.training.loader import Augment, BscanDataset
 from oct_wsss.training.runlog import MetricLog, seed_everything
 from oct_wsss.training.state import load_state, save_state
+from oct_wsss.training.student_encoder import init_from_student
 
 STATE_FILE = "agm-state.safetensors"
 
@@ -56,6 +57,7 @@ class AgmTrainConfig:
     intensity: str = "unit"  # or "harmonised" (preprocess.intensity): the GANomaly stage and the checkpoint follow it
     retina: str | None = None  # "layers": the layer model's ILM-to-BM mask in the anomaly input, not the heuristic
     layers_checkpoint: str | None = None  # the layer model for retina "layers" (default: the bundled one)
+    init: str | None = None  # a student checkpoint whose U-Net encoder starts a "unet" backbone (issue 19, item 2b)
 
     def __post_init__(self) -> None:
         check_intensity(self.intensity)
@@ -109,7 +111,11 @@ def train_agm(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[
     dist = init_distributed(device)
     seed_everything(seed + dist.rank)
     run_dir.mkdir(parents=True, exist_ok=True)
-    net = AgmNet(net_config).to(dist.device)
+    net = AgmNet(net_config)
+    if opts.init:  # a resumed run's state replaces it below
+        log(f"agm: {init_from_student(net, Path(opts.init), load_unet_encoder)} encoder tensors from "
+            f"{Path(opts.init).name}")
+    net = net.to(dist.device)
     gen = None if generator is None else generator.to(dist.device).eval()
     if gen is not None:
         gen.requires_grad_(False)

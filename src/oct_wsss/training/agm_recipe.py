@@ -38,8 +38,9 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
     generator = _generator(recipe, train, val, run_dir, device, log, cancel)
     agm = dict(recipe.raw.get("agm", {}))
     base_config = dict(agm.pop("config", {}))
-    if agm.get("layers_checkpoint"):
-        agm["layers_checkpoint"] = str(recipe.base / agm["layers_checkpoint"])
+    for key in ("layers_checkpoint", "init"):  # paths in the recipe resolve against its base folder
+        if agm.get(key):
+            agm[key] = str(recipe.base / agm[key])
     opts = AgmTrainConfig.from_dict(agm)
     variants = {"agm": {}, **(recipe.raw.get("variants") or {})}
     rows, main_path = [], run_dir / "agm.safetensors"
@@ -70,7 +71,10 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
                                         "variant": name, "splits": {k: {kk: vv for kk, vv in v.items()
                                                                         if kk != "patient_hashes"}
                                                                     for k, v in summary.items()},
-                                        "epochs": opts.epochs, "refine_epochs": opts.refine_epochs},
+                                        "epochs": opts.epochs, "refine_epochs": opts.refine_epochs,
+                                        **({"init": {"file": Path(opts.init).name,
+                                                     "sha256": Checkpoint.load(opts.init).sha256}}
+                                           if opts.init else {})},
                               metrics=_plain(metrics))
         path = ckpt.save(vdir / "agm.safetensors")
         write_json(metrics, vdir / "metrics.json")

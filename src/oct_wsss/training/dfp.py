@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from oct_wsss.checkpoint import Checkpoint
 from oct_wsss.classes import ONTOLOGY
 from oct_wsss.evaluate import classification_scores
 from oct_wsss.models.config import strict_from_dict
@@ -28,6 +27,7 @@ from oct_wsss.training.errors import TrainingCancelled, TrainingError
 from oct_wsss.training.loader import Augment, BscanDataset
 from oct_wsss.training.runlog import MetricLog, seed_everything
 from oct_wsss.training.state import load_state, save_state
+from oct_wsss.training.student_encoder import init_from_student
 
 STATE_FILE = "dfp-state.safetensors"
 
@@ -118,7 +118,8 @@ def _train(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[int
     run_dir.mkdir(parents=True, exist_ok=True)
     net = DfpNet(net_config)
     if opts.init:
-        log(f"dfp: {init_from_student(net, Path(opts.init))} encoder tensors from {Path(opts.init).name}")
+        log(f"dfp: {init_from_student(net, Path(opts.init), load_unet_encoder)} encoder tensors from "
+            f"{Path(opts.init).name}")
     net = net.to(dist.device)
     optimizer = make_optimizer(net.parameters(), opts.optimizer)
     state_path, start = run_dir / STATE_FILE, 0
@@ -148,19 +149,6 @@ def _train(train: Sequence[Sample], val: Sequence[Sample], classes: Sequence[int
     if metrics is not None:
         metrics.close()
     return DfpRun(net.eval(), history)
-
-
-def init_from_student(net: DfpNet, path: Path) -> int:
-    """Start ``net``'s U-Net backbone from a student checkpoint's encoder (its width and intensity must match)."""
-    ckpt = Checkpoint.load(path, expect_method="student")
-    arch = ckpt.meta["architecture"]["student"]
-    if arch.get("arch") != "unet" or arch.get("depth") != 4 or arch.get("width") != net.config.width:
-        raise TrainingError(f"{path.name}: a DFP 'unet' backbone of width {net.config.width} needs a depth-4 U-Net "
-                            f"student of that width; the checkpoint has {arch}")
-    try:
-        return load_unet_encoder(net, ckpt.state_dict)
-    except ValueError as err:
-        raise TrainingError(f"{path.name}: {err}") from err
 
 
 def _epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, opts: DfpTrainConfig,

@@ -20,6 +20,7 @@ from oct_wsss.training.data import LabelledSet, Sample, patient_split
 from oct_wsss.training.datasets import load_dataset
 from oct_wsss.training.distributed import distributed
 from oct_wsss.training.errors import TrainingError
+from oct_wsss.training.soup import run_soup
 
 COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data", "classes", "split", "input_size",
                "description"}
@@ -28,11 +29,11 @@ COMMON_KEYS = {"method", "seed", "out", "device", "data", "val_data", "test_data
 TRAINERS: dict[str, tuple[str, set[str]]] = {
     "agm": ("oct_wsss.training.agm_recipe:run_agm", {"ganomaly", "agm", "threshold", "variants"}),
     "student": ("oct_wsss.training.student_recipe:run_student",
-                {"student", "pseudo", "corrections", "target", "init", "flip"}),
+                {"student", "pseudo", "corrections", "target", "init", "flip", "soup"}),
     "dfp": ("oct_wsss.training.dfp_recipe:run_dfp", {"target", "dfp", "propagation", "threshold"}),
     "hrf": ("oct_wsss.training.hrf_recipe:run_hrf", {"hrf"}),
     "real-wsss": ("oct_wsss.training.real_wsss:run_real_wsss",
-                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina", "cam", "flip"}),
+                  {"init", "real", "rounds", "confidence", "real_weight", "student", "retina", "cam", "flip", "soup"}),
 }
 
 
@@ -102,6 +103,14 @@ class Recipe:
         if not isinstance(flip, bool):
             raise TrainingError(f"{self.path or 'recipe'}: flip must be true or false; got {flip!r}")
         return flip
+
+    @property
+    def soup(self) -> int:
+        """``soup: N``: how many seeds (``seed`` onwards) to train and average into one network (``training.soup``)."""
+        soup = self.raw.get("soup", 1)
+        if isinstance(soup, bool) or not isinstance(soup, int) or soup < 1:
+            raise TrainingError(f"{self.path or 'recipe'}: soup must be a whole number of runs >= 1; got {soup!r}")
+        return soup
 
     def layouts(self) -> list[str]:
         """The dataset layouts the recipe learns and selects from (``synth`` is the phantom), which its checkpoints
@@ -214,4 +223,6 @@ def train_recipe(path: str | Path, *, out: str | Path | None = None, device: str
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "recipe.json").write_text(json.dumps(recipe.raw, indent=2, default=str))
         dist.barrier()
+        if recipe.soup > 1:
+            return run_soup(recipe, run_dir, device, dist.main_log(log), cancel, run, dist.is_main)
         return run(recipe, run_dir, device, dist.main_log(log), cancel)
