@@ -16,8 +16,8 @@ from oct_wsss.models.dfp import DfpConfig, DfpNet, load_unet_encoder
 from oct_wsss.models.student import StudentConfig, StudentNet
 from oct_wsss.propose.dfp import DfpProposer
 from oct_wsss.propose.student import StudentProposer
-from oct_wsss.training.data import LabelledSet, Sample
 from oct_wsss.training.agm import AgmTrainConfig, train_agm
+from oct_wsss.training.data import LabelledSet, Sample
 from oct_wsss.training.dfp import DfpTrainConfig, train_dfp
 from oct_wsss.training.errors import TrainingError
 from oct_wsss.training.real_wsss import weak_targets
@@ -50,14 +50,19 @@ def test_a_unet_dfp_backbone_gives_the_paper_strides_and_takes_the_students_enco
         load_unet_encoder(DfpNet(DfpConfig(backbone="resnet18", width=4)), student)
 
 
-def test_dfp_training_starts_from_the_student_checkpoint_and_refuses_a_mismatch(tmp_path: Path) -> None:
-    """``init`` in the DFP schedule: with no epochs the trained network's encoder is the student's; a student of
-    another width is a clear error."""
+def _student_and_samples(tmp_path: Path) -> tuple[StudentNet, list[Sample]]:
+    """A width-4 student saved as tmp_path/s.safetensors, and four random 32 x 32 B-scans, two with fluid."""
     student = StudentNet(StudentConfig(n_outputs=3, width=4, depth=4))
     student_checkpoint(student, (SRF, IRF), (32, 32), training={}).save(tmp_path / "s.safetensors")
     images = [np.random.default_rng(i).random((32, 32), np.float32) for i in range(4)]
-    samples = [Sample(partial(np.asarray, a), frozenset({FLUID} if i % 2 else ()), f"p{i}")
-               for i, a in enumerate(images)]
+    return student, [Sample(partial(np.asarray, a), frozenset({FLUID} if i % 2 else ()), f"p{i}")
+                     for i, a in enumerate(images)]
+
+
+def test_dfp_training_starts_from_the_student_checkpoint_and_refuses_a_mismatch(tmp_path: Path) -> None:
+    """``init`` in the DFP schedule: with no epochs the trained network's encoder is the student's; a student of
+    another width is a clear error."""
+    student, samples = _student_and_samples(tmp_path)
     opts = DfpTrainConfig(epochs=0, init=str(tmp_path / "s.safetensors"))
     net = train_dfp(samples, [], (FLUID,), DfpConfig(backbone="unet", width=4), opts, (32, 32), tmp_path / "run",
                     device="cpu", log=lambda _m: None).net
@@ -94,11 +99,7 @@ def test_a_unet_agm_backbone_takes_the_students_encoder_with_x_hat_starting_at_z
 def test_agm_training_starts_from_the_student_checkpoint(tmp_path: Path) -> None:
     """``init`` in the AGM schedule: with no epochs the trained backbone is the student's encoder; a student of
     another width is a clear error."""
-    student = StudentNet(StudentConfig(n_outputs=3, width=4, depth=4))
-    student_checkpoint(student, (SRF, IRF), (32, 32), training={}).save(tmp_path / "s.safetensors")
-    images = [np.random.default_rng(i).random((32, 32), np.float32) for i in range(4)]
-    samples = [Sample(partial(np.asarray, a), frozenset({FLUID} if i % 2 else ()), f"p{i}")
-               for i, a in enumerate(images)]
+    student, samples = _student_and_samples(tmp_path)
     opts = AgmTrainConfig(epochs=0, refine_epochs=0, init=str(tmp_path / "s.safetensors"), augment=False)
     config = agm.AgmConfig(n_classes=1, backbone="unet", width=4, image_channels=1, output_stride=16,
                            use_adr=False, use_asam=False)
