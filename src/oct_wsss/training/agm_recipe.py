@@ -58,7 +58,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
                                retina=opts.retina, layers_checkpoint=opts.layers_checkpoint)
         alpha, sweep = _threshold(recipe, proposer, val, vdir)
         proposer.threshold = alpha
-        test_scores = _score_test(proposer, test, vdir) if test else {}
+        test_scores = score_test(proposer, test, vdir) if test else {}
         minutes = (time.perf_counter() - t0) / 60
         metrics = {"threshold": alpha, "val_best_miou": sweep, "history": run.history[-1] if run.history else {},
                    **test_scores, "train_minutes": round(minutes, 2)}
@@ -125,7 +125,7 @@ def _threshold(recipe: Recipe, proposer: AgmProposer, val: list[Sample], run_dir
     return result.best_alpha, result.best_miou
 
 
-def _score_test(proposer: AgmProposer, test: list[Sample], run_dir: Path) -> dict[str, Any]:
+def score_test(proposer: AgmProposer, test: list[Sample], run_dir: Path) -> dict[str, Any]:
     """Pooled mIoU etc. on the test split: pseudo labels (image labels given) and proposals (classifier decides)."""
     out: dict[str, Any] = {}
     for name, use_labels in (("pseudo_labels", True), ("proposals", False)):
