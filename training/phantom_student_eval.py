@@ -1,7 +1,8 @@
 """Score a multi-class student (phantom or real-wsss): unseen phantom seeds, the demo volume, Duke, SJTU, Keshav, Bonn.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python training/phantom_student_eval.py CKPT [--data ../shared/data]
-        [--seeds 5000-5005] [--input-size H,W] [--flip] [--json FILE]  # or CKPT = "ceiling" for the ceiling alone
+        [--seeds 5000-5005] [--input-size H,W] [--flip | --no-flip] [--json FILE]
+    # CKPT = "ceiling" for the ceiling alone
 
 - **Resolution ceiling** (no model): each truth mask resized to 128², 256² and 512² (one-hot, bilinear) and back to its
   native size, per-class IoU against itself: what a perfect student at that input size could reach.
@@ -148,14 +149,15 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--input-size", type=lambda v: tuple(int(x) for x in v.split(",")),
                     help="H,W: run the network at this input size instead of the checkpoint's (a size sweep)")
-    ap.add_argument("--flip", action="store_true", help="average each softmax with the mirrored B-scan's")
+    ap.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                    help="average each softmax with the mirrored B-scan's, or not (default: the checkpoint's choice)")
     args = ap.parse_args()
     lo, hi = map(int, args.seeds.split("-"))
     pairs = phantom_pairs(list(range(lo, hi + 1)))
     out: dict = {"seeds": args.seeds, "bscans": len(pairs),
                  "ceiling": {str(s): ceiling(pairs, s) for s in (128, 256, 512)}}
     if args.checkpoint != "ceiling":
-        student = load_proposer("student", args.checkpoint, device="cpu", flip=args.flip or None)
+        student = load_proposer("student", args.checkpoint, device="cpu", flip=args.flip)
         if args.input_size:  # the U-Net is fully convolutional: any multiple of its stride runs
             student.input_size = args.input_size
         out["input_size"], out["flip"] = list(student.input_size), student.flip
