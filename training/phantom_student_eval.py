@@ -64,8 +64,8 @@ def volume_interval(truths: list[np.ndarray], preds: list[np.ndarray], per_volum
     scores = []
     for _ in range(draws):
         cm = vols[rng.integers(0, len(vols), len(vols))].sum(0)
-        present = [c for c in CLASSES if cm[c, :].sum() > 0]  # as per_class: the classes this draw's truth holds
-        ious = [cm[c, c] / (cm[c, :].sum() + cm[:, c].sum() - cm[c, c]) for c in present]
+        scored = segmentation_scores(cm[None], CLASSES).classes
+        ious = [scored[ONTOLOGY[c].key].iou for c in CLASSES if cm[c, :].sum() > 0]  # as per_class: classes present
         scores.append(float(np.mean(ious)))
     return [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
 

@@ -42,6 +42,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
         if agm.get(key):
             agm[key] = str(recipe.base / agm[key])
     opts = AgmTrainConfig.from_dict(agm)
+    init = {"init": {"file": Path(opts.init).name, "sha256": Checkpoint.load(opts.init).sha256}} if opts.init else {}
     variants = {"agm": {}, **(recipe.raw.get("variants") or {})}
     rows, main_path = [], run_dir / "agm.safetensors"
     for name, overrides in variants.items():
@@ -71,10 +72,7 @@ def run_agm(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], Non
                                         "variant": name, "splits": {k: {kk: vv for kk, vv in v.items()
                                                                         if kk != "patient_hashes"}
                                                                     for k, v in summary.items()},
-                                        "epochs": opts.epochs, "refine_epochs": opts.refine_epochs,
-                                        **({"init": {"file": Path(opts.init).name,
-                                                     "sha256": Checkpoint.load(opts.init).sha256}}
-                                           if opts.init else {})},
+                                        "epochs": opts.epochs, "refine_epochs": opts.refine_epochs, **init},
                               metrics=_plain(metrics))
         path = ckpt.save(vdir / "agm.safetensors")
         write_json(metrics, vdir / "metrics.json")
