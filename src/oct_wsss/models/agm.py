@@ -22,7 +22,7 @@ from torchvision import models as tvm
 
 from .asam import ENCODERS, PAD_MODES, Asam
 from .config import strict_from_dict
-from .student import double_conv
+from .student import copy_encoder, double_conv
 
 BACKBONES: dict[str, tuple[Callable[..., tvm.ResNet], int]] = {
     "resnet18": (tvm.resnet18, 512),
@@ -130,26 +130,15 @@ def load_unet_encoder(net: AgmNet, student_state: dict[str, torch.Tensor]) -> in
     starts as the student saw and learns what x_hat adds. Returns the number of tensors copied."""
     if net.config.backbone != UNET:
         raise ValueError(f"only a 'unet' AGM backbone takes a student's encoder, not {net.config.backbone!r}")
-    own, copied = net.backbone.state_dict(), {}
-    for key, value in student_state.items():
-        parts = key.split(".")
-        if parts[:2] != ["net", "down"]:
-            continue
-        i, rest = int(parts[2]), ".".join(parts[3:])
-        name = f"stem.{rest}" if i == 0 else f"down{i}.1.{rest}"
-        if name not in own:
-            raise ValueError(f"the student's {key} has no place in this AGM backbone (a depth-4 U-Net encoder)")
-        if name == "stem.0.weight" and value.shape[1] < own[name].shape[1]:  # x only: x_hat's channels start at 0
-            value = torch.cat([value, value.new_zeros(value.shape[0], own[name].shape[1] - value.shape[1],
-                                                      *value.shape[2:])], 1)
-        if own[name].shape != value.shape:
-            raise ValueError(f"the student's {key} is {tuple(value.shape)}, the AGM backbone's {name} "
-                             f"{tuple(own[name].shape)}: build AgmConfig with the student's width and channels")
-        copied[name] = value
-    missing = [k for k in own if k not in copied]
-    if missing:
-        raise ValueError(f"the student state lacks {len(missing)} encoder tensors (first: {missing[0]}); is it a "
-                         "depth-4 U-Net?")
+
+    def fit(name: str, value: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        if name == "stem.0.weight" and value.shape[1] < own.shape[1]:  # x only: x_hat's channels start at 0
+            return torch.cat([value, value.new_zeros(value.shape[0], own.shape[1] - value.shape[1], *value.shape[2:])],
+                             1)
+        return value
+
+    copied = copy_encoder(student_state, net.backbone.state_dict(),
+                          lambda i, rest: [f"stem.{rest}" if i == 0 else f"down{i}.1.{rest}"], "AGM backbone", fit)
     net.backbone.load_state_dict(copied)
     return len(copied)
 

@@ -32,7 +32,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .config import strict_from_dict
-from .student import double_conv
+from .student import copy_encoder, double_conv
 
 #: backbone -> (torchvision block type, blocks per stage)
 BACKBONES: dict[str, tuple[type[tvm.resnet.BasicBlock | tvm.resnet.Bottleneck], list[int]]] = {
@@ -156,25 +156,13 @@ def load_unet_encoder(net: DfpNet, student_state: dict[str, torch.Tensor]) -> in
     stem, predictor and encoder; the heads keep their initialisation. Returns the number of tensors copied."""
     if net.config.backbone != UNET:
         raise ValueError(f"only a 'unet' DFP backbone takes a student's encoder, not {net.config.backbone!r}")
-    own, copied = net.state_dict(), {}
-    for key, value in student_state.items():
-        parts = key.split(".")
-        if parts[:2] != ["net", "down"]:
-            continue
-        i, rest = int(parts[2]), ".".join(parts[3:])
-        names = [f"stem.{rest}"] if i == 0 else [f"encoder.{i - 1}.1.{rest}"]
-        names += [f"predictor.layer{i}.1.{rest}"] if 1 <= i <= 3 else []
-        for name in names:
-            if name not in own:
-                raise ValueError(f"the student's {key} has no place in this DFP network (a depth-4 U-Net encoder)")
-            if own[name].shape != value.shape:
-                raise ValueError(f"the student's {key} is {tuple(value.shape)}, the DFP network's {name} "
-                                 f"{tuple(own[name].shape)}: build DfpConfig with the student's width")
-            copied[name] = value
-    missing = [k for k in own if k.startswith(("stem.", "predictor.", "encoder.")) and k not in copied]
-    if missing:
-        raise ValueError(f"the student state lacks {len(missing)} encoder tensors (first: {missing[0]}); is it a "
-                         "depth-4 U-Net?")
+
+    def places(i: int, rest: str) -> list[str]:
+        return ([f"stem.{rest}"] if i == 0 else [f"encoder.{i - 1}.1.{rest}"]) + (
+            [f"predictor.layer{i}.1.{rest}"] if 1 <= i <= 3 else [])
+
+    own = {k: v for k, v in net.state_dict().items() if k.startswith(("stem.", "predictor.", "encoder."))}
+    copied = copy_encoder(student_state, own, places, "DFP network")
     net.load_state_dict(copied, strict=False)
     return len(copied)
 

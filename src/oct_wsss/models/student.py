@@ -7,6 +7,7 @@ with a ResNet-50/101 backbone (the DFP paper's segmentation module).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -97,3 +98,28 @@ class StudentNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
         return out["out"] if isinstance(out, dict) else out
+
+
+def copy_encoder(student_state: dict[str, Tensor], own: dict[str, Tensor], places: Callable[[int, str], list[str]],
+                 target: str, fit: Callable[[str, Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """The encoder tensors ``net.down.i.REST`` of a StudentNet state dict, keyed by their places in another network's
+    state ``own`` (``places(i, REST)``), each checked to exist and to fit (``fit`` may adapt one first); every tensor of
+    ``own`` must get one. ``target`` names the network (and how to build it) in the errors."""
+    copied = {}
+    for key, value in student_state.items():
+        parts = key.split(".")
+        if parts[:2] != ["net", "down"]:
+            continue
+        for name in places(int(parts[2]), ".".join(parts[3:])):
+            if name not in own:
+                raise ValueError(f"the student's {key} has no place in this {target} (a depth-4 U-Net encoder)")
+            tensor = fit(name, value, own[name]) if fit else value
+            if own[name].shape != tensor.shape:
+                raise ValueError(f"the student's {key} is {tuple(value.shape)}, the {target}'s {name} "
+                                 f"{tuple(own[name].shape)}: build it with the student's width and channels")
+            copied[name] = tensor
+    missing = [k for k in own if k not in copied]
+    if missing:
+        raise ValueError(f"the student state lacks {len(missing)} encoder tensors (first: {missing[0]}); is it a "
+                         "depth-4 U-Net?")
+    return copied
