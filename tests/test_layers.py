@@ -272,17 +272,23 @@ def test_a_row_scale_checkpoint_sees_the_rows_at_their_own_scale(tmp_path: Path)
     assert seen == [(96, 32)] and result.bands.shape == (2, 96, 64)
 
 
-def test_phantom_band_truth_follows_the_generators_boundaries() -> None:
-    """training/layers_train.py's phantom bands: ordered down every A-scan, every band present, SRF/IRF as fluid."""
+def _layers_train():
+    """training/layers_train.py as a module."""
     import importlib.util
-
-    from oct_wsss.classes import IRF, SRF
-    from oct_wsss.synth import make_volume
 
     script = Path(__file__).parents[1] / "training" / "layers_train.py"
     spec = importlib.util.spec_from_file_location("layers_train", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_phantom_band_truth_follows_the_generators_boundaries() -> None:
+    """training/layers_train.py's phantom bands: ordered down every A-scan, every band present, SRF/IRF as fluid."""
+    from oct_wsss.classes import IRF, SRF
+    from oct_wsss.synth import make_volume
+
+    module = _layers_train()
     case = make_volume(3, n_bscans=2, width=96, prevalence={"srf": 1.0, "irf": 1.0})
     bands = module.phantom_bands(case)
     assert bands.shape == case.labels.shape and set(np.unique(bands)) >= set(range(9))
@@ -293,3 +299,25 @@ def test_phantom_band_truth_follows_the_generators_boundaries() -> None:
     assert (np.diff(np.where(fluid, tissue, layered), axis=1) >= 0).all()
     ilm = np.asarray(case.layers["ILM"])
     assert abs(int((bands[0, :, 40] > 0).argmax()) - float(np.ceil(ilm[0, 40]))) <= 1
+
+
+def test_the_boundary_weight_counts_band_edges_more() -> None:
+    """layers_train's loss: without a boundary weight it is the class-weighted cross-entropy; with weight w the two
+    pixels on either side of a band edge count 1 + w times, so the same mistake costs more at an edge."""
+    import torch
+    import torch.nn.functional as F
+
+    loss = _layers_train().weighted_cross_entropy
+    y = torch.tensor([[[0], [0], [0], [1], [1], [1]]])  # one A-scan, the edge between rows 2 and 3
+    weights = torch.tensor([1.0, 2.0])
+    logits = torch.randn(1, 2, 6, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loss(logits, y, weights, 0.0), F.cross_entropy(logits, y, weight=weights))
+    nll = F.cross_entropy(logits, y, reduction="none")[0, :, 0]
+    w = weights[y[0, :, 0]] * torch.tensor([1.0, 1.0, 11.0, 11.0, 1.0, 1.0])
+    assert torch.allclose(loss(logits, y, weights, 10.0), (nll * w).sum() / w.sum())
+    wrong = torch.zeros(1, 2, 6, 1)
+    wrong[0, 0] = 2.0  # says band 0 everywhere: wrong on rows 3-5 only
+    at_edge, inside = wrong.clone(), wrong.clone()
+    at_edge[0, :, 3, 0] = torch.tensor([0.0, 2.0])  # right on the edge row; right on an interior row
+    inside[0, :, 5, 0] = torch.tensor([0.0, 2.0])
+    assert loss(at_edge, y, weights, 10.0) < loss(inside, y, weights, 10.0)

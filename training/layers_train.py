@@ -131,7 +131,7 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
                 logits = net(x.contiguous(memory_format=torch.channels_last)).float()
         else:
             logits = net(x)
-        loss = F.cross_entropy(logits, y, weight=weights)
+        loss = weighted_cross_entropy(logits, y, weights, schedule.get("boundary_weight", 0.0))
         prob = logits.softmax(1)
         onehot = F.one_hot(y, len(BANDS)).permute(0, 3, 1, 2).float()
         inter = (prob * onehot).sum((0, 2, 3))
@@ -147,6 +147,21 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
                 f.write(f"it {it} loss {loss.item():.4f} t {time.perf_counter() - t0:.0f}s\n")
     net.eval()
     return net, time.perf_counter() - t0
+
+
+def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+                           boundary_weight: float) -> torch.Tensor:
+    """Class-weighted cross-entropy; with ``boundary_weight`` w > 0 each pixel whose band differs from the pixel above
+    or below it counts 1 + w times (ReLayNet's edge term, w = 10 there), so thin bands' edges weigh as much as their
+    area."""
+    if not boundary_weight:
+        return F.cross_entropy(logits, y, weight=weights)
+    edge = torch.zeros_like(y, dtype=torch.bool)
+    step = y[:, 1:] != y[:, :-1]
+    edge[:, 1:] |= step
+    edge[:, :-1] |= step
+    w = weights[y] * (1 + boundary_weight * edge.float())
+    return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
 
 
 @torch.inference_mode()
@@ -278,6 +293,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, help=f"U-Net base width (default {CONFIG.width})")
     ap.add_argument("--phantom", type=int, default=0, help="add this many phantom B-scans (random device looks, "
                     "band truth from the generator's boundaries) to each training set")
+    ap.add_argument("--boundary-weight", type=float, default=0.0,
+                    help="extra cross-entropy weight of pixels at a band edge (ReLayNet's 10; default 0: none)")
     args = ap.parse_args()
     if args.row_scale:
         CONFIG = replace(CONFIG, row_scale=args.row_scale)
@@ -292,6 +309,8 @@ def main() -> None:
         schedule["bf16"] = True
     if args.phantom:
         schedule["phantom"] = args.phantom
+    if args.boundary_weight:
+        schedule["boundary_weight"] = args.boundary_weight
     if args.mode == "lopo":
         lopo(args.runs, [int(f) for f in args.folds.split(",")], schedule)
     elif args.mode == "final":
