@@ -156,6 +156,11 @@ def test_truth_recipe_trains_on_the_phantom_pixel_truth(tmp_path: Path) -> None:
     assert stage2.raw["init"] == f"{shipped.raw['out']}/student.safetensors" and stage2.raw["pseudo"] == {"truth": True}
     assert stage2.raw["data"]["generate"]["seed"] != shipped.raw["data"]["generate"]["seed"]
     assert (stage2.raw["val_data"], stage2.raw["test_data"]) == (shipped.raw["val_data"], shipped.raw["test_data"])
+    wide = Recipe.load(ROOT / "training" / "phantom-student-w16.yaml")  # the shipped recipe at width 16 only
+    config = {**shipped.raw["student"]["config"], "width": 16}
+    assert wide.raw["student"] == {**shipped.raw["student"], "config": config}
+    assert {k: v for k, v in wide.raw.items() if k not in ("out", "student")} == {
+        k: v for k, v in shipped.raw.items() if k not in ("out", "student")}
     with pytest.raises(TrainingError, match="needs pixel masks"):
         truth_targets([Sample(tmp_path / "x.png", frozenset(), "P0")])
 
