@@ -104,7 +104,7 @@ def copy_encoder(student_state: dict[str, Tensor], own: dict[str, Tensor], place
                  target: str, fit: Callable[[str, Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """The encoder tensors ``net.down.i.REST`` of a StudentNet state dict, keyed by their places in another network's
     state ``own`` (``places(i, REST)``), each checked to exist and to fit (``fit`` may adapt one first); every tensor of
-    ``own`` must get one. ``target`` names the network (and how to build it) in the errors."""
+    ``own`` must get one. ``target`` names that network in the errors."""
     copied = {}
     for key, value in student_state.items():
         parts = key.split(".")
