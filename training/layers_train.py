@@ -152,7 +152,7 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
 def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
                            boundary_weight: float) -> torch.Tensor:
     """Class-weighted cross-entropy; with ``boundary_weight`` w > 0 each pixel whose band differs from the pixel above
-    or below it counts 1 + w times (ReLayNet's edge term, w = 10 there), so thin bands' edges weigh as much as their
+    or below it counts 1 + w times (ReLayNet's edge term), so thin bands' edges weigh as much as their
     area."""
     if not boundary_weight:
         return F.cross_entropy(logits, y, weight=weights)

@@ -14,10 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from phantom_student_eval import PREVALENCE, per_class  # sibling script (training/ is on sys.path)
+from phantom_student_eval import per_class, phantom_volume  # sibling script (training/ is on sys.path)
 
 from oct_wsss.propose import load_proposer
-from oct_wsss.synth import make_volume
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "oct_wsss" / "weights"
 
@@ -33,7 +32,7 @@ def main() -> None:
     layers = load_proposer("layers", args.layers, device="cpu")
     truths, by_student, by_layers = [], [], []
     for seed in range(lo, hi + 1):
-        case = make_volume(seed, n_bscans=12, look="random", prevalence=PREVALENCE)
+        case = phantom_volume(seed)
         truths += list(case.labels)
         by_student += [student.predict(b) for b in case.volume.data]
         by_layers += [r.labels for r in layers.run(case.volume, range(len(case.volume.data)))]

@@ -29,18 +29,23 @@ from oct_wsss.classes import DRUSEN, FLUID, IRF, ONTOLOGY, PED, SRF, by_key
 from oct_wsss.evaluate import image_confusions, segmentation_scores
 from oct_wsss.preprocess.inputs import resize
 from oct_wsss.propose import load_proposer
-from oct_wsss.synth import demo_phantom, make_volume
+from oct_wsss.synth import SyntheticVolume, demo_phantom, make_volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = tuple(by_key(k).id for k in ("srf", "irf", "ped", "ez", "hrf", "drusen"))
 PREVALENCE = {"srf": 0.5, "irf": 0.6, "ped": 0.4, "ez": 0.4, "hrf": 0.6, "drusen": 0.25}
 
 
+def phantom_volume(seed: int) -> SyntheticVolume:
+    """One unseen phantom volume as this script scores them: 12 B-scans, random device look, the recipe's prevalence."""
+    return make_volume(seed, n_bscans=12, look="random", prevalence=PREVALENCE)
+
+
 def phantom_pairs(seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(B-scan, truth) of unseen phantom volumes, 12 B-scans each, random device look."""
+    """(B-scan, truth) of unseen phantom volumes (``phantom_volume``)."""
     out = []
     for seed in seeds:
-        v = make_volume(seed, n_bscans=12, look="random", prevalence=PREVALENCE)
+        v = phantom_volume(seed)
         out += list(zip(v.volume.data, v.labels, strict=True))
     return out
 
