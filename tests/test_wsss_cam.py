@@ -148,3 +148,36 @@ def test_weak_targets_with_a_cam_gate_only_differ_on_bscans_that_show_fluid(tmp_
     assert np.array_equal(plain[1], gated[1])
     assert not (gated[0] == IGNORE).any() and (plain[0] == IGNORE).any()
     assert set(np.unique(gated[0])) <= {SRF, IRF}
+
+
+def test_the_recipes_cam_block_takes_an_agm_checkpoint_as_well_as_a_dfp_one(tmp_path: Path) -> None:
+    """``cam: {checkpoint}`` builds the proposer the checkpoint's method names (AGM's CAM or DFP's M, both usable by
+    the gate: an all-pass AGM gate fills the fluid B-scan's ignored pixels); a student checkpoint or a missing file
+    is a clear error naming the block."""
+    from conftest import tiny_agm_checkpoint
+
+    from oct_wsss.propose.agm import AgmProposer
+    from oct_wsss.training.real_wsss import _cam
+    from oct_wsss.training.recipe import Recipe
+
+    def cam(path: Path, **gate: float) -> tuple:
+        return _cam(Recipe({"method": "real-wsss", "cam": {"checkpoint": str(path), **gate}}, None, tmp_path), "cpu")
+
+    proposer, gate = cam(tiny_agm_checkpoint(tmp_path / "agm.safetensors", (FLUID,), input_size=32),
+                         threshold=0.0, moderate=0.0)
+    assert isinstance(proposer, AgmProposer) and proposer.classes == (FLUID,) and gate == CamGate(0.0, 0.0)
+    torch.manual_seed(0)
+    student = StudentProposer(StudentNet(StudentConfig(n_outputs=4, width=4, depth=3)), CLASSES, (32, 32),
+                              device="cpu")
+    rng = np.random.default_rng(0)
+    data = LabelledSet([Sample(partial(np.asarray, rng.random((40, 48), np.float32)), frozenset(lab), "p", bscan=i)
+                        for i, lab in enumerate(({FLUID}, set()))], (FLUID,), "toy")
+    plain = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None)]
+    gated = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None,
+                                            (proposer, gate))]
+    assert np.array_equal(plain[1], gated[1]) and (plain[0] == IGNORE).any() and not (gated[0] == IGNORE).any()
+    _student_and_samples(tmp_path)
+    with pytest.raises(TrainingError, match="cam: .*'student' checkpoint"):
+        cam(tmp_path / "s.safetensors")
+    with pytest.raises(TrainingError, match="cam: checkpoint must name a DFP or AGM checkpoint"):
+        cam(tmp_path / "missing.safetensors")

@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--confidence", type=json.loads, default=None, help='JSON replacing recipe confidence entries, '
                     'e.g. \'{"top_k": 200}\'')
-    ap.add_argument("--cam", help="a DFP checkpoint per fold; {held} stands for the held-out patient")
+    ap.add_argument("--cam", help="a DFP or AGM checkpoint per fold; {held} stands for the held-out patient")
     ap.add_argument("--gate", type=json.loads, default={}, help='JSON CamGate entries, e.g. \'{"moderate": 0.3}\'')
     ap.add_argument("--flip", action="store_true", help="also score with flip averaging (rows *_flip)")
     ap.add_argument("--table", action="store_true", help="only print the table of the folds already run")

@@ -4,10 +4,11 @@ Each round the current student labels the real B-scans; :func:`~oct_wsss.trainin
 keeps what each B-scan's image labels allow and the student is sure of; the student then trains on those targets
 beside the phantom's pixel truth (self-training). No real pixel label is read: a real data entry whose adapter
 carries pixel masks is refused unless the entry says ``pixel_masks: drop``, and then the masks are dropped unread.
-``cam: {checkpoint: DFP.safetensors, threshold, moderate}`` gates the allowed-class targets by that classifier's
-saliency M (:func:`~oct_wsss.training.weak_labels.cam_gate`; issue 19 item 2c). ``retina: layers`` records in the
-checkpoint that its proposals keep lesions between the layer model's ILM and BM (applied when proposing, never in
-training). ``flip: true``: the student proposes with flip averaging, the weak targets of each round included.
+``cam: {checkpoint: DFP_OR_AGM.safetensors, threshold, moderate}`` gates the allowed-class targets by that
+classifier's saliency (DFP's M, AGM's CAM; :func:`~oct_wsss.training.weak_labels.cam_gate`; issue 19 item 2c).
+``retina: layers`` records in the checkpoint that its proposals keep lesions between the layer model's ILM and BM
+(applied when proposing, never in training). ``flip: true``: the student proposes with flip averaging, the weak
+targets of each round included.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from oct_wsss.checkpoint import Checkpoint, CheckpointError
 from oct_wsss.classes import ONTOLOGY
+from oct_wsss.propose.agm import AgmProposer
 from oct_wsss.propose.dfp import DfpProposer
 from oct_wsss.propose.student import StudentProposer
 from oct_wsss.training.data import LabelledSet
@@ -31,6 +34,9 @@ from oct_wsss.training.student import StudentTrainConfig, student_checkpoint, tr
 from oct_wsss.training.student_data import IGNORE, WEAK, Target, truth_targets
 from oct_wsss.training.student_recipe import init_student
 from oct_wsss.training.weak_labels import CamGate, Confidence, cam_gate, image_level_target, verdicts
+
+#: a classifier whose ``scores(bscans, present)`` gives lesion maps in [0, 1] for the cam gate
+Saliency = DfpProposer | AgmProposer
 
 
 def real_sets(recipe: Recipe) -> list[LabelledSet]:
@@ -68,10 +74,11 @@ def _real_set(spec: dict[str, Any], i: int, recipe: Recipe) -> LabelledSet:
 
 
 def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confidence: Confidence, weight: float,
-                 log: Callable[[str], None], cam: tuple[DfpProposer, CamGate] | None = None) -> list[Target]:
+                 log: Callable[[str], None], cam: tuple[Saliency, CamGate] | None = None) -> list[Target]:
     """One target per real B-scan from the current student, filtered by the B-scan's image-level labels (and, with
-    ``cam``, gated by a DFP classifier's saliency on B-scans that allow a class); logs per set on how many B-scans with
-    and without a labelled class the student predicts one (an image-level criterion that needs no pixel label)."""
+    ``cam``, gated by a DFP or AGM classifier's saliency on B-scans that allow a class); logs per set on how many
+    B-scans with and without a labelled class the student predicts one (an image-level criterion that needs no pixel
+    label)."""
     classes = proposer.classes
     out, kept = [], np.zeros(len(classes) + 2, np.int64)  # background, classes..., ignored
     for data in sets:
@@ -97,22 +104,31 @@ def weak_targets(proposer: StudentProposer, sets: Sequence[LabelledSet], confide
     return out
 
 
-def _cam(recipe: Recipe, device: str) -> tuple[DfpProposer, CamGate] | None:
-    """The recipe's ``cam`` block: a DFP checkpoint trained on image labels (its saliency M, no propagation) and the
-    gate's fixed thresholds."""
+def _cam(recipe: Recipe, device: str) -> tuple[Saliency, CamGate] | None:
+    """The recipe's ``cam`` block: a DFP or AGM checkpoint trained on image labels (DFP's saliency M without
+    propagation, AGM's CAM) and the gate's fixed thresholds."""
     spec = dict(recipe.raw.get("cam") or {})
     if not spec:
         return None
+    where = f"{recipe.path or 'recipe'}: cam"
     path = Path(str(spec.pop("checkpoint", "")))
     path = path if path.is_absolute() else recipe.base / path
     if not path.is_file():
-        raise TrainingError(f"{recipe.path or 'recipe'}: cam: checkpoint must name a DFP checkpoint; {path} is "
-                            "not a file")
+        raise TrainingError(f"{where}: checkpoint must name a DFP or AGM checkpoint; {path} is not a file")
     try:
         gate = CamGate(**spec)
     except (TypeError, ValueError) as err:
-        raise TrainingError(f"{recipe.path or 'recipe'}: cam: {err}") from err
-    return DfpProposer.from_checkpoint(path, propagate=False, device=device), gate
+        raise TrainingError(f"{where}: {err}") from err
+    try:
+        ckpt = Checkpoint.load(path)
+    except CheckpointError as err:
+        raise TrainingError(f"{where}: {err}") from err
+    if ckpt.meta["method"] == "dfp":
+        return DfpProposer.from_checkpoint(ckpt, propagate=False, device=device), gate
+    if ckpt.meta["method"] == "agm":
+        return AgmProposer.from_checkpoint(ckpt, device=device), gate
+    raise TrainingError(f"{where}: {path} is a {ckpt.meta['method']!r} checkpoint; the gate takes a 'dfp' or 'agm' "
+                        "classifier's saliency")
 
 
 def run_real_wsss(recipe: Recipe, run_dir: Path, device: str, log: Callable[[str], None],
