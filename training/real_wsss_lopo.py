@@ -13,10 +13,10 @@ recipe's defaults, fixed before any scoring; nothing is selected on Duke. Predic
 against grader 1, pooled IoU and mean per-image DSC (B-scans with fluid), three ways: raw; inside the retina of the
 layer model of the same fold (``training/layers_train.py lopo``: trained on the other four patients' layer labels, a
 separate model); inside Duke's own layer labels (an oracle, for reference only). Per-fold JSON under ``--runs``; a
-rerun skips finished folds. ``--cam``: each fold's DFP classifier (``training/duke_dfp_variants.py``, trained on three
-of the four training patients' ``has_fluid``, never the held-out one) gates the weak targets (recipe key ``cam``,
-issue 19 item 2c). ``--flip`` also scores both models with flip averaging (``StudentProposer(flip=True)``; rows
-``*_flip``), for finished folds too, from their saved checkpoints.
+rerun skips finished folds. ``--cam``: each fold's DFP classifier (``training/duke_dfp_variants.py``) or AGM
+(``training/duke_agm_folds.py``), trained on the other patients' ``has_fluid`` and never the held-out one, gates the
+weak targets (recipe key ``cam``, issue 19 item 2c). ``--flip`` also scores both models with flip averaging
+(``StudentProposer(flip=True)``; rows ``*_flip``), for finished folds too, from their saved checkpoints.
 """
 
 from __future__ import annotations
