@@ -131,20 +131,26 @@ def test_the_cam_gate_keeps_targets_inside_the_map_and_adds_its_moderate_pixels(
         CamGate(moderate=1.5)
 
 
-def test_weak_targets_with_a_cam_gate_only_differ_on_bscans_that_show_fluid(tmp_path: Path) -> None:
-    """A random student and a random unet DFP: a threshold-0 / moderate-0 gate makes every ignored pixel of the fluid
-    B-scan a fluid class, while the B-scan labelled without fluid gets the same target as without the gate."""
+def _targets_without_and_with(cam: tuple) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A random width-4 student's weak targets for a toy set (a B-scan labelled with fluid, then one without), without
+    and with the gate ``cam``."""
     torch.manual_seed(0)
     student = StudentProposer(StudentNet(StudentConfig(n_outputs=4, width=4, depth=3)), CLASSES, (32, 32),
                               device="cpu")
-    dfp = DfpProposer(DfpNet(DfpConfig(backbone="unet", width=4)), (FLUID,), (32, 32), propagate=False,
-                      retina=False, device="cpu")
     rng = np.random.default_rng(0)
     data = LabelledSet([Sample(partial(np.asarray, rng.random((40, 48), np.float32)), frozenset(lab), "p", bscan=i)
                         for i, lab in enumerate(({FLUID}, set()))], (FLUID,), "toy")
     plain = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None)]
-    gated = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None,
-                                            (dfp, CamGate(0.0, 0.0)))]
+    return plain, [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None, cam)]
+
+
+def test_weak_targets_with_a_cam_gate_only_differ_on_bscans_that_show_fluid(tmp_path: Path) -> None:
+    """A random student and a random unet DFP: a threshold-0 / moderate-0 gate makes every ignored pixel of the fluid
+    B-scan a fluid class, while the B-scan labelled without fluid gets the same target as without the gate."""
+    torch.manual_seed(0)
+    dfp = DfpProposer(DfpNet(DfpConfig(backbone="unet", width=4)), (FLUID,), (32, 32), propagate=False,
+                      retina=False, device="cpu")
+    plain, gated = _targets_without_and_with((dfp, CamGate(0.0, 0.0)))
     assert np.array_equal(plain[1], gated[1])
     assert not (gated[0] == IGNORE).any() and (plain[0] == IGNORE).any()
     assert set(np.unique(gated[0])) <= {SRF, IRF}
@@ -166,15 +172,7 @@ def test_the_recipes_cam_block_takes_an_agm_checkpoint_as_well_as_a_dfp_one(tmp_
     proposer, gate = cam(tiny_agm_checkpoint(tmp_path / "agm.safetensors", (FLUID,), input_size=32),
                          threshold=0.0, moderate=0.0)
     assert isinstance(proposer, AgmProposer) and proposer.classes == (FLUID,) and gate == CamGate(0.0, 0.0)
-    torch.manual_seed(0)
-    student = StudentProposer(StudentNet(StudentConfig(n_outputs=4, width=4, depth=3)), CLASSES, (32, 32),
-                              device="cpu")
-    rng = np.random.default_rng(0)
-    data = LabelledSet([Sample(partial(np.asarray, rng.random((40, 48), np.float32)), frozenset(lab), "p", bscan=i)
-                        for i, lab in enumerate(({FLUID}, set()))], (FLUID,), "toy")
-    plain = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None)]
-    gated = [t.target() for t in weak_targets(student, [data], Confidence(), 1.0, lambda _m: None,
-                                            (proposer, gate))]
+    plain, gated = _targets_without_and_with((proposer, gate))
     assert np.array_equal(plain[1], gated[1]) and (plain[0] == IGNORE).any() and not (gated[0] == IGNORE).any()
     _student_and_samples(tmp_path)
     with pytest.raises(TrainingError, match="cam: .*'student' checkpoint"):
