@@ -309,15 +309,31 @@ def test_the_boundary_weight_counts_band_edges_more() -> None:
 
     loss = _layers_train().weighted_cross_entropy
     y = torch.tensor([[[0], [0], [0], [1], [1], [1]]])  # one A-scan, the edge between rows 2 and 3
+    target = F.one_hot(y, 2).permute(0, 3, 1, 2).float()
     weights = torch.tensor([1.0, 2.0])
     logits = torch.randn(1, 2, 6, 1, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(loss(logits, y, weights, 0.0), F.cross_entropy(logits, y, weight=weights))
+    assert torch.allclose(loss(logits, target, weights, 0.0), F.cross_entropy(logits, y, weight=weights))
     nll = F.cross_entropy(logits, y, reduction="none")[0, :, 0]
     w = weights[y[0, :, 0]] * torch.tensor([1.0, 1.0, 11.0, 11.0, 1.0, 1.0])
-    assert torch.allclose(loss(logits, y, weights, 10.0), (nll * w).sum() / w.sum())
+    assert torch.allclose(loss(logits, target, weights, 10.0), (nll * w).sum() / w.sum())
     wrong = torch.zeros(1, 2, 6, 1)
     wrong[0, 0] = 2.0  # says band 0 everywhere: wrong on rows 3-5 only
     at_edge, inside = wrong.clone(), wrong.clone()
     at_edge[0, :, 3, 0] = torch.tensor([0.0, 2.0])  # right on the edge row; right on an interior row
     inside[0, :, 5, 0] = torch.tensor([0.0, 2.0])
-    assert loss(at_edge, y, weights, 10.0) < loss(inside, y, weights, 10.0)
+    assert loss(at_edge, target, weights, 10.0) < loss(inside, target, weights, 10.0)
+
+
+def test_area_targets_keep_a_bands_depth_where_nearest_loses_a_row() -> None:
+    """layers_train's targets at half resolution: by area each band keeps its native depth whether its edge falls on an
+    even or an odd row; nearest takes the upper of each two rows, so an edge on an odd row comes out one row low."""
+    module = _layers_train()
+    for edge in (20, 21):
+        label = np.zeros((64, 32), np.uint8)
+        label[edge:] = 1
+        sample = {"image": np.random.default_rng(0).random((64, 32)).astype(np.float32), "label": label}
+        _, area = module._half(sample, area=True)
+        _, nearest = module._half(sample, area=False)
+        assert area.shape == (10, 32, 16)
+        assert float(area[1, :, 0].sum()) * 2 == 64 - edge
+        assert float(nearest[1, :, 0].sum()) * 2 == 64 - edge - (edge % 2)

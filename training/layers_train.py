@@ -77,25 +77,29 @@ def phantom(count: int, seed: int = 1000) -> list[dict]:
     return out[:count]
 
 
-def _half(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _half(sample: dict, area: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The B-scan at the network's input size and its band targets there, (bands, h, w): one-hot of the nearest
+    native pixel, or with ``area`` each band's share of the native pixels under the input pixel (nearest picks the
+    upper of each two rows, which puts every learned boundary half a native row low on average)."""
     img = torch.from_numpy(normalise_bscan(sample["image"]))[None, None]
     size = CONFIG.input_size(*img.shape[-2:])
     x = F.interpolate(img, size=size, mode="bilinear", align_corners=False)[0]
-    y = F.interpolate(torch.from_numpy(sample["label"].astype(np.float32))[None, None], size=size, mode="nearest")
-    return x, y[0, 0].long()
+    onehot = F.one_hot(torch.from_numpy(sample["label"].astype(np.int64)), len(BANDS)).permute(2, 0, 1)[None].float()
+    y = F.interpolate(onehot, size=size, mode="area" if area else "nearest")[0]
+    return x, y
 
 
 def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple[LayerNet, float]:
     torch.manual_seed(schedule["seed"])
     rng = np.random.default_rng(schedule["seed"])
-    pairs = [_half(s) for s in samples]
+    pairs = [_half(s, schedule.get("area_labels", False)) for s in samples]
     net = LayerNet(CONFIG)
     if schedule.get("bf16"):
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"])
     n_it = schedule["iterations"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=schedule["lr"], total_steps=n_it, pct_start=0.15)
-    counts = torch.bincount(torch.cat([y.flatten() for _, y in pairs]), minlength=len(BANDS)).float()
+    counts = torch.stack([y.sum((1, 2)) for _, y in pairs]).sum(0)
     freq = counts / counts.sum()
     # median-frequency balancing (as in ReLayNet's weighted cross-entropy), square-rooted to stay gentle; fluid x weight
     weights = (freq[freq > 0].median() / freq.clamp(min=1e-6)).sqrt().clamp(max=10.0)
@@ -117,12 +121,13 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
             shift = int(rng.integers(-max_shift, max_shift + 1))
             if shift:
                 x, y = torch.roll(x, shift, -2), torch.roll(y, shift, -2)
+                band = F.one_hot(torch.tensor(0 if shift > 0 else 8), len(BANDS)).float()[:, None, None]
                 if shift > 0:
                     x[..., :shift, :] = 0
-                    y[:shift] = 0
+                    y[:, :shift] = band
                 else:
                     x[..., shift:, :] = x[..., shift - 1:shift, :] * 0 + x[..., shift:, :].mean()
-                    y[shift:] = 8
+                    y[:, shift:] = band
             xs.append(x)
             ys.append(y)
         x, y = torch.stack(xs), torch.stack(ys)
@@ -133,9 +138,8 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
             logits = net(x)
         loss = weighted_cross_entropy(logits, y, weights, schedule.get("boundary_weight", 0.0))
         prob = logits.softmax(1)
-        onehot = F.one_hot(y, len(BANDS)).permute(0, 3, 1, 2).float()
-        inter = (prob * onehot).sum((0, 2, 3))
-        denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        inter = (prob * y).sum((0, 2, 3))
+        denom = prob.sum((0, 2, 3)) + y.sum((0, 2, 3))
         dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
         loss = loss + schedule["dice_weight"] * dice
         opt.zero_grad()
@@ -149,19 +153,22 @@ def train(samples: list[dict], schedule: dict, log: Path | None = None) -> tuple
     return net, time.perf_counter() - t0
 
 
-def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                            boundary_weight: float) -> torch.Tensor:
-    """Class-weighted cross-entropy; with ``boundary_weight`` w > 0 each pixel whose band differs from the pixel above
-    or below it counts 1 + w times (ReLayNet's edge term), so thin bands' edges weigh as much as their
-    area."""
-    if not boundary_weight:
-        return F.cross_entropy(logits, y, weight=weights)
-    edge = torch.zeros_like(y, dtype=torch.bool)
-    step = y[:, 1:] != y[:, :-1]
-    edge[:, 1:] |= step
-    edge[:, :-1] |= step
-    w = weights[y] * (1 + boundary_weight * edge.float())
-    return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+    """Class-weighted cross-entropy against band targets (B, bands, H, W): one-hot or band shares. With
+    ``boundary_weight`` w > 0 each pixel whose (majority) band differs from the pixel above or below it counts 1 + w
+    times (ReLayNet's edge term), so thin bands' edges weigh as much as their area."""
+    nll = -(weights[None, :, None, None] * target * logits.log_softmax(1)).sum(1)
+    w = (weights[None, :, None, None] * target).sum(1)
+    if boundary_weight:
+        y = target.argmax(1)
+        edge = torch.zeros_like(y, dtype=torch.bool)
+        step = y[:, 1:] != y[:, :-1]
+        edge[:, 1:] |= step
+        edge[:, :-1] |= step
+        scale = 1 + boundary_weight * edge.float()
+        nll, w = nll * scale, w * scale
+    return nll.sum() / w.sum()
 
 
 @torch.inference_mode()
@@ -293,6 +300,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, help=f"U-Net base width (default {CONFIG.width})")
     ap.add_argument("--phantom", type=int, default=0, help="add this many phantom B-scans (random device looks, "
                     "band truth from the generator's boundaries) to each training set")
+    ap.add_argument("--area-labels", action="store_true",
+                    help="targets at the input size as each band's share of the native pixels (default: nearest)")
     ap.add_argument("--boundary-weight", type=float, default=0.0,
                     help="extra cross-entropy weight of pixels at a band edge (ReLayNet's 10; default 0: none)")
     args = ap.parse_args()
@@ -309,6 +318,8 @@ def main() -> None:
         schedule["bf16"] = True
     if args.phantom:
         schedule["phantom"] = args.phantom
+    if args.area_labels:
+        schedule["area_labels"] = True
     if args.boundary_weight:
         schedule["boundary_weight"] = args.boundary_weight
     if args.mode == "lopo":
