@@ -21,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     """The console script answers --help; each subcommand's --help (in-process, through the script's own ``main``:
-    a subprocess each cost about 75 s of CI) exits 0 with its usage."""
+    one subprocess per subcommand took about 75 s of CI) exits 0 with its usage."""
     top = run("--help")
     assert top.returncode == 0 and "usage: oct-wsss" in top.stdout
     choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
